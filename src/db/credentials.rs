@@ -1,0 +1,359 @@
+//! The credentials repository. Every function takes the owner first and filters by it in
+//! SQL: nothing here fetches by id alone and checks afterwards. A row of another owner and
+//! a missing row are the same `None`.
+
+use diesel::prelude::*;
+
+use super::schema::{credential_versions as cv, credentials as c};
+use super::{DbConn, DbError};
+use crate::clock::UnixSeconds;
+use crate::crypto::Envelope;
+use crate::domain::{CredentialId, UserId};
+
+/// Credential metadata: never key material.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = c)]
+pub struct CredentialRow {
+    pub id: i64,
+    pub owner_id: i64,
+    pub provider: String,
+    pub environment: String,
+    pub api_key: Option<String>,
+    pub is_active: bool,
+    pub current_version: i32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One stored envelope and the environment it was sealed for.
+#[derive(Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = cv)]
+pub struct VersionRow {
+    pub credential_id: i64,
+    pub version: i32,
+    pub environment: String,
+    pub format: i32,
+    pub kek_version: i32,
+    pub wrapped_dek: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub verifier: Vec<u8>,
+    pub created_at: i64,
+    pub created_by: i64,
+}
+
+impl std::fmt::Debug for VersionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionRow")
+            .field("credential_id", &self.credential_id)
+            .field("version", &self.version)
+            .field("kek_version", &self.kek_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VersionRow {
+    pub fn envelope(&self) -> Envelope {
+        Envelope {
+            format: self.format,
+            kek_version: self.kek_version,
+            wrapped_dek: self.wrapped_dek.clone(),
+            ciphertext: self.ciphertext.clone(),
+            verifier: self.verifier.clone(),
+        }
+    }
+
+    fn new(cred: &CredentialRow, env: Envelope, now: UnixSeconds, actor: UserId) -> Self {
+        VersionRow {
+            credential_id: cred.id,
+            version: cred.current_version,
+            environment: cred.environment.clone(),
+            format: env.format,
+            kek_version: env.kek_version,
+            wrapped_dek: env.wrapped_dek,
+            ciphertext: env.ciphertext,
+            verifier: env.verifier,
+            created_at: now,
+            created_by: actor.get(),
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = c)]
+struct NewCredentialRow<'a> {
+    id: i64,
+    owner_id: i64,
+    provider: &'a str,
+    environment: &'a str,
+    api_key: Option<&'a str>,
+    is_active: bool,
+    current_version: i32,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// What a create needs; the envelope was sealed for version 1 of exactly this row.
+pub struct NewCredential<'a> {
+    pub id: CredentialId,
+    pub owner: UserId,
+    pub provider: &'a str,
+    pub environment: &'a str,
+    pub api_key: &'a str,
+    pub envelope: Envelope,
+}
+
+/// Rows not deleted, of this owner, with this id.
+macro_rules! owned {
+    ($owner:expr, $id:expr) => {
+        c::table
+            .filter(c::owner_id.eq($owner.get()))
+            .filter(c::id.eq($id.get()))
+            .filter(c::deleted_at.is_null())
+    };
+}
+
+pub fn list(conn: &mut DbConn, owner: UserId) -> Result<Vec<CredentialRow>, DbError> {
+    Ok(c::table
+        .filter(c::owner_id.eq(owner.get()))
+        .filter(c::deleted_at.is_null())
+        .order((c::created_at.asc(), c::id.asc()))
+        .select(CredentialRow::as_select())
+        .load(conn)?)
+}
+
+pub fn get(
+    conn: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+) -> Result<Option<CredentialRow>, DbError> {
+    Ok(owned!(owner, id)
+        .select(CredentialRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_provider(
+    conn: &mut DbConn,
+    owner: UserId,
+    provider: &str,
+    environment: Option<&str>,
+) -> Result<Vec<CredentialRow>, DbError> {
+    let mut q = c::table
+        .filter(c::owner_id.eq(owner.get()))
+        .filter(c::provider.eq(provider))
+        .filter(c::deleted_at.is_null())
+        .select(CredentialRow::as_select())
+        .into_boxed();
+    if let Some(env) = environment {
+        q = q.filter(c::environment.eq(env));
+    }
+    Ok(q.order(c::environment.asc()).load(conn)?)
+}
+
+/// The credential with its current envelope, for reveal and verify.
+pub fn get_current(
+    conn: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+) -> Result<Option<(CredentialRow, VersionRow)>, DbError> {
+    Ok(owned!(owner, id)
+        .inner_join(
+            cv::table.on(cv::credential_id
+                .eq(c::id)
+                .and(cv::version.eq(c::current_version))),
+        )
+        .select((CredentialRow::as_select(), VersionRow::as_select()))
+        .first(conn)
+        .optional()?)
+}
+
+pub fn create(
+    conn: &mut DbConn,
+    new: NewCredential<'_>,
+    now: UnixSeconds,
+) -> Result<CredentialRow, DbError> {
+    conn.transaction(|tx| {
+        diesel::insert_into(c::table)
+            .values(NewCredentialRow {
+                id: new.id.get(),
+                owner_id: new.owner.get(),
+                provider: new.provider,
+                environment: new.environment,
+                api_key: Some(new.api_key),
+                is_active: true,
+                current_version: 1,
+                created_at: now,
+                updated_at: now,
+            })
+            .execute(tx)?;
+        let row = owned!(new.owner, new.id)
+            .select(CredentialRow::as_select())
+            .first(tx)?;
+        diesel::insert_into(cv::table)
+            .values(VersionRow::new(&row, new.envelope, now, new.owner))
+            .execute(tx)?;
+        Ok(row)
+    })
+}
+
+/// Changes to a credential's metadata. A new environment needs the secret re-sealed, which
+/// `reseal` does from the previous envelope for the new binding (it becomes a new version).
+pub struct MetadataUpdate<'a> {
+    pub api_key: Option<&'a str>,
+    pub environment: Option<&'a str>,
+}
+
+/// Re-seals a version for the row it will belong to: `(previous version, new row) → envelope`.
+pub type Reseal<'a> = dyn Fn(&VersionRow, &CredentialRow) -> Result<Envelope, DbError> + 'a;
+
+pub fn update_metadata(
+    conn: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+    update: MetadataUpdate<'_>,
+    reseal: &Reseal<'_>,
+    now: UnixSeconds,
+) -> Result<Option<CredentialRow>, DbError> {
+    conn.transaction(|tx| {
+        let Some(before) = lock_row(tx, owner, id, now)? else {
+            return Ok(None);
+        };
+        if let Some(api_key) = update.api_key {
+            diesel::update(owned!(owner, id))
+                .set(c::api_key.eq(api_key))
+                .execute(tx)?;
+        }
+        match update.environment {
+            Some(env) if env != before.environment => {
+                diesel::update(owned!(owner, id))
+                    .set((
+                        c::environment.eq(env),
+                        c::current_version.eq(c::current_version + 1),
+                    ))
+                    .execute(tx)?;
+                let after = reload(tx, owner, id)?;
+                let previous = version(tx, before.id, before.current_version)?;
+                let envelope = reseal(&previous, &after)?;
+                diesel::insert_into(cv::table)
+                    .values(VersionRow::new(&after, envelope, now, owner))
+                    .execute(tx)?;
+                Ok(Some(after))
+            }
+            _ => Ok(Some(reload(tx, owner, id)?)),
+        }
+    })
+}
+
+/// Writes a new version of the private key. The version number is taken inside the
+/// transaction after the row is locked, so concurrent rotations form a gap-free sequence.
+/// `seal` is called with the row as it will be (its `current_version` is the new version).
+pub fn add_version(
+    conn: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+    actor: UserId,
+    seal: &dyn Fn(&CredentialRow) -> Result<Envelope, DbError>,
+    now: UnixSeconds,
+) -> Result<Option<CredentialRow>, DbError> {
+    conn.transaction(|tx| {
+        let n = diesel::update(owned!(owner, id))
+            .set((
+                c::current_version.eq(c::current_version + 1),
+                c::updated_at.eq(now),
+            ))
+            .execute(tx)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let row = reload(tx, owner, id)?;
+        let envelope = seal(&row)?;
+        diesel::insert_into(cv::table)
+            .values(VersionRow::new(&row, envelope, now, actor))
+            .execute(tx)?;
+        Ok(Some(row))
+    })
+}
+
+pub fn toggle_active(
+    conn: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+    now: UnixSeconds,
+) -> Result<Option<CredentialRow>, DbError> {
+    conn.transaction(|tx| {
+        let n = diesel::update(owned!(owner, id))
+            .set((
+                c::is_active.eq(diesel::dsl::not(c::is_active)),
+                c::updated_at.eq(now),
+            ))
+            .execute(tx)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(reload(tx, owner, id)?))
+    })
+}
+
+/// Crypto-shredding: every version's wrapped DEK and ciphertext are deleted; the credential
+/// row stays as a tombstone with its metadata (no api key) for the audit trail.
+pub fn delete(
+    conn: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+    now: UnixSeconds,
+) -> Result<Option<CredentialRow>, DbError> {
+    conn.transaction(|tx| {
+        let Some(row) = lock_row(tx, owner, id, now)? else {
+            return Ok(None);
+        };
+        diesel::update(owned!(owner, id))
+            .set((
+                c::deleted_at.eq(Some(now)),
+                c::is_active.eq(false),
+                c::api_key.eq(None::<String>),
+            ))
+            .execute(tx)?;
+        diesel::delete(cv::table.filter(cv::credential_id.eq(row.id))).execute(tx)?;
+        Ok(Some(row))
+    })
+}
+
+/// Takes the row's write lock with a write (so SQLite takes its write lock first and
+/// PostgreSQL locks the row), then reads it.
+fn lock_row(
+    tx: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+    now: UnixSeconds,
+) -> Result<Option<CredentialRow>, DbError> {
+    let n = diesel::update(owned!(owner, id))
+        .set(c::updated_at.eq(now))
+        .execute(tx)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(reload(tx, owner, id)?))
+}
+
+fn reload(tx: &mut DbConn, owner: UserId, id: CredentialId) -> Result<CredentialRow, DbError> {
+    Ok(owned!(owner, id)
+        .select(CredentialRow::as_select())
+        .first(tx)?)
+}
+
+fn version(tx: &mut DbConn, credential_id: i64, version: i32) -> Result<VersionRow, DbError> {
+    Ok(cv::table
+        .filter(cv::credential_id.eq(credential_id))
+        .filter(cv::version.eq(version))
+        .select(VersionRow::as_select())
+        .first(tx)?)
+}
+
+/// How many stored versions each master-key version protects (for `keys status`).
+pub fn count_by_kek_version(conn: &mut DbConn) -> Result<Vec<(i32, i64)>, DbError> {
+    Ok(cv::table
+        .group_by(cv::kek_version)
+        .select((cv::kek_version, diesel::dsl::count_star()))
+        .order(cv::kek_version.asc())
+        .load(conn)?)
+}

@@ -1,0 +1,152 @@
+//! Storage: one query code path for SQLite and PostgreSQL.
+//!
+//! [`DbConn`] is a diesel `MultiConnection`; the backend is chosen from the URL scheme,
+//! never by trying one after the other. Every SQLite connection runs in WAL mode with
+//! `synchronous=FULL`, foreign keys on, a busy timeout and `secure_delete` (so shredded
+//! key material is overwritten, not left in free pages).
+//!
+//! Write transactions begin with a write statement, so SQLite takes its write lock up
+//! front (waiting on the busy timeout) instead of failing a read-to-write upgrade, and
+//! PostgreSQL row locks serialise concurrent writers to one row.
+
+pub mod credentials;
+pub mod schema;
+pub mod sessions;
+pub mod users;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::R2D2Connection;
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::config::DatabaseUrl;
+
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+pub type PooledConn = r2d2::PooledConnection<Manager>;
+
+/// A connection failure, with a message that never carries the URL (it may hold a password).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(String);
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+PRAGMA foreign_keys = ON;
+PRAGMA secure_delete = ON;";
+
+/// Opens one connection for `url`, with the per-connection settings applied.
+pub fn establish(url: &DatabaseUrl) -> Result<DbConn, ConnectError> {
+    match url {
+        DatabaseUrl::Sqlite(path) => {
+            let mut c = SqliteConnection::establish(&path.to_string_lossy())
+                .map_err(|e| ConnectError(format!("cannot open SQLite database: {e}")))?;
+            // busy_timeout first, so that switching to WAL waits for another process too.
+            c.batch_execute("PRAGMA busy_timeout = 10000;")
+                .and_then(|_| c.batch_execute(SQLITE_PRAGMAS))
+                .map_err(|e| ConnectError(format!("cannot configure SQLite database: {e}")))?;
+            Ok(DbConn::Sqlite(c))
+        }
+        DatabaseUrl::Postgres(secret) => {
+            use secrecy::ExposeSecret;
+            let mut c = PgConnection::establish(secret.expose_secret()).map_err(|e| {
+                // libpq messages name host and port, never the password.
+                ConnectError(format!(
+                    "cannot connect to PostgreSQL: {}",
+                    first_line(&e.to_string())
+                ))
+            })?;
+            c.batch_execute("SET synchronous_commit = on; SET TIME ZONE 'UTC';")
+                .map_err(|e| ConnectError(format!("cannot configure PostgreSQL session: {e}")))?;
+            Ok(DbConn::Postgres(c))
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
+}
+
+/// Applies the embedded migrations of the connection's backend.
+pub fn run_migrations(conn: &mut DbConn) -> Result<(), ConnectError> {
+    let res = match conn {
+        DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|_| ()),
+        DbConn::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()),
+    };
+    res.map_err(|e| ConnectError(format!("database migration failed: {e}")))
+}
+
+/// The r2d2 manager: picks the backend from the URL scheme.
+#[derive(Debug)]
+pub struct Manager {
+    url: DatabaseUrl,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<DbConn, ConnectError> {
+        establish(&self.url)
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), ConnectError> {
+        conn.ping()
+            .map_err(|e| ConnectError(format!("connection check failed: {e}")))
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        conn.is_broken()
+    }
+}
+
+/// Builds the pool, failing fast (one clear error) when the database cannot be reached.
+pub fn build_pool(url: &DatabaseUrl, size: u32) -> Result<Pool, ConnectError> {
+    // Open one connection eagerly so a bad URL is one clear error, not a pool timeout.
+    drop(establish(url)?);
+    r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1))
+        .connection_timeout(Duration::from_secs(10))
+        .error_handler(Box::new(r2d2::LoggingErrorHandler))
+        .build(Manager { url: url.clone() })
+        .map_err(|e| ConnectError(format!("cannot build the connection pool: {e}")))
+}
+
+/// A repository failure. `Conflict` is a unique-key violation the caller should see as 409.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unique constraint violated")]
+    Conflict,
+    #[error("database error: {0}")]
+    Query(diesel::result::Error),
+    #[error("no connection available: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::EnvelopeError),
+    /// A domain rule refused the change inside the transaction (nothing was written).
+    #[error("rejected: {0}")]
+    Rejected(#[from] crate::domain::ValidationError),
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => DbError::Conflict,
+            other => DbError::Query(other),
+        }
+    }
+}

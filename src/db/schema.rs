@@ -1,0 +1,59 @@
+//! The one hand-kept, portable schema for both backends. Only types both backends share
+//! (BigInt, Integer, Text, Binary, Bool) appear here; timestamps are Unix seconds.
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        username -> Text,
+        password_hash -> Text,
+        role -> Text,
+        is_disabled -> Bool,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        user_id -> BigInt,
+        refresh_jti -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    credentials (id) {
+        id -> BigInt,
+        owner_id -> BigInt,
+        provider -> Text,
+        environment -> Text,
+        api_key -> Nullable<Text>,
+        is_active -> Bool,
+        current_version -> Integer,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        deleted_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    credential_versions (credential_id, version) {
+        credential_id -> BigInt,
+        version -> Integer,
+        environment -> Text,
+        format -> Integer,
+        kek_version -> Integer,
+        wrapped_dek -> Binary,
+        ciphertext -> Binary,
+        verifier -> Binary,
+        created_at -> BigInt,
+        created_by -> BigInt,
+    }
+}
+
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(credentials -> users (owner_id));
+diesel::joinable!(credential_versions -> credentials (credential_id));
+diesel::allow_tables_to_appear_in_same_query!(users, sessions, credentials, credential_versions);

@@ -1,0 +1,10 @@
+//! Domain types that hold the product's invariants. Each has a private inner value and a
+//! `parse` that returns `Result`, so a handler never holds an unchecked string.
+
+mod credential;
+mod ids;
+mod user;
+
+pub use credential::{ApiKey, Environment, PrivateKey, Provider, ValidationError};
+pub use ids::{CredentialId, UserId};
+pub use user::{Password, Role, Username};

@@ -1,0 +1,177 @@
+//! The one place that maps failures to what the caller sees. The error kind picks the
+//! status and the public message; the cause chain is logged once (inside the request span,
+//! so with its request id) and never reaches the body.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::db::DbError;
+use crate::domain::ValidationError;
+
+pub const NOT_FOUND: &str = "Payment credentials not found or access denied";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A credential that is missing, deleted, or not the caller's: one answer for all.
+    #[error("credential not found or not the caller's")]
+    CredentialNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("unauthenticated: {0}")]
+    Unauthorized(&'static str),
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("service unavailable: {0}")]
+    Unavailable(anyhow::Error),
+    #[error("internal error: {0}")]
+    Internal(anyhow::Error),
+}
+
+impl ApiError {
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(e.into())
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::CredentialNotFound => NOT_FOUND.into(),
+            ApiError::RouteNotFound => "Not found".into(),
+            ApiError::MethodNotAllowed => "Method not allowed".into(),
+            ApiError::Invalid(m) | ApiError::Conflict(m) => m.clone(),
+            ApiError::Unauthorized(m) | ApiError::Forbidden(m) => (*m).into(),
+            ApiError::PayloadTooLarge => "Request body is too large".into(),
+            ApiError::Unavailable(_) => "Service temporarily unavailable; try again".into(),
+            ApiError::Internal(_) => "Internal server error".into(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::CredentialNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            ApiError::Internal(cause) | ApiError::Unavailable(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed");
+            }
+            other => tracing::debug!(error = %other, "request refused"),
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            res.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        res.json(json!({ "error": self.public_message() }))
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::Invalid(e.0)
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Conflict => {
+                ApiError::Conflict("A record with these values already exists".into())
+            }
+            DbError::Pool(e) => ApiError::Unavailable(e.into()),
+            DbError::Rejected(v) => ApiError::Invalid(v.0),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        ApiError::Unavailable(anyhow::anyhow!("blocking pool: {e}"))
+    }
+}
+
+/// A safe, short description of a JSON body that failed to parse: never echoes values
+/// (a mistyped field could hold a secret).
+pub fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => "Malformed JSON body".into(),
+        Category::Data => {
+            let msg = e.to_string();
+            for prefix in ["unknown field", "missing field", "duplicate field"] {
+                if let Some(rest) = msg.strip_prefix(prefix) {
+                    let name: String = rest
+                        .trim_start()
+                        .trim_start_matches('`')
+                        .chars()
+                        .take_while(|c| *c != '`')
+                        .take(64)
+                        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let what = match prefix {
+                        "unknown field" => "Unknown field",
+                        "missing field" => "Missing required field",
+                        _ => "Duplicate field",
+                    };
+                    return format!("{what}: {name}");
+                }
+            }
+            "Invalid request body: a field has the wrong type or value".into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        private_key: String,
+    }
+
+    fn describe(raw: &str) -> String {
+        describe_json_error(&serde_json::from_str::<Body>(raw).unwrap_err())
+    }
+
+    #[test]
+    fn json_errors_name_fields_but_never_echo_values() {
+        assert_eq!(describe("{"), "Malformed JSON body");
+        assert_eq!(
+            describe(r#"{"private_key":"x","owner_id":1}"#),
+            "Unknown field: owner_id"
+        );
+        assert_eq!(describe("{}"), "Missing required field: private_key");
+        let typed = describe(r#"{"private_key": 123456789012345}"#);
+        assert!(!typed.contains("123456789012345"), "{typed}");
+    }
+
+    #[test]
+    fn internal_errors_have_generic_bodies() {
+        let e = ApiError::internal(anyhow::anyhow!("SELECT * FROM credentials /var/lib/x.db"));
+        assert_eq!(e.public_message(), "Internal server error");
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,42 @@
+//! # hazina — an encrypted, multi-tenant vault for payment-provider credentials
+//!
+//! ## What hazina guarantees
+//! - **Confidentiality at rest.** Every private key is sealed with AES-256-GCM under its own
+//!   random data key (DEK); the DEK is wrapped under a versioned master key (KEK) that never
+//!   touches the database. Associated data binds each ciphertext to its owner, credential,
+//!   provider, environment and version, so a blob moved to another row does not open.
+//! - **Tenant isolation.** Every credential query carries the owner in its `WHERE` clause;
+//!   another owner's id and a missing id answer identically.
+//! - **No offline guessing.** `verify` compares a keyed HMAC whose key exists only through
+//!   the keyring; a database dump alone cannot test guesses.
+//! - **Secrets stay typed.** Private keys, DEKs, master keys, passwords and tokens live in
+//!   `secrecy`/`zeroize` types; none implements `Display`, and their `Debug` is redacted.
+//! - **Sessions are revocable.** Access tokens are checked against their session and user on
+//!   every request; refresh tokens are single use, and a replay revokes the whole session.
+//!
+//! ## Threat model (in short)
+//! An attacker may read the database file (or a backup of it), send arbitrary HTTP, hold a
+//! valid account of their own, and replay tokens they observed. They do not hold the keyring
+//! file or control the process memory.
+//!
+//! ## Where things live
+//! - a request enters in [`routes`] (the whole route table is in `routes/mod.rs`);
+//! - its principal is established in [`auth::principal`];
+//! - the owner is checked inside the SQL of [`db::credentials`];
+//! - the secret is sealed and opened only in [`crypto::envelope`].
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;

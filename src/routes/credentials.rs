@@ -1,0 +1,424 @@
+//! The Payment Credentials API (SPEC §2.1). Every handler takes the owner from the
+//! authenticated principal and passes it to the repository, which filters by it in SQL.
+
+use actix_web::{web, HttpResponse};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthenticatedUser;
+use crate::clock::rfc3339;
+use crate::crypto::{envelope, Aad};
+use crate::db::credentials::{
+    self as repo, CredentialRow, MetadataUpdate, NewCredential, VersionRow,
+};
+use crate::db::DbError;
+use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, Provider};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// The credential as callers see it: metadata only, never key material.
+#[derive(Debug, Serialize)]
+pub struct CredentialView {
+    id: i64,
+    provider: String,
+    provider_display: &'static str,
+    environment: String,
+    is_active: bool,
+    is_live: bool,
+    is_sandbox: bool,
+    api_key: Option<String>,
+    version: i32,
+    created_at: String,
+    updated_at: String,
+}
+
+fn provider_of(row: &CredentialRow) -> Result<Provider, ApiError> {
+    Provider::parse(&row.provider)
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("stored provider is unknown")))
+}
+
+fn view(row: CredentialRow) -> Result<CredentialView, ApiError> {
+    let provider = provider_of(&row)?;
+    Ok(CredentialView {
+        id: row.id,
+        provider_display: provider.display_name(),
+        is_live: row.environment == Environment::Live.as_str(),
+        is_sandbox: row.environment == Environment::Sandbox.as_str(),
+        provider: row.provider,
+        environment: row.environment,
+        is_active: row.is_active,
+        api_key: row.api_key,
+        version: row.current_version,
+        created_at: rfc3339(row.created_at),
+        updated_at: rfc3339(row.updated_at),
+    })
+}
+
+fn parse_id(raw: &str) -> Result<CredentialId, ApiError> {
+    CredentialId::parse(raw).ok_or(ApiError::CredentialNotFound)
+}
+
+/// The binding of a stored version: its row's identity and the version's own environment.
+fn aad_of<'a>(row: &'a CredentialRow, version: &'a VersionRow) -> Aad<'a> {
+    Aad {
+        owner_id: row.owner_id,
+        credential_id: row.id,
+        provider: &row.provider,
+        environment: &version.environment,
+        version: version.version,
+    }
+}
+
+/// The binding a new version of `row` gets (its current version and environment).
+fn aad_for_row(row: &CredentialRow) -> Aad<'_> {
+    Aad {
+        owner_id: row.owner_id,
+        credential_id: row.id,
+        provider: &row.provider,
+        environment: &row.environment,
+        version: row.current_version,
+    }
+}
+
+/// The provider's own key format must agree with the row's environment (checked inside the
+/// write transaction, against the row as it will be).
+fn check_key_matches(row: &CredentialRow, key: &SecretString) -> Result<(), DbError> {
+    let provider = Provider::parse(&row.provider)?;
+    let env = Environment::parse(&row.environment)?;
+    Ok(provider.check_key_environment(key.expose_secret(), env)?)
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let rows = state.db(move |c| repo::list(c, owner)).await?;
+    let views = rows.into_iter().map(view).collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Ok().json(views))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    provider: String,
+    api_key: String,
+    private_key: SecretString,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    body: web::Json<CreateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let body = body.into_inner();
+    let provider = Provider::parse(&body.provider)?;
+    let environment = Environment::parse(body.environment.as_deref().unwrap_or("sandbox"))?;
+    let api_key = ApiKey::parse(body.api_key)?;
+    let key = PrivateKey::parse(body.private_key)?;
+    provider.check_key_environment(key.secret().expose_secret(), environment)?;
+    provider.check_key_environment(api_key.as_str(), environment)?;
+
+    let id = CredentialId::generate();
+    let aad = Aad {
+        owner_id: owner.get(),
+        credential_id: id.get(),
+        provider: provider.as_str(),
+        environment: environment.as_str(),
+        version: 1,
+    };
+    let sealed = envelope::seal(&state.keyring, &aad, key.secret()).map_err(ApiError::internal)?;
+    drop(key);
+    let now = state.clock.now();
+    let row = state
+        .db(move |c| {
+            repo::create(
+                c,
+                NewCredential {
+                    id,
+                    owner,
+                    provider: provider.as_str(),
+                    environment: environment.as_str(),
+                    api_key: api_key.as_str(),
+                    envelope: sealed,
+                },
+                now,
+            )
+        })
+        .await
+        .map_err(|e| match e {
+            ApiError::Conflict(_) => ApiError::Conflict(format!(
+                "Payment credentials for {} ({}) already exist",
+                provider.display_name(),
+                environment.as_str()
+            )),
+            other => other,
+        })?;
+    Ok(HttpResponse::Created().json(view(row)?))
+}
+
+pub async fn get_one(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let id = parse_id(&path)?;
+    let row = state
+        .db(move |c| repo::get(c, owner, id))
+        .await?
+        .ok_or(ApiError::CredentialNotFound)?;
+    Ok(HttpResponse::Ok().json(view(row)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+pub async fn update(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    path: web::Path<String>,
+    body: web::Json<UpdateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let id = parse_id(&path)?;
+    let body = body.into_inner();
+    if body.api_key.is_none() && body.environment.is_none() {
+        return Err(ApiError::Invalid(
+            "Provide api_key and/or environment to update".into(),
+        ));
+    }
+    let api_key = body.api_key.map(ApiKey::parse).transpose()?;
+    let environment = body
+        .environment
+        .as_deref()
+        .map(Environment::parse)
+        .transpose()?;
+    let keyring = state.keyring.clone();
+    let now = state.clock.now();
+    let row = state
+        .db(move |c| {
+            // A new environment changes the binding, so the secret is re-sealed as a new
+            // version; the provider's own key format must agree with the new environment.
+            let reseal = |previous: &VersionRow, after: &CredentialRow| {
+                let secret =
+                    envelope::open(&keyring, &aad_of(after, previous), &previous.envelope())?;
+                check_key_matches(after, &secret)?;
+                Ok(envelope::seal(&keyring, &aad_for_row(after), &secret)?)
+            };
+            let update = MetadataUpdate {
+                api_key: api_key.as_ref().map(ApiKey::as_str),
+                environment: environment.map(Environment::as_str),
+            };
+            repo::update_metadata(c, owner, id, update, &reseal, now)
+        })
+        .await
+        .map_err(|e| match e {
+            ApiError::Conflict(_) => ApiError::Conflict(
+                "Payment credentials for this provider and environment already exist".into(),
+            ),
+            other => other,
+        })?
+        .ok_or(ApiError::CredentialNotFound)?;
+    Ok(HttpResponse::Ok().json(view(row)?))
+}
+
+pub async fn delete(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let id = parse_id(&path)?;
+    let now = state.clock.now();
+    let row = state
+        .db(move |c| repo::delete(c, owner, id, now))
+        .await?
+        .ok_or(ApiError::CredentialNotFound)?;
+    let provider = provider_of(&row)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": format!(
+            "Payment credentials for {} have been successfully deleted",
+            provider.display_name()
+        )
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateKeyBody {
+    private_key: SecretString,
+}
+
+pub async fn rotate(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    path: web::Path<String>,
+    body: web::Json<PrivateKeyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let id = parse_id(&path)?;
+    let key = PrivateKey::parse(body.into_inner().private_key)?;
+    let keyring = state.keyring.clone();
+    let now = state.clock.now();
+    let actor = user.id;
+    let row = state
+        .db(move |c| {
+            let seal = |row: &CredentialRow| {
+                check_key_matches(row, key.secret())?;
+                Ok(envelope::seal(&keyring, &aad_for_row(row), key.secret())?)
+            };
+            repo::add_version(c, owner, id, actor, &seal, now)
+        })
+        .await?
+        .ok_or(ApiError::CredentialNotFound)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": "Private key updated successfully",
+        "credentials": view(row)?,
+    })))
+}
+
+#[derive(Serialize)]
+struct RevealView<'a> {
+    credentials_id: i64,
+    provider: &'a str,
+    provider_display: &'static str,
+    private_key: &'a str,
+    message: &'static str,
+}
+
+pub async fn reveal(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    if !state.config.owner_reveal {
+        return Err(ApiError::Forbidden(
+            "Revealing private keys is reserved for services on this vault",
+        ));
+    }
+    let id = parse_id(&path)?;
+    let (row, version) = state
+        .db(move |c| repo::get_current(c, owner, id))
+        .await?
+        .ok_or(ApiError::CredentialNotFound)?;
+    let provider = provider_of(&row)?;
+    let secret = envelope::open(&state.keyring, &aad_of(&row, &version), &version.envelope())
+        .map_err(ApiError::internal)?;
+    let body = serde_json::to_vec(&RevealView {
+        credentials_id: row.id,
+        provider: &row.provider,
+        provider_display: provider.display_name(),
+        private_key: secret.expose_secret(),
+        message: "Private key retrieved successfully",
+    })
+    .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .content_type("application/json")
+        .body(body))
+}
+
+pub async fn verify(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    path: web::Path<String>,
+    body: web::Json<PrivateKeyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let id = parse_id(&path)?;
+    let candidate = body.into_inner().private_key;
+    let (row, version) = state
+        .db(move |c| repo::get_current(c, owner, id))
+        .await?
+        .ok_or(ApiError::CredentialNotFound)?;
+    let provider = provider_of(&row)?;
+    let is_valid = envelope::verify(
+        &state.keyring,
+        &aad_of(&row, &version),
+        &version.envelope(),
+        &candidate,
+    )
+    .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "credentials_id": row.id,
+        "provider": row.provider,
+        "provider_display": provider.display_name(),
+        "is_valid": is_valid,
+        "message": if is_valid { "Credentials verified successfully" } else { "Invalid private key" },
+    })))
+}
+
+pub async fn toggle_status(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let id = parse_id(&path)?;
+    let now = state.clock.now();
+    let row = state
+        .db(move |c| repo::toggle_active(c, owner, id, now))
+        .await?
+        .ok_or(ApiError::CredentialNotFound)?;
+    let provider = provider_of(&row)?;
+    let state_word = if row.is_active {
+        "activated"
+    } else {
+        "deactivated"
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": format!("Payment credentials for {} have been {state_word}", provider.display_name()),
+        "credentials": view(row)?,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderQuery {
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+pub async fn by_provider(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    path: web::Path<String>,
+    query: web::Query<ProviderQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = user.require_owner()?;
+    let provider = Provider::parse(&path)?;
+    let environment = query
+        .environment
+        .as_deref()
+        .map(Environment::parse)
+        .transpose()?;
+    let mut rows = state
+        .db(move |c| {
+            repo::find_by_provider(
+                c,
+                owner,
+                provider.as_str(),
+                environment.map(Environment::as_str),
+            )
+        })
+        .await?;
+    match rows.len() {
+        0 => Err(ApiError::CredentialNotFound),
+        1 => Ok(HttpResponse::Ok().json(view(rows.remove(0))?)),
+        _ => Err(ApiError::Invalid(format!(
+            "Both sandbox and live credentials exist for {}; choose one with ?environment=",
+            provider.display_name()
+        ))),
+    }
+}

@@ -1,0 +1,200 @@
+//! The whole route table, and the request plumbing every route shares: request ids,
+//! security headers, JSON errors for everything raised below the handlers.
+
+mod credentials;
+mod health;
+mod sessions;
+
+use std::future::{ready, Ready};
+use std::time::Instant;
+
+use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{error::JsonPayloadError, web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::future::LocalBoxFuture;
+use tracing::Instrument;
+
+use crate::error::{describe_json_error, ApiError};
+
+macro_rules! route_table {
+    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
+        /// Every registered route as (method, path), for the OpenAPI conformance test.
+        pub const ROUTE_TABLE: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
+
+        /// Registers every route of [`ROUTE_TABLE`].
+        pub fn register(cfg: &mut web::ServiceConfig) {
+            $( cfg.route($path, web::$method().to($handler)); )*
+        }
+    };
+}
+
+route_table! {
+    get    "/healthz" => health::healthz,
+    get    "/readyz" => health::readyz,
+
+    post   "/users/login/" => sessions::login,
+    post   "/users/token/refresh/" => sessions::refresh,
+    post   "/users/logout/" => sessions::logout,
+
+    get    "/payments/credentials/" => credentials::list,
+    post   "/payments/credentials/" => credentials::create,
+    get    "/payments/credentials/provider/{provider}/" => credentials::by_provider,
+    get    "/payments/credentials/{id}/" => credentials::get_one,
+    put    "/payments/credentials/{id}/" => credentials::update,
+    delete "/payments/credentials/{id}/" => credentials::delete,
+    post   "/payments/credentials/{id}/update-private-key/" => credentials::rotate,
+    post   "/payments/credentials/{id}/rotate/" => credentials::rotate,
+    get    "/payments/credentials/{id}/get-private-key/" => credentials::reveal,
+    post   "/payments/credentials/{id}/verify/" => credentials::verify,
+    post   "/payments/credentials/{id}/toggle-status/" => credentials::toggle_status,
+}
+
+/// Unmatched requests: 405 when the path exists under another method, else 404.
+pub async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let path = req.path();
+    let known = ROUTE_TABLE
+        .iter()
+        .any(|(_, pattern)| actix_web::dev::ResourceDef::new(*pattern).is_match(path));
+    Err(if known {
+        ApiError::MethodNotAllowed
+    } else {
+        ApiError::RouteNotFound
+    })
+}
+
+/// Extractor limits and their errors: every one answers JSON, never echoing the body.
+pub fn extractor_config(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(
+            web::JsonConfig::default()
+                .limit(max_body_bytes)
+                .error_handler(|err, _req| {
+                    let api = match &err {
+                        JsonPayloadError::Overflow { .. }
+                        | JsonPayloadError::OverflowKnownLength { .. } => ApiError::PayloadTooLarge,
+                        JsonPayloadError::ContentType => {
+                            ApiError::Invalid("Content-Type must be application/json".into())
+                        }
+                        JsonPayloadError::Deserialize(e) => {
+                            ApiError::Invalid(describe_json_error(e))
+                        }
+                        _ => ApiError::Invalid("Invalid request body".into()),
+                    };
+                    api.into()
+                }),
+        )
+        .app_data(web::PayloadConfig::default().limit(max_body_bytes))
+        .app_data(
+            web::PathConfig::default().error_handler(|_, _| ApiError::CredentialNotFound.into()),
+        )
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|_, _| ApiError::Invalid("Invalid query parameters".into()).into()),
+        );
+    }
+}
+
+/// Rewrites any error response that is not already JSON (raised by actix itself, below the
+/// handlers) into the `{"error": ...}` shape.
+pub fn json_errors<B: 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new().default_handler(|res: ServiceResponse<B>| {
+        let is_json = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if is_json {
+            return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+        }
+        let status = res.status();
+        let message = match status.as_u16() {
+            404 => "Not found",
+            405 => "Method not allowed",
+            413 => "Request body is too large",
+            s if s >= 500 => "Internal server error",
+            _ => status.canonical_reason().unwrap_or("Request refused"),
+        };
+        let (req, _) = res.into_parts();
+        let body = HttpResponse::build(status).json(serde_json::json!({ "error": message }));
+        Ok(ErrorHandlerResponse::Response(
+            ServiceResponse::new(req, body).map_into_right_body(),
+        ))
+    })
+}
+
+/// The id of one request: on every log line (via the span) and in `X-Request-Id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Request id, access log line and security headers for every response.
+pub struct RequestContext;
+
+impl<S, B> Transform<S, ServiceRequest> for RequestContext
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Transform = RequestContextMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(RequestContextMiddleware { service }))
+    }
+}
+
+pub struct RequestContextMiddleware<S> {
+    service: S,
+}
+
+impl<S, B> Service<ServiceRequest> for RequestContextMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("request", request_id = %request_id, method = %req.method());
+        req.extensions_mut().insert(RequestId(request_id.clone()));
+        let started = Instant::now();
+        let fut = {
+            let _entered = span.enter();
+            self.service.call(req)
+        };
+        Box::pin(
+            async move {
+                let mut res = fut.await?;
+                let headers = res.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                    headers.insert(header::HeaderName::from_static("x-request-id"), v);
+                }
+                headers.insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+                headers.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+                );
+                tracing::info!(
+                    status = res.status().as_u16(),
+                    route = res.request().match_pattern().unwrap_or_else(|| "-".into()),
+                    latency_us = started.elapsed().as_micros() as u64,
+                    "request"
+                );
+                Ok(res)
+            }
+            .instrument(span),
+        )
+    }
+}

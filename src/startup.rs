@@ -1,0 +1,145 @@
+//! Builds the application: keyring, pool, migrations, HTTP server. Tests bind port 0 and
+//! read the port back.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use crate::auth::jwt::TokenKeys;
+use crate::clock::Clock;
+use crate::config::{Config, KeyringSource};
+use crate::crypto::{Keyring, KeyringError};
+use crate::db::{self, DbConn, DbError, Pool};
+use crate::error::ApiError;
+use crate::routes;
+
+/// What every handler shares. Nothing here is mutable per node: sessions, revocations and
+/// rotation state live in the database.
+pub struct AppState {
+    pub pool: Pool,
+    pub keyring: Arc<Keyring>,
+    pub tokens: TokenKeys,
+    pub clock: Clock,
+    pub config: Config,
+}
+
+impl AppState {
+    /// Runs `f` with a pooled connection on the blocking pool, never on an async worker.
+    pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut DbConn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        web::block(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await?
+        .map_err(ApiError::from)
+    }
+}
+
+/// How the keyring was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyringOrigin {
+    Loaded,
+    /// A development keyring was created because none existed.
+    CreatedForDevelopment,
+}
+
+/// Loads the keyring; with a file source and no file, creates a development keyring (0600).
+pub fn load_keyring(source: &KeyringSource) -> Result<(Keyring, KeyringOrigin), KeyringError> {
+    match source {
+        KeyringSource::Inline(data) => Ok((Keyring::from_secret(data)?, KeyringOrigin::Loaded)),
+        KeyringSource::File(path) if path.exists() => {
+            Ok((Keyring::load_file(path)?, KeyringOrigin::Loaded))
+        }
+        KeyringSource::File(path) => {
+            let k = Keyring::generate();
+            k.write_new_file(path)?;
+            Ok((k, KeyringOrigin::CreatedForDevelopment))
+        }
+    }
+}
+
+/// Opens the database named by the configuration and applies migrations.
+pub fn open_database(config: &Config) -> anyhow::Result<Pool> {
+    let pool = db::build_pool(&config.database_url, config.db_pool_size)?;
+    let mut conn = pool.get().context("cannot get a database connection")?;
+    db::run_migrations(&mut conn)?;
+    Ok(pool)
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Everything but accepting connections: keyring, database, migrations, listener.
+    pub fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let (keyring, origin) = load_keyring(&config.keyring)?;
+        if origin == KeyringOrigin::CreatedForDevelopment {
+            if let KeyringSource::File(path) = &config.keyring {
+                tracing::warn!(
+                    path = %path.display(),
+                    "!!! CREATED A DEVELOPMENT KEYRING: no keyring existed. Every credential is \
+                     encrypted under it: back it up and keep it apart from the database. \
+                     For production, provision HAZINA_KEYRING deliberately. !!!"
+                );
+            }
+        }
+        let tokens = TokenKeys::from_keyring(&keyring).context("cannot derive token keys")?;
+        let pool = open_database(&config)?;
+        crate::auth::password::warm_up();
+
+        let listener = TcpListener::bind(&config.bind)
+            .with_context(|| format!("cannot bind {}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let workers = config.workers;
+        let state = web::Data::new(AppState {
+            pool,
+            keyring: Arc::new(keyring),
+            tokens,
+            clock,
+            config,
+        });
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .configure(routes::extractor_config(app_state.config.max_body_bytes))
+                .wrap(routes::json_errors())
+                .wrap(routes::RequestContext)
+                .configure(routes::register)
+                .default_service(web::to(routes::fallback))
+        })
+        .listen(listener)?;
+        if let Some(w) = workers {
+            server = server.workers(w);
+        }
+        tracing::info!(port, "hazina listening over plain HTTP (no TLS configured)");
+        Ok(Application {
+            port,
+            server: server.run(),
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
