@@ -1,0 +1,413 @@
+//! Test harness: `spawn_app()` starts hazina on port 0 with a fresh database and keyring.
+//!
+//! Backend: `HAZINA_TEST_BACKEND=sqlite` (default) or `postgres`. For PostgreSQL each test
+//! creates its own database on `HAZINA_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`, used only to create and drop it) and drops it
+//! when the `TestApp` is dropped.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use actix_web::web;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use reqwest::{Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use hazina::auth::password;
+use hazina::clock::Clock;
+use hazina::config::Config;
+use hazina::db::{self, DbConn};
+use hazina::domain::{Role, Username};
+use hazina::startup::{AppState, Application};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("HAZINA_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("HAZINA_TEST_BACKEND must be sqlite or postgres, not {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Log capture: every test's server logs land in one buffer that tests can search.
+
+#[derive(Clone)]
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = LogSink(buf.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .try_init();
+        buf
+    })
+}
+
+/// Everything every server in this test process has logged so far.
+pub fn captured_logs() -> Vec<u8> {
+    log_buffer().lock().unwrap().clone()
+}
+
+// ---------------------------------------------------------------------------------------
+// Databases
+
+pub enum TestDatabase {
+    Sqlite {
+        path: PathBuf,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("HAZINA_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+impl TestDatabase {
+    fn create(dir: &std::path::Path) -> Self {
+        match backend() {
+            Backend::Sqlite => TestDatabase::Sqlite {
+                path: dir.join("hazina.db"),
+            },
+            Backend::Postgres => {
+                let admin_url = pg_admin_url();
+                let name = format!("hazina_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = PgConnection::establish(&admin_url)
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is unreachable: {e}"));
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .unwrap();
+                let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
+                let url = format!("{base}/{name}");
+                TestDatabase::Postgres {
+                    admin_url,
+                    name,
+                    url,
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDatabase::Sqlite { path } => format!("sqlite://{}", path.display()),
+            TestDatabase::Postgres { url, .. } => url.clone(),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let TestDatabase::Postgres {
+            admin_url, name, ..
+        } = self
+        {
+            if let Ok(mut admin) = PgConnection::establish(admin_url) {
+                let _ =
+                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The application under test
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub state: web::Data<AppState>,
+    pub clock: Clock,
+    pub keyring_path: PathBuf,
+    // Field order matters: the database is dropped before the directory holding it.
+    pub db: TestDatabase,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct TestUser {
+    pub id: i64,
+    pub username: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+/// Spawns hazina with default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Spawns hazina with extra `HAZINA_*` settings (as the environment would give them).
+pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
+    log_buffer();
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create(dir.path());
+    let keyring_path = dir.path().join("hazina.keyring");
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("HAZINA_DATABASE_URL".into(), db.url());
+    env.insert("HAZINA_BIND".into(), "127.0.0.1:0".into());
+    env.insert("HAZINA_KEYRING".into(), keyring_path.display().to_string());
+    env.insert("HAZINA_WORKERS".into(), "1".into());
+    env.insert("HAZINA_DB_POOL_SIZE".into(), "4".into());
+    for (k, v) in settings {
+        env.insert((*k).into(), (*v).into());
+    }
+    let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration is valid");
+    let clock = Clock::manual(chrono::Utc::now().timestamp());
+    let app = Application::build(config, clock.clone()).expect("application builds");
+    let port = app.port();
+    let state = app.state();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client: reqwest::Client::builder().build().unwrap(),
+        state,
+        clock,
+        keyring_path,
+        db,
+        dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// A pooled connection to the app's own database, for arranging and inspecting rows.
+    pub fn conn(&self) -> r2d2::PooledConnection<db::Manager> {
+        self.state.pool.get().unwrap()
+    }
+
+    /// Runs raw SQL (several statements allowed) against the app's database.
+    pub fn sql(&self, statements: &str) {
+        let mut conn = self.conn();
+        let c: &mut DbConn = &mut conn;
+        c.batch_execute(statements).unwrap();
+    }
+
+    /// Runs one SQL statement; the number of rows it touched.
+    pub fn sql_execute(&self, statement: &str) -> usize {
+        let mut conn = self.conn();
+        diesel::sql_query(statement).execute(&mut *conn).unwrap()
+    }
+
+    /// Runs a query whose single column is named `line` and is text.
+    pub fn sql_lines(&self, query: &str) -> Vec<String> {
+        #[derive(QueryableByName)]
+        struct Line {
+            #[diesel(sql_type = Text)]
+            line: String,
+        }
+        let mut conn = self.conn();
+        diesel::sql_query(query)
+            .load::<Line>(&mut *conn)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.line)
+            .collect()
+    }
+
+    /// Every byte the database holds at rest: for SQLite the database file and its WAL
+    /// (raw), for PostgreSQL every row of every table rendered as text (bytea as hex).
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        match &self.db {
+            TestDatabase::Sqlite { path } => {
+                let mut out = std::fs::read(path).unwrap();
+                let wal = PathBuf::from(format!("{}-wal", path.display()));
+                if let Ok(bytes) = std::fs::read(wal) {
+                    out.extend(bytes);
+                }
+                out
+            }
+            TestDatabase::Postgres { .. } => {
+                let mut out = Vec::new();
+                for table in ["users", "sessions", "credentials", "credential_versions"] {
+                    for line in self.sql_lines(&format!(
+                        "SELECT row_to_json(t)::text AS line FROM {table} t"
+                    )) {
+                        out.extend(line.into_bytes());
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Creates a user directly in the database (no login).
+    pub fn insert_user(&self, username: &str, role: Role) -> i64 {
+        let hash = password::hash(&SecretString::from(PASSWORD.to_owned())).unwrap();
+        let mut conn = self.conn();
+        let id = db::users::create(
+            &mut conn,
+            &Username::parse(username).unwrap(),
+            &hash,
+            role,
+            self.clock.now(),
+        )
+        .unwrap();
+        id.get()
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.client
+            .post(self.url("/users/login/"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A new user of `role`, logged in.
+    pub async fn user_with_role(&self, role: Role) -> TestUser {
+        let username = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let id = self.insert_user(&username, role);
+        let res = self.login(&username, PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::OK, "login of a fresh user");
+        let body: Value = res.json().await.unwrap();
+        TestUser {
+            id,
+            username,
+            password: PASSWORD.into(),
+            access: body["access_token"].as_str().unwrap().into(),
+            refresh: body["refresh_token"].as_str().unwrap().into(),
+        }
+    }
+
+    /// A new merchant (role `user`), logged in.
+    pub async fn user(&self) -> TestUser {
+        self.user_with_role(Role::User).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POST with no body at all.
+    pub async fn post_empty(&self, path: &str, token: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a credential and returns its JSON (asserting 201).
+    pub async fn create_credential(
+        &self,
+        user: &TestUser,
+        provider: &str,
+        environment: &str,
+        private_key: &str,
+    ) -> Value {
+        let res = self
+            .post(
+                "/payments/credentials/",
+                &user.access,
+                &json!({
+                    "provider": provider,
+                    "api_key": format!("api-{provider}-{environment}"),
+                    "private_key": private_key,
+                    "environment": environment,
+                }),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "create credential");
+        res.json().await.unwrap()
+    }
+}
+
+/// Asserts a JSON error response: the status and `{"error": <message>}`.
+pub async fn assert_error(res: Response, status: StatusCode, message: &str) {
+    assert_eq!(res.status(), status);
+    assert!(
+        res.headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("application/json")),
+        "error bodies are JSON"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], message, "{body}");
+}
+
+/// Asserts a JSON 4xx (never a 5xx) and returns the body.
+pub async fn assert_json_4xx(res: Response) -> Value {
+    let status = res.status();
+    assert!(status.is_client_error(), "expected a 4xx, got {status}");
+    let text = res.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    assert!(body["error"].is_string(), "{body}");
+    body
+}
+
+pub const NOT_FOUND: &str = "Payment credentials not found or access denied";

@@ -1,0 +1,10 @@
+//! hazina's integration tests: one binary, one `spawn_app()` per test, each with its own
+//! temporary database (SQLite by default; PostgreSQL with `HAZINA_TEST_BACKEND=postgres`).
+
+mod helpers;
+
+mod credentials;
+mod hostile;
+mod openapi;
+mod security;
+mod sessions;
