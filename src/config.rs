@@ -3,7 +3,9 @@
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 
 /// Where the data lives; the scheme picks the backend.
@@ -59,6 +61,50 @@ pub enum KeyringSource {
     Inline(SecretString),
 }
 
+/// HTTPS settings, read and checked at load (`HAZINA_TLS_*`): the server's chain and key,
+/// and optionally the CA whose client certificates are verified (mutual TLS).
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub cert_path: PathBuf,
+    /// Leaf first, as in the PEM file.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key_path: PathBuf,
+    /// The server's private key; never printed (see the `Debug` below).
+    pub key: Arc<PrivateKeyDer<'static>>,
+    pub client_ca: Option<ClientCa>,
+    /// Refuse connections that present no client certificate (needs `client_ca`).
+    pub require_client_cert: bool,
+}
+
+/// The CA bundle that signs client certificates (`HAZINA_TLS_CLIENT_CA`).
+#[derive(Clone)]
+pub struct ClientCa {
+    pub path: PathBuf,
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert_path", &self.cert_path)
+            .field("certificates", &self.cert_chain.len())
+            .field("key_path", &self.key_path)
+            .field("key", &"[elided]")
+            .field("client_ca", &self.client_ca)
+            .field("require_client_cert", &self.require_client_cert)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("path", &self.path)
+            .field("certificates", &self.roots.len())
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: DatabaseUrl,
@@ -68,6 +114,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub workers: Option<usize>,
     pub db_pool_size: u32,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +216,8 @@ impl Config {
                 .ok_or_else(|| bad("HAZINA_DB_POOL_SIZE", "must be a number from 1 to 512"))?,
         };
 
+        let tls = tls_settings(&get)?;
+
         Ok(Config {
             database_url,
             bind,
@@ -176,8 +226,85 @@ impl Config {
             max_body_bytes,
             workers,
             db_pool_size,
+            tls,
         })
     }
+}
+
+/// `HAZINA_TLS_CERT` + `HAZINA_TLS_KEY` (both or neither), `HAZINA_TLS_CLIENT_CA` (needs
+/// both), `HAZINA_TLS_REQUIRE_CLIENT_CERT` (`true` needs the CA). The files are read and a
+/// server configuration is built from them, so a bad file stops start-up naming its setting.
+fn tls_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsSettings>, ConfigError> {
+    let path = |setting: &'static str| match get(setting) {
+        Some(v) if v.trim().is_empty() => Err(bad(setting, "must not be empty")),
+        v => Ok(v.map(PathBuf::from)),
+    };
+    let cert = path("HAZINA_TLS_CERT")?;
+    let key = path("HAZINA_TLS_KEY")?;
+    let client_ca = path("HAZINA_TLS_CLIENT_CA")?;
+    let require_client_cert = match get("HAZINA_TLS_REQUIRE_CLIENT_CERT") {
+        None => false,
+        Some(v) => parse_bool(&v)
+            .ok_or_else(|| bad("HAZINA_TLS_REQUIRE_CLIENT_CERT", "must be true or false"))?,
+    };
+
+    let (cert_path, key_path) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => {
+            return Err(bad(
+                "HAZINA_TLS_KEY",
+                "must be set together with HAZINA_TLS_CERT",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "HAZINA_TLS_CERT",
+                "must be set together with HAZINA_TLS_KEY",
+            ))
+        }
+        (None, None) if client_ca.is_some() => {
+            return Err(bad(
+                "HAZINA_TLS_CLIENT_CA",
+                "needs HAZINA_TLS_CERT and HAZINA_TLS_KEY (client certificates are verified \
+                 only over HTTPS)",
+            ))
+        }
+        (None, None) if require_client_cert => {
+            return Err(bad(
+                "HAZINA_TLS_REQUIRE_CLIENT_CERT",
+                "true needs HAZINA_TLS_CERT, HAZINA_TLS_KEY and HAZINA_TLS_CLIENT_CA",
+            ))
+        }
+        (None, None) => return Ok(None),
+    };
+    if require_client_cert && client_ca.is_none() {
+        return Err(bad(
+            "HAZINA_TLS_REQUIRE_CLIENT_CERT",
+            "true needs HAZINA_TLS_CLIENT_CA (the CA that signs client certificates)",
+        ));
+    }
+
+    let tls_bad = |e: crate::tls::TlsError| bad(e.setting, e.problem);
+    let cert_chain =
+        crate::tls::read_certificates("HAZINA_TLS_CERT", &cert_path).map_err(tls_bad)?;
+    let key = crate::tls::read_private_key("HAZINA_TLS_KEY", &key_path).map_err(tls_bad)?;
+    let client_ca = match client_ca {
+        None => None,
+        Some(path) => Some(ClientCa {
+            roots: crate::tls::read_certificates("HAZINA_TLS_CLIENT_CA", &path).map_err(tls_bad)?,
+            path,
+        }),
+    };
+    let settings = TlsSettings {
+        cert_path,
+        cert_chain,
+        key_path,
+        key: Arc::new(key),
+        client_ca,
+        require_client_cert,
+    };
+    crate::tls::server_config(&settings).map_err(tls_bad)?;
+    Ok(Some(settings))
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -246,6 +373,166 @@ mod tests {
         let e = cfg(&[("HAZINA_OWNER_REVEAL", "maybe")]).unwrap_err();
         assert_eq!(e.setting, "HAZINA_OWNER_REVEAL");
         assert!(e.to_string().contains("HAZINA_OWNER_REVEAL"));
+    }
+
+    /// A CA, a server certificate and key, and an unrelated key, as PEM files.
+    struct TlsFiles {
+        dir: tempfile::TempDir,
+    }
+
+    impl TlsFiles {
+        fn new() -> Self {
+            use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+            let dir = tempfile::tempdir().unwrap();
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let server = CertificateParams::new(vec!["localhost".to_string()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text);
+            write("ca.pem", ca.pem()).unwrap();
+            write("server.pem", server.pem()).unwrap();
+            write("server.key", key.serialize_pem()).unwrap();
+            write("other.key", KeyPair::generate().unwrap().serialize_pem()).unwrap();
+            write("empty.pem", String::new()).unwrap();
+            TlsFiles { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.path().join(name).display().to_string()
+        }
+    }
+
+    #[test]
+    fn tls_is_off_unless_configured() {
+        assert!(cfg(&[]).unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn a_certificate_and_key_turn_tls_on_with_client_certificates_optional() {
+        let f = TlsFiles::new();
+        let c = cfg(&[
+            ("HAZINA_TLS_CERT", &f.path("server.pem")),
+            ("HAZINA_TLS_KEY", &f.path("server.key")),
+        ])
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_chain.len(), 1);
+        assert!(tls.client_ca.is_none());
+        assert!(!tls.require_client_cert);
+
+        let c = cfg(&[
+            ("HAZINA_TLS_CERT", &f.path("server.pem")),
+            ("HAZINA_TLS_KEY", &f.path("server.key")),
+            ("HAZINA_TLS_CLIENT_CA", &f.path("ca.pem")),
+            ("HAZINA_TLS_REQUIRE_CLIENT_CERT", "true"),
+        ])
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.client_ca.unwrap().roots.len(), 1);
+        assert!(tls.require_client_cert);
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_or_a_key_without_its_certificate_is_refused() {
+        let f = TlsFiles::new();
+        let e = cfg(&[("HAZINA_TLS_CERT", &f.path("server.pem"))]).unwrap_err();
+        assert_eq!(e.setting, "HAZINA_TLS_KEY");
+        let e = cfg(&[("HAZINA_TLS_KEY", &f.path("server.key"))]).unwrap_err();
+        assert_eq!(e.setting, "HAZINA_TLS_CERT");
+        let e = cfg(&[("HAZINA_TLS_CERT", ""), ("HAZINA_TLS_KEY", "x")]).unwrap_err();
+        assert_eq!(e.setting, "HAZINA_TLS_CERT");
+    }
+
+    #[test]
+    fn a_client_ca_needs_a_server_certificate_and_requiring_one_needs_a_ca() {
+        let f = TlsFiles::new();
+        let e = cfg(&[("HAZINA_TLS_CLIENT_CA", &f.path("ca.pem"))]).unwrap_err();
+        assert_eq!(e.setting, "HAZINA_TLS_CLIENT_CA");
+        let e = cfg(&[("HAZINA_TLS_REQUIRE_CLIENT_CERT", "true")]).unwrap_err();
+        assert_eq!(e.setting, "HAZINA_TLS_REQUIRE_CLIENT_CERT");
+        let e = cfg(&[
+            ("HAZINA_TLS_CERT", &f.path("server.pem")),
+            ("HAZINA_TLS_KEY", &f.path("server.key")),
+            ("HAZINA_TLS_REQUIRE_CLIENT_CERT", "true"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting, "HAZINA_TLS_REQUIRE_CLIENT_CERT");
+        let e = cfg(&[
+            ("HAZINA_TLS_CERT", &f.path("server.pem")),
+            ("HAZINA_TLS_KEY", &f.path("server.key")),
+            ("HAZINA_TLS_CLIENT_CA", &f.path("ca.pem")),
+            ("HAZINA_TLS_REQUIRE_CLIENT_CERT", "sometimes"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting, "HAZINA_TLS_REQUIRE_CLIENT_CERT");
+        // `false` without a CA is simply the default.
+        assert!(cfg(&[("HAZINA_TLS_REQUIRE_CLIENT_CERT", "false")])
+            .unwrap()
+            .tls
+            .is_none());
+    }
+
+    #[test]
+    fn an_unreadable_or_empty_tls_file_names_its_setting() {
+        let f = TlsFiles::new();
+        let cases = [
+            ("HAZINA_TLS_CERT", "missing.pem", "server.key", "ca.pem"),
+            ("HAZINA_TLS_CERT", "empty.pem", "server.key", "ca.pem"),
+            ("HAZINA_TLS_KEY", "server.pem", "missing.key", "ca.pem"),
+            ("HAZINA_TLS_KEY", "server.pem", "server.pem", "ca.pem"),
+            (
+                "HAZINA_TLS_CLIENT_CA",
+                "server.pem",
+                "server.key",
+                "missing.pem",
+            ),
+            (
+                "HAZINA_TLS_CLIENT_CA",
+                "server.pem",
+                "server.key",
+                "empty.pem",
+            ),
+        ];
+        for (setting, cert, key, ca) in cases {
+            let e = cfg(&[
+                ("HAZINA_TLS_CERT", &f.path(cert)),
+                ("HAZINA_TLS_KEY", &f.path(key)),
+                ("HAZINA_TLS_CLIENT_CA", &f.path(ca)),
+            ])
+            .unwrap_err();
+            assert_eq!(e.setting, setting, "{cert} {key} {ca}: {e}");
+            assert!(e.to_string().contains(setting));
+        }
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_certificate_names_the_key() {
+        let f = TlsFiles::new();
+        let e = cfg(&[
+            ("HAZINA_TLS_CERT", &f.path("server.pem")),
+            ("HAZINA_TLS_KEY", &f.path("other.key")),
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting, "HAZINA_TLS_KEY", "{e}");
+    }
+
+    #[test]
+    fn the_tls_private_key_never_appears_in_debug() {
+        let f = TlsFiles::new();
+        let c = cfg(&[
+            ("HAZINA_TLS_CERT", &f.path("server.pem")),
+            ("HAZINA_TLS_KEY", &f.path("server.key")),
+        ])
+        .unwrap();
+        let pem = std::fs::read_to_string(f.path("server.key")).unwrap();
+        let body_line = pem.lines().nth(1).unwrap();
+        let debug = format!("{c:?}");
+        assert!(debug.contains("[elided]"));
+        assert!(!debug.contains(body_line));
     }
 
     #[test]

@@ -30,6 +30,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -40,3 +41,4 @@ pub mod error;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;

@@ -8,6 +8,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
+use crate::audit::AuditLog;
 use crate::auth::jwt::TokenKeys;
 use crate::clock::Clock;
 use crate::config::{Config, KeyringSource};
@@ -24,6 +25,7 @@ pub struct AppState {
     pub tokens: TokenKeys,
     pub clock: Clock,
     pub config: Config,
+    pub audit: AuditLog,
 }
 
 impl AppState {
@@ -96,21 +98,32 @@ impl Application {
         }
         let tokens = TokenKeys::from_keyring(&keyring).context("cannot derive token keys")?;
         let pool = open_database(&config)?;
+        let audit = AuditLog::start(&config.database_url)?;
         crate::auth::password::warm_up();
 
         let listener = TcpListener::bind(&config.bind)
             .with_context(|| format!("cannot bind {}", config.bind))?;
         let port = listener.local_addr()?.port();
         let workers = config.workers;
+        // TLS settings were checked at load; building again here only fails if a file changed.
+        let tls = match &config.tls {
+            None => None,
+            Some(settings) => Some((
+                crate::tls::server_config(settings).context("cannot configure TLS")?,
+                settings.client_ca.is_some(),
+                settings.require_client_cert,
+            )),
+        };
         let state = web::Data::new(AppState {
             pool,
             keyring: Arc::new(keyring),
             tokens,
             clock,
             config,
+            audit,
         });
         let app_state = state.clone();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
                 .configure(routes::extractor_config(app_state.config.max_body_bytes))
@@ -118,12 +131,33 @@ impl Application {
                 .wrap(routes::RequestContext)
                 .configure(routes::register)
                 .default_service(web::to(routes::fallback))
-        })
-        .listen(listener)?;
+        });
+        let mut server = match tls {
+            // The peer's identity comes only from the verified certificate, via on_connect.
+            Some((tls_config, client_certificates, required)) => {
+                let server = server
+                    .on_connect(crate::tls::on_connect)
+                    .listen_rustls_0_23(listener, tls_config)?;
+                tracing::info!(
+                    port,
+                    client_certificates = match (client_certificates, required) {
+                        (false, _) => "not requested",
+                        (true, false) => "verified when presented (optional)",
+                        (true, true) => "required",
+                    },
+                    "hazina listening over HTTPS (TLS 1.2+, forward-secret suites only)"
+                );
+                server
+            }
+            None => {
+                let server = server.listen(listener)?;
+                tracing::info!(port, "hazina listening over plain HTTP (no TLS configured)");
+                server
+            }
+        };
         if let Some(w) = workers {
             server = server.workers(w);
         }
-        tracing::info!(port, "hazina listening over plain HTTP (no TLS configured)");
         Ok(Application {
             port,
             server: server.run(),

@@ -42,6 +42,12 @@ pub type PooledConn = r2d2::PooledConnection<Manager>;
 #[error("{0}")]
 pub struct ConnectError(String);
 
+impl ConnectError {
+    pub fn new(message: String) -> Self {
+        ConnectError(message)
+    }
+}
+
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
 PRAGMA foreign_keys = ON;
@@ -77,6 +83,39 @@ pub fn establish(url: &DatabaseUrl) -> Result<DbConn, ConnectError> {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("").trim()
+}
+
+/// Refuses a PostgreSQL that would not make commits durable: `fsync` off, or
+/// `synchronous_commit` off by default for new sessions (hazina also sets it `on` for its own
+/// sessions, but a server configured to lose commits is a deployment error worth stopping on).
+pub fn check_durability(conn: &mut DbConn) -> Result<(), ConnectError> {
+    use diesel::sql_types::Text;
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    let DbConn::Postgres(pg) = conn else {
+        return Ok(());
+    };
+    let settings: Vec<Setting> = diesel::sql_query(
+        "SELECT name, reset_val AS value FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync')",
+    )
+    .load(pg)
+    .map_err(|e| ConnectError(format!("cannot read PostgreSQL settings: {e}")))?;
+    for s in settings {
+        if s.value == "off" {
+            return Err(ConnectError(format!(
+                "PostgreSQL has {} = off: acknowledged writes could be lost in a crash; \
+                 set it to on for this database (ALTER DATABASE ... SET {} = on) or the server",
+                s.name, s.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Applies the embedded migrations of the connection's backend.
@@ -115,7 +154,9 @@ impl r2d2::ManageConnection for Manager {
 /// Builds the pool, failing fast (one clear error) when the database cannot be reached.
 pub fn build_pool(url: &DatabaseUrl, size: u32) -> Result<Pool, ConnectError> {
     // Open one connection eagerly so a bad URL is one clear error, not a pool timeout.
-    drop(establish(url)?);
+    let mut first = establish(url)?;
+    check_durability(&mut first)?;
+    drop(first);
     r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
@@ -148,5 +189,76 @@ impl From<diesel::result::Error> for DbError {
             Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => DbError::Conflict,
             other => DbError::Query(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    fn migration_names(backend: &str) -> BTreeSet<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// `table.column` for every column, and `index:name` for every index, of one up.sql.
+    fn schema_shape(backend: &str, migration: &str) -> BTreeSet<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend)
+            .join(migration)
+            .join("up.sql");
+        let sql = std::fs::read_to_string(path).unwrap();
+        let mut shape = BTreeSet::new();
+        let mut table: Option<String> = None;
+        for line in sql.lines().map(str::trim) {
+            let upper = line.to_ascii_uppercase();
+            if let Some(rest) = upper.strip_prefix("CREATE TABLE ") {
+                table = Some(rest.split_whitespace().next().unwrap().to_ascii_lowercase());
+            } else if upper.starts_with("CREATE UNIQUE INDEX ")
+                || upper.starts_with("CREATE INDEX ")
+            {
+                let name = line.split_whitespace().find(|w| w.contains('_')).unwrap();
+                shape.insert(format!("index:{name}"));
+            } else if line.starts_with(')') {
+                table = None;
+            } else if let Some(t) = &table {
+                let first = line.split_whitespace().next().unwrap_or("");
+                let is_column = !first.is_empty()
+                    && !first.starts_with("--")
+                    && !["PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT"]
+                        .contains(&first.to_ascii_uppercase().as_str());
+                if is_column {
+                    shape.insert(format!("{t}.{first}"));
+                }
+            }
+        }
+        shape
+    }
+
+    #[test]
+    fn sqlite_and_postgres_migrations_have_the_same_names_and_shape() {
+        let sqlite = migration_names("sqlite");
+        let postgres = migration_names("postgres");
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, postgres, "the two migration sets drifted apart");
+        let mut all = BTreeSet::new();
+        for m in &sqlite {
+            let a = schema_shape("sqlite", m);
+            let b = schema_shape("postgres", m);
+            assert_eq!(
+                a, b,
+                "migration {m} defines different tables, columns or indexes"
+            );
+            all.extend(a);
+        }
+        // The parser really sees columns (so the comparison above is not vacuous).
+        assert!(all.contains("credentials.owner_id"), "{all:?}");
     }
 }

@@ -53,7 +53,44 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_log (seq) {
+        seq -> BigInt,
+        occurred_at -> BigInt,
+        actor_kind -> Text,
+        actor_id -> Nullable<BigInt>,
+        actor_name -> Nullable<Text>,
+        source_ip -> Nullable<Text>,
+        cert_fingerprint -> Nullable<Text>,
+        action -> Text,
+        credential_id -> Nullable<BigInt>,
+        owner_id -> Nullable<BigInt>,
+        provider -> Nullable<Text>,
+        environment -> Nullable<Text>,
+        outcome -> Text,
+        reason -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        prev_hash -> Binary,
+        hash -> Binary,
+    }
+}
+
+diesel::table! {
+    audit_head (id) {
+        id -> BigInt,
+        seq -> BigInt,
+        hash -> Binary,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(credentials -> users (owner_id));
 diesel::joinable!(credential_versions -> credentials (credential_id));
-diesel::allow_tables_to_appear_in_same_query!(users, sessions, credentials, credential_versions);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    sessions,
+    credentials,
+    credential_versions,
+    audit_log,
+    audit_head
+);

@@ -133,6 +133,18 @@ impl PrivateKey {
     pub fn secret(&self) -> &SecretString {
         &self.0
     }
+
+    /// The rules a candidate for `verify` must meet: those no stored key can break (no NUL,
+    /// not over the maximum length). A short candidate is allowed; it just never matches.
+    pub fn check_candidate(raw: &str) -> Result<(), ValidationError> {
+        if raw.chars().count() > PRIVATE_KEY_MAX {
+            return Err(invalid("Private key must be at most 8192 characters long"));
+        }
+        if raw.contains('\0') {
+            return Err(invalid("Private key must not contain NUL characters"));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for PrivateKey {

@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
 use crate::auth::AuthenticatedUser;
 use crate::clock::rfc3339;
 use crate::crypto::{envelope, Aad};
@@ -12,8 +13,9 @@ use crate::db::credentials::{
     self as repo, CredentialRow, MetadataUpdate, NewCredential, VersionRow,
 };
 use crate::db::DbError;
-use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, Provider};
+use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, Provider, UserId};
 use crate::error::ApiError;
+use crate::routes::JsonObject;
 use crate::startup::AppState;
 
 /// The credential as callers see it: metadata only, never key material.
@@ -54,8 +56,74 @@ fn view(row: CredentialRow) -> Result<CredentialView, ApiError> {
     })
 }
 
-fn parse_id(raw: &str) -> Result<CredentialId, ApiError> {
-    CredentialId::parse(raw).ok_or(ApiError::CredentialNotFound)
+/// The audit trail of one request: who, from where, and the events it produces.
+struct Trail<'a> {
+    state: &'a AppState,
+    user: &'a AuthenticatedUser,
+    meta: RequestMeta,
+}
+
+impl<'a> Trail<'a> {
+    fn new(state: &'a AppState, user: &'a AuthenticatedUser, meta: RequestMeta) -> Self {
+        Trail { state, user, meta }
+    }
+
+    fn event(&self, action: Action) -> Event {
+        Event::new(
+            self.state.clock.now_micros(),
+            Actor::user(self.user),
+            &self.meta,
+            action,
+        )
+    }
+
+    /// The caller may own credentials; an auditor's attempt is recorded as denied.
+    async fn owner(&self, action: Action) -> Result<UserId, ApiError> {
+        match self.user.require_owner() {
+            Ok(owner) => Ok(owner),
+            Err(e) => {
+                let ev = self
+                    .event(action)
+                    .outcome(Outcome::Denied, Some(Reason::RoleForbidden));
+                self.state.audit.record_best_effort(ev).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a denied attempt on an id that is missing or not the caller's, and answers
+    /// exactly as for a missing id.
+    async fn not_found(&self, action: Action, id: Option<CredentialId>) -> ApiError {
+        let ev = self
+            .event(action)
+            .target(Target::requested(id))
+            .outcome(Outcome::Denied, Some(Reason::NotFoundOrNotOwner));
+        self.state.audit.record_best_effort(ev).await;
+        ApiError::CredentialNotFound
+    }
+
+    async fn id(&self, action: Action, raw: &str) -> Result<CredentialId, ApiError> {
+        match CredentialId::parse(raw) {
+            Some(id) => Ok(id),
+            None => Err(self.not_found(action, None).await),
+        }
+    }
+
+    /// A change that has taken effect: recorded; a failed write is logged and counted.
+    async fn changed(&self, action: Action, row: &CredentialRow) {
+        let ev = self.event(action).target(Target::credential(row));
+        self.state.audit.record_best_effort(ev).await;
+    }
+
+    /// Fail closed: the caller gets nothing unless this entry is durably committed.
+    async fn durable(&self, ev: Event) -> Result<(), ApiError> {
+        self.state
+            .audit
+            .record(ev)
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::Unavailable(anyhow::anyhow!("audit entry not written: {e}")))
+    }
 }
 
 /// The binding of a stored version: its row's identity and the version's own environment.
@@ -91,8 +159,11 @@ fn check_key_matches(row: &CredentialRow, key: &SecretString) -> Result<(), DbEr
 pub async fn list(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
+    let owner = Trail::new(&state, &user, meta)
+        .owner(Action::CredentialRead)
+        .await?;
     let rows = state.db(move |c| repo::list(c, owner)).await?;
     let views = rows.into_iter().map(view).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(views))
@@ -111,10 +182,12 @@ pub struct CreateBody {
 pub async fn create(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
-    body: web::Json<CreateBody>,
+    meta: RequestMeta,
+    body: web::Json<JsonObject<CreateBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
-    let body = body.into_inner();
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(Action::CredentialCreate).await?;
+    let body = body.into_inner().0;
     let provider = Provider::parse(&body.provider)?;
     let environment = Environment::parse(body.environment.as_deref().unwrap_or("sandbox"))?;
     let api_key = ApiKey::parse(body.api_key)?;
@@ -157,20 +230,23 @@ pub async fn create(
             )),
             other => other,
         })?;
+    trail.changed(Action::CredentialCreate, &row).await;
     Ok(HttpResponse::Created().json(view(row)?))
 }
 
 pub async fn get_one(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
-    let id = parse_id(&path)?;
-    let row = state
-        .db(move |c| repo::get(c, owner, id))
-        .await?
-        .ok_or(ApiError::CredentialNotFound)?;
+    const ACTION: Action = Action::CredentialRead;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
+    let Some(row) = state.db(move |c| repo::get(c, owner, id)).await? else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
     Ok(HttpResponse::Ok().json(view(row)?))
 }
 
@@ -186,12 +262,15 @@ pub struct UpdateBody {
 pub async fn update(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
     path: web::Path<String>,
-    body: web::Json<UpdateBody>,
+    body: web::Json<JsonObject<UpdateBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
-    let id = parse_id(&path)?;
-    let body = body.into_inner();
+    const ACTION: Action = Action::CredentialUpdate;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
+    let body = body.into_inner().0;
     if body.api_key.is_none() && body.environment.is_none() {
         return Err(ApiError::Invalid(
             "Provide api_key and/or environment to update".into(),
@@ -205,7 +284,7 @@ pub async fn update(
         .transpose()?;
     let keyring = state.keyring.clone();
     let now = state.clock.now();
-    let row = state
+    let updated = state
         .db(move |c| {
             // A new environment changes the binding, so the secret is re-sealed as a new
             // version; the provider's own key format must agree with the new environment.
@@ -227,23 +306,29 @@ pub async fn update(
                 "Payment credentials for this provider and environment already exist".into(),
             ),
             other => other,
-        })?
-        .ok_or(ApiError::CredentialNotFound)?;
+        })?;
+    let Some(row) = updated else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    trail.changed(ACTION, &row).await;
     Ok(HttpResponse::Ok().json(view(row)?))
 }
 
 pub async fn delete(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
-    let id = parse_id(&path)?;
+    const ACTION: Action = Action::CredentialDelete;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
     let now = state.clock.now();
-    let row = state
-        .db(move |c| repo::delete(c, owner, id, now))
-        .await?
-        .ok_or(ApiError::CredentialNotFound)?;
+    let Some(row) = state.db(move |c| repo::delete(c, owner, id, now)).await? else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    trail.changed(ACTION, &row).await;
     let provider = provider_of(&row)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "message": format!(
@@ -262,16 +347,19 @@ pub struct PrivateKeyBody {
 pub async fn rotate(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
     path: web::Path<String>,
-    body: web::Json<PrivateKeyBody>,
+    body: web::Json<JsonObject<PrivateKeyBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
-    let id = parse_id(&path)?;
-    let key = PrivateKey::parse(body.into_inner().private_key)?;
+    const ACTION: Action = Action::CredentialRotate;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
+    let key = PrivateKey::parse(body.into_inner().0.private_key)?;
     let keyring = state.keyring.clone();
     let now = state.clock.now();
     let actor = user.id;
-    let row = state
+    let rotated = state
         .db(move |c| {
             let seal = |row: &CredentialRow| {
                 check_key_matches(row, key.secret())?;
@@ -279,8 +367,11 @@ pub async fn rotate(
             };
             repo::add_version(c, owner, id, actor, &seal, now)
         })
-        .await?
-        .ok_or(ApiError::CredentialNotFound)?;
+        .await?;
+    let Some(row) = rotated else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    trail.changed(ACTION, &row).await;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "message": "Private key updated successfully",
         "credentials": view(row)?,
@@ -299,22 +390,42 @@ struct RevealView<'a> {
 pub async fn reveal(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
+    const ACTION: Action = Action::CredentialReveal;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
     if !state.config.owner_reveal {
+        let ev = trail
+            .event(ACTION)
+            .outcome(Outcome::Denied, Some(Reason::OwnerRevealDisabled));
+        state.audit.record_best_effort(ev).await;
         return Err(ApiError::Forbidden(
             "Revealing private keys is reserved for services on this vault",
         ));
     }
-    let id = parse_id(&path)?;
-    let (row, version) = state
-        .db(move |c| repo::get_current(c, owner, id))
-        .await?
-        .ok_or(ApiError::CredentialNotFound)?;
+    let id = trail.id(ACTION, &path).await?;
+    let Some((row, version)) = state.db(move |c| repo::get_current(c, owner, id)).await? else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
     let provider = provider_of(&row)?;
-    let secret = envelope::open(&state.keyring, &aad_of(&row, &version), &version.envelope())
-        .map_err(ApiError::internal)?;
+    let secret = match envelope::open(&state.keyring, &aad_of(&row, &version), &version.envelope())
+    {
+        Ok(secret) => secret,
+        Err(e) => {
+            let ev = trail
+                .event(ACTION)
+                .target(Target::credential(&row))
+                .outcome(Outcome::Error, Some(Reason::StorageFailure));
+            state.audit.record_best_effort(ev).await;
+            return Err(ApiError::internal(e));
+        }
+    };
+    // Fail closed: the key leaves only once its audit entry is durable.
+    trail
+        .durable(trail.event(ACTION).target(Target::credential(&row)))
+        .await?;
     let body = serde_json::to_vec(&RevealView {
         credentials_id: row.id,
         provider: &row.provider,
@@ -332,16 +443,21 @@ pub async fn reveal(
 pub async fn verify(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
     path: web::Path<String>,
-    body: web::Json<PrivateKeyBody>,
+    body: web::Json<JsonObject<PrivateKeyBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
-    let id = parse_id(&path)?;
-    let candidate = body.into_inner().private_key;
-    let (row, version) = state
-        .db(move |c| repo::get_current(c, owner, id))
-        .await?
-        .ok_or(ApiError::CredentialNotFound)?;
+    const ACTION: Action = Action::CredentialVerify;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
+    // A candidate that no stored key could equal (NUL, over the maximum length) is refused as
+    // bad input; any other wrong candidate, however short, is simply not valid.
+    let candidate = body.into_inner().0.private_key;
+    PrivateKey::check_candidate(candidate.expose_secret())?;
+    let Some((row, version)) = state.db(move |c| repo::get_current(c, owner, id)).await? else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
     let provider = provider_of(&row)?;
     let is_valid = envelope::verify(
         &state.keyring,
@@ -350,6 +466,16 @@ pub async fn verify(
         &candidate,
     )
     .map_err(ApiError::internal)?;
+    // Fail closed: an answer about a secret is given only once it is on the record.
+    let reason = (!is_valid).then_some(Reason::KeyMismatch);
+    trail
+        .durable(
+            trail
+                .event(ACTION)
+                .target(Target::credential(&row))
+                .outcome(Outcome::Success, reason),
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "credentials_id": row.id,
         "provider": row.provider,
@@ -362,15 +488,21 @@ pub async fn verify(
 pub async fn toggle_status(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
-    let id = parse_id(&path)?;
+    const ACTION: Action = Action::CredentialToggle;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
     let now = state.clock.now();
-    let row = state
+    let Some(row) = state
         .db(move |c| repo::toggle_active(c, owner, id, now))
         .await?
-        .ok_or(ApiError::CredentialNotFound)?;
+    else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    trail.changed(ACTION, &row).await;
     let provider = provider_of(&row)?;
     let state_word = if row.is_active {
         "activated"
@@ -393,10 +525,12 @@ pub struct ProviderQuery {
 pub async fn by_provider(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    meta: RequestMeta,
     path: web::Path<String>,
     query: web::Query<ProviderQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = user.require_owner()?;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(Action::CredentialRead).await?;
     let provider = Provider::parse(&path)?;
     let environment = query
         .environment
@@ -414,7 +548,19 @@ pub async fn by_provider(
         })
         .await?;
     match rows.len() {
-        0 => Err(ApiError::CredentialNotFound),
+        0 => {
+            let ev = trail
+                .event(Action::CredentialRead)
+                .target(Target {
+                    owner_id: Some(owner.get()),
+                    provider: Some(provider.as_str().into()),
+                    environment: environment.map(|e| e.as_str().into()),
+                    ..Target::default()
+                })
+                .outcome(Outcome::Denied, Some(Reason::NotFoundOrNotOwner));
+            state.audit.record_best_effort(ev).await;
+            Err(ApiError::CredentialNotFound)
+        }
         1 => Ok(HttpResponse::Ok().json(view(rows.remove(0))?)),
         _ => Err(ApiError::Invalid(format!(
             "Both sandbox and live credentials exist for {}; choose one with ?environment=",

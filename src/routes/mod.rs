@@ -122,6 +122,27 @@ pub fn json_errors<B: 'static>() -> ErrorHandlers<B> {
     })
 }
 
+/// A request body that must be a JSON object. serde's derived struct deserialisers also
+/// accept a JSON array of the fields in order; a vault API accepts exactly one shape.
+pub struct JsonObject<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectOnly<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(ObjectOnly(std::marker::PhantomData))
+            .map(JsonObject)
+    }
+}
+
 /// The id of one request: on every log line (via the span) and in `X-Request-Id`.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

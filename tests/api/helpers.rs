@@ -153,9 +153,10 @@ pub struct TestApp {
     pub state: web::Data<AppState>,
     pub clock: Clock,
     pub keyring_path: PathBuf,
-    // Field order matters: the database is dropped before the directory holding it.
-    pub db: TestDatabase,
-    pub dir: tempfile::TempDir,
+    // Shared with other nodes on the same database. Field order matters: the database is
+    // dropped before the directory holding it.
+    pub db: Arc<TestDatabase>,
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 pub struct TestUser {
@@ -174,9 +175,22 @@ pub async fn spawn_app() -> TestApp {
 /// Spawns hazina with extra `HAZINA_*` settings (as the environment would give them).
 pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
     log_buffer();
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDatabase::create(dir.path());
-    let keyring_path = dir.path().join("hazina.keyring");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let db = Arc::new(TestDatabase::create(dir.path()));
+    start_node(db, dir, settings).await
+}
+
+/// Builds a database of the test backend without starting hazina (for start-up tests).
+pub fn create_test_database() -> (Arc<TestDatabase>, Arc<tempfile::TempDir>) {
+    log_buffer();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let db = Arc::new(TestDatabase::create(dir.path()));
+    (db, dir)
+}
+
+/// The configuration a node on `db` would get, with extra settings.
+pub fn node_config(db: &TestDatabase, dir: &std::path::Path, settings: &[(&str, &str)]) -> Config {
+    let keyring_path = dir.join("hazina.keyring");
     let mut env: HashMap<String, String> = HashMap::new();
     env.insert("HAZINA_DATABASE_URL".into(), db.url());
     env.insert("HAZINA_BIND".into(), "127.0.0.1:0".into());
@@ -186,7 +200,16 @@ pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
     for (k, v) in settings {
         env.insert((*k).into(), (*v).into());
     }
-    let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration is valid");
+    Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration is valid")
+}
+
+async fn start_node(
+    db: Arc<TestDatabase>,
+    dir: Arc<tempfile::TempDir>,
+    settings: &[(&str, &str)],
+) -> TestApp {
+    let config = node_config(&db, dir.path(), settings);
+    let keyring_path = dir.path().join("hazina.keyring");
     let clock = Clock::manual(chrono::Utc::now().timestamp());
     let app = Application::build(config, clock.clone()).expect("application builds");
     let port = app.port();
@@ -205,6 +228,11 @@ pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
 }
 
 impl TestApp {
+    /// Another hazina node on the same database and keyring (several stateless processes).
+    pub async fn spawn_node(&self) -> TestApp {
+        start_node(self.db.clone(), self.dir.clone(), &[]).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -246,7 +274,7 @@ impl TestApp {
     /// Every byte the database holds at rest: for SQLite the database file and its WAL
     /// (raw), for PostgreSQL every row of every table rendered as text (bytea as hex).
     pub fn stored_bytes(&self) -> Vec<u8> {
-        match &self.db {
+        match &*self.db {
             TestDatabase::Sqlite { path } => {
                 let mut out = std::fs::read(path).unwrap();
                 let wal = PathBuf::from(format!("{}-wal", path.display()));

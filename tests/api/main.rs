@@ -3,8 +3,10 @@
 
 mod helpers;
 
+mod backends;
 mod credentials;
 mod hostile;
+mod multinode;
 mod openapi;
 mod security;
 mod sessions;

@@ -1,0 +1,167 @@
+//! Reading the audit log: filtered, cursor-paginated listing and batched export.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::chain::AuditRow;
+use crate::clock::rfc3339_micros;
+use crate::db::schema::audit_log as log;
+use crate::db::{DbConn, DbError};
+
+/// Filters an auditor may combine (all optional, all exact matches except the time range).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// A username / service name, or a numeric actor id.
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub credential_id: Option<i64>,
+    pub owner_id: Option<i64>,
+    pub outcome: Option<String>,
+    /// Inclusive lower bound, microseconds.
+    pub since: Option<i64>,
+    /// Exclusive upper bound, microseconds.
+    pub until: Option<i64>,
+}
+
+/// Entries with `seq > after`, oldest first, at most `limit`.
+pub fn list(
+    conn: &mut DbConn,
+    filter: &Filter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<AuditRow>, DbError> {
+    let mut q = log::table
+        .filter(log::seq.gt(after))
+        .select(AuditRow::as_select())
+        .into_boxed();
+    if let Some(actor) = &filter.actor {
+        q = match actor.parse::<i64>() {
+            Ok(id) => q.filter(log::actor_id.eq(id).or(log::actor_name.eq(actor.clone()))),
+            Err(_) => q.filter(log::actor_name.eq(actor.clone())),
+        };
+    }
+    if let Some(a) = &filter.action {
+        q = q.filter(log::action.eq(a.clone()));
+    }
+    if let Some(c) = filter.credential_id {
+        q = q.filter(log::credential_id.eq(c));
+    }
+    if let Some(o) = filter.owner_id {
+        q = q.filter(log::owner_id.eq(o));
+    }
+    if let Some(o) = &filter.outcome {
+        q = q.filter(log::outcome.eq(o.clone()));
+    }
+    if let Some(t) = filter.since {
+        q = q.filter(log::occurred_at.ge(t));
+    }
+    if let Some(t) = filter.until {
+        q = q.filter(log::occurred_at.lt(t));
+    }
+    Ok(q.order(log::seq.asc()).limit(limit).load(conn)?)
+}
+
+/// The JSON shape of one entry (API, export, CLI).
+#[derive(Debug, Serialize)]
+pub struct EntryView {
+    pub seq: i64,
+    pub occurred_at: String,
+    pub actor: ActorView,
+    pub source_ip: Option<String>,
+    pub cert_fingerprint: Option<String>,
+    pub action: String,
+    pub target: TargetView,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActorView {
+    pub kind: String,
+    pub id: Option<i64>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetView {
+    pub credential_id: Option<i64>,
+    pub owner_id: Option<i64>,
+    pub provider: Option<String>,
+    pub environment: Option<String>,
+}
+
+impl From<AuditRow> for EntryView {
+    fn from(r: AuditRow) -> Self {
+        EntryView {
+            seq: r.seq,
+            occurred_at: rfc3339_micros(r.occurred_at),
+            actor: ActorView {
+                kind: r.actor_kind,
+                id: r.actor_id,
+                name: r.actor_name,
+            },
+            source_ip: r.source_ip,
+            cert_fingerprint: r.cert_fingerprint,
+            action: r.action,
+            target: TargetView {
+                credential_id: r.credential_id,
+                owner_id: r.owner_id,
+                provider: r.provider,
+                environment: r.environment,
+            },
+            outcome: r.outcome,
+            reason: r.reason,
+            request_id: r.request_id,
+            prev_hash: hex::encode(r.prev_hash),
+            hash: hex::encode(r.hash),
+        }
+    }
+}
+
+/// Streams the log as JSON Lines through `emit`, in bounded batches, then a final line with
+/// the chain head (`{"chain_head":{"seq":N,"hash":"..."}}`) so a saved export can later be
+/// checked against the live log for truncation. Returns the number of entries written.
+pub fn export(
+    conn: &mut DbConn,
+    since: Option<i64>,
+    mut emit: impl FnMut(Vec<u8>) -> bool,
+) -> Result<i64, DbError> {
+    let head = super::chain::read_head(conn)?;
+    let filter = Filter {
+        since,
+        ..Filter::default()
+    };
+    let mut after = 0i64;
+    let mut count = 0i64;
+    loop {
+        let rows = list(conn, &filter, after, 1000)?;
+        let n = rows.len();
+        let mut chunk = Vec::with_capacity(n * 400);
+        for row in rows {
+            // Entries appended after the export started are left for the next export.
+            if row.seq > head.seq {
+                break;
+            }
+            after = row.seq;
+            count += 1;
+            let _ = serde_json::to_writer(&mut chunk, &EntryView::from(row));
+            chunk.push(b'\n');
+        }
+        if !chunk.is_empty() && !emit(chunk) {
+            return Ok(count);
+        }
+        if n < 1000 || after >= head.seq {
+            break;
+        }
+    }
+    let mut last = serde_json::to_vec(&serde_json::json!({
+        "chain_head": { "seq": head.seq, "hash": hex::encode(&head.hash) }
+    }))
+    .unwrap_or_default();
+    last.push(b'\n');
+    emit(last);
+    Ok(count)
+}

@@ -1,0 +1,156 @@
+//! Backend behaviour: start-up checks, byte-exact binary columns, clear failures.
+
+use diesel::prelude::*;
+use reqwest::StatusCode;
+
+use hazina::clock::Clock;
+use hazina::db::schema::credential_versions as cv;
+use hazina::startup::Application;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn binary_columns_round_trip_byte_exact() {
+    let app = spawn_app().await;
+    let alice = app.user().await;
+    let created = app
+        .create_credential(&alice, "jpay", "sandbox", "jpay-binary-roundtrip")
+        .await;
+    let id = created["id"].as_i64().unwrap();
+    // Every byte value, NUL and invalid UTF-8 included, in each binary column.
+    let all_bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+
+    let mut conn = app.conn();
+    diesel::update(cv::table.filter(cv::credential_id.eq(id)))
+        .set((
+            cv::wrapped_dek.eq(&all_bytes),
+            cv::ciphertext.eq(&all_bytes),
+            cv::verifier.eq(&all_bytes),
+        ))
+        .execute(&mut *conn)
+        .unwrap();
+    let read: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = cv::table
+        .filter(cv::credential_id.eq(id))
+        .select((cv::wrapped_dek, cv::ciphertext, cv::verifier))
+        .load(&mut *conn)
+        .unwrap();
+
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].0, all_bytes);
+    assert_eq!(read[0].1, all_bytes);
+    assert_eq!(read[0].2, all_bytes);
+}
+
+#[tokio::test]
+async fn sealed_envelopes_round_trip_byte_exact_through_the_api() {
+    let app = spawn_app().await;
+    let alice = app.user().await;
+    // Multi-byte UTF-8 and JSON-escaped characters survive sealing, storage and reveal.
+    let key = "ключ-🔑-\"quoted\"\\back\tslash-ñ";
+    let created = app.create_credential(&alice, "kopokopo", "live", key).await;
+    let id = created["id"].as_i64().unwrap();
+    let res = app
+        .get(
+            &format!("/payments/credentials/{id}/get-private-key/"),
+            &alice.access,
+        )
+        .await;
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["private_key"], key);
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_one_clear_error_not_a_panic() {
+    let (db, dir) = create_test_database();
+    let mut config = node_config(&db, dir.path(), &[]);
+    config.database_url =
+        hazina::config::DatabaseUrl::parse("postgres://postgres@127.0.0.1:1/nowhere").unwrap();
+
+    let err = Application::build(config, Clock::System)
+        .err()
+        .expect("start-up must fail");
+
+    let text = format!("{err:#}");
+    assert!(text.contains("cannot connect to PostgreSQL"), "{text}");
+    assert!(!text.contains('\n'), "one line: {text}");
+}
+
+#[tokio::test]
+async fn the_cli_reports_an_unreachable_database_in_one_line_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env(
+            "HAZINA_DATABASE_URL",
+            "postgres://postgres:pw-not-shown@127.0.0.1:1/nowhere",
+        )
+        .output()
+        .unwrap();
+
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("hazina: error:"), "{stderr}");
+    assert!(
+        !stderr.contains("pw-not-shown"),
+        "the password never reaches the output"
+    );
+    assert!(!stderr.contains("panicked"));
+}
+
+#[tokio::test]
+async fn the_cli_names_a_bad_setting_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env("HAZINA_DATABASE_URL", "mysql://root@127.0.0.1/x")
+        .output()
+        .unwrap();
+
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("HAZINA_DATABASE_URL"), "{stderr}");
+}
+
+#[tokio::test]
+async fn start_up_refuses_a_postgres_whose_synchronous_commit_is_off() {
+    if backend() != Backend::Postgres {
+        eprintln!("runs in the PostgreSQL half (HAZINA_TEST_BACKEND=postgres)");
+        return;
+    }
+    let (db, dir) = create_test_database();
+    let TestDatabase::Postgres { name, .. } = &*db else {
+        unreachable!()
+    };
+    {
+        use diesel::connection::SimpleConnection;
+        let mut admin = diesel::PgConnection::establish(&db.url()).unwrap();
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET synchronous_commit = off"
+            ))
+            .unwrap();
+    }
+    let config = node_config(&db, dir.path(), &[]);
+
+    let err = Application::build(config, Clock::System)
+        .err()
+        .expect("start-up must fail");
+
+    let text = format!("{err:#}");
+    assert!(text.contains("synchronous_commit = off"), "{text}");
+}
+
+#[tokio::test]
+async fn readiness_reports_the_database_and_keyring() {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["keyring_active_version"], 1);
+}
