@@ -8,5 +8,7 @@ mod credentials;
 mod hostile;
 mod multinode;
 mod openapi;
+mod pki;
 mod security;
 mod sessions;
+mod tls;
