@@ -116,7 +116,46 @@ pub struct Config {
     pub db_pool_size: u32,
     /// `None`: plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// Abuse resistance (SPEC §7): rate limits, login throttling, who may read `/metrics`.
+    pub abuse: AbuseSettings,
 }
+
+/// Rate limits, login throttling and the `/metrics` allowlist (`HAZINA_RATE_LIMIT_*`,
+/// `HAZINA_LOGIN_*`, `HAZINA_METRICS_ALLOW_CIDRS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbuseSettings {
+    /// Requests per minute for each user and for each unauthenticated source address;
+    /// `0` turns rate limiting off (start-up says so loudly).
+    pub rate_limit_per_minute: u32,
+    /// Requests per minute for each service (by client-certificate fingerprint); `0` = off.
+    pub service_rate_limit_per_minute: u32,
+    /// Consecutive failed logins for one account before further attempts get 429.
+    pub login_max_failures_account: u32,
+    /// Failed logins from one address before further attempts from it get 429.
+    pub login_max_failures_address: u32,
+    /// The first lockout's length; each further failure doubles it (up to a cap).
+    pub login_backoff_seconds: u32,
+    /// Addresses that may read `/metrics` without an admin token.
+    pub metrics_allow_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl Default for AbuseSettings {
+    fn default() -> Self {
+        AbuseSettings {
+            rate_limit_per_minute: 100,
+            service_rate_limit_per_minute: 6000,
+            login_max_failures_account: 10,
+            login_max_failures_address: 30,
+            login_backoff_seconds: 60,
+            metrics_allow_cidrs: DEFAULT_METRICS_ALLOW_CIDRS
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+pub const DEFAULT_METRICS_ALLOW_CIDRS: &[&str] = &["127.0.0.1/32", "::1/128"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {setting}: {problem}")]
@@ -217,6 +256,7 @@ impl Config {
         };
 
         let tls = tls_settings(&get)?;
+        let abuse = abuse_settings(&get)?;
 
         Ok(Config {
             database_url,
@@ -227,8 +267,89 @@ impl Config {
             workers,
             db_pool_size,
             tls,
+            abuse,
         })
     }
+}
+
+/// A whole number from `range`, or `default` when unset.
+fn number(
+    get: &impl Fn(&str) -> Option<String>,
+    setting: &'static str,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, ConfigError> {
+    match get(setting) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                bad(
+                    setting,
+                    format!(
+                        "must be a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+    }
+}
+
+fn abuse_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AbuseSettings, ConfigError> {
+    let d = AbuseSettings::default();
+    let metrics_allow_cidrs = match get("HAZINA_METRICS_ALLOW_CIDRS") {
+        None => d.metrics_allow_cidrs,
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse::<ipnet::IpNet>().map_err(|_| {
+                    bad(
+                        "HAZINA_METRICS_ALLOW_CIDRS",
+                        format!("`{c}` is not a CIDR range such as 127.0.0.1/32"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(AbuseSettings {
+        rate_limit_per_minute: number(
+            get,
+            "HAZINA_RATE_LIMIT_PER_MINUTE",
+            d.rate_limit_per_minute,
+            0..=1_000_000,
+        )?,
+        service_rate_limit_per_minute: number(
+            get,
+            "HAZINA_SERVICE_RATE_LIMIT_PER_MINUTE",
+            d.service_rate_limit_per_minute,
+            0..=10_000_000,
+        )?,
+        login_max_failures_account: number(
+            get,
+            "HAZINA_LOGIN_MAX_FAILURES_ACCOUNT",
+            d.login_max_failures_account,
+            1..=1000,
+        )?,
+        login_max_failures_address: number(
+            get,
+            "HAZINA_LOGIN_MAX_FAILURES_ADDRESS",
+            d.login_max_failures_address,
+            1..=100_000,
+        )?,
+        login_backoff_seconds: number(
+            get,
+            "HAZINA_LOGIN_BACKOFF_SECONDS",
+            d.login_backoff_seconds,
+            1..=86_400,
+        )?,
+        metrics_allow_cidrs,
+    })
 }
 
 /// `HAZINA_TLS_CERT` + `HAZINA_TLS_KEY` (both or neither), `HAZINA_TLS_CLIENT_CA` (needs
@@ -345,6 +466,31 @@ mod tests {
         );
         assert_eq!(c.bind, "127.0.0.1:8080");
         assert!(c.owner_reveal);
+    }
+
+    #[test]
+    fn abuse_settings_default_to_the_spec_and_refuse_nonsense() {
+        let a = cfg(&[]).unwrap().abuse;
+        assert_eq!(a.rate_limit_per_minute, 100);
+        assert_eq!(a.login_max_failures_account, 10);
+        assert_eq!(a.login_max_failures_address, 30);
+        assert_eq!(a.metrics_allow_cidrs.len(), 2);
+        let off = cfg(&[("HAZINA_RATE_LIMIT_PER_MINUTE", "0")]).unwrap();
+        assert_eq!(off.abuse.rate_limit_per_minute, 0);
+        let none = cfg(&[("HAZINA_METRICS_ALLOW_CIDRS", "")]).unwrap();
+        assert!(none.abuse.metrics_allow_cidrs.is_empty());
+        for (setting, value) in [
+            ("HAZINA_RATE_LIMIT_PER_MINUTE", "-1"),
+            ("HAZINA_RATE_LIMIT_PER_MINUTE", "lots"),
+            ("HAZINA_SERVICE_RATE_LIMIT_PER_MINUTE", "1.5"),
+            ("HAZINA_LOGIN_MAX_FAILURES_ACCOUNT", "0"),
+            ("HAZINA_LOGIN_MAX_FAILURES_ADDRESS", "0"),
+            ("HAZINA_LOGIN_BACKOFF_SECONDS", "0"),
+            ("HAZINA_METRICS_ALLOW_CIDRS", "127.0.0.1/32,localhost"),
+        ] {
+            let e = cfg(&[(setting, value)]).unwrap_err();
+            assert_eq!(e.setting, setting, "{value}");
+        }
     }
 
     #[test]

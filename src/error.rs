@@ -10,6 +10,8 @@ use crate::db::DbError;
 use crate::domain::ValidationError;
 
 pub const NOT_FOUND: &str = "Payment credentials not found or access denied";
+pub const TOO_MANY_REQUESTS: &str = "Too many requests; retry later";
+pub const HEADERS_TOO_LARGE: &str = "Request header fields are too large";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -18,6 +20,9 @@ pub enum ApiError {
     CredentialNotFound,
     #[error("no such route")]
     RouteNotFound,
+    /// A missing administrative object (user, service, grant), by its public message.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("invalid request: {0}")]
@@ -30,6 +35,17 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    /// A rate limit or a login throttle; `retry_after` (seconds) goes out as `Retry-After`.
+    #[error("too many requests: {message}")]
+    TooManyRequests {
+        message: &'static str,
+        retry_after: u64,
+    },
+    /// `If-Match` named a version the credential has moved past.
+    #[error("precondition failed; current version {0}")]
+    PreconditionFailed(i32),
     #[error("service unavailable: {0}")]
     Unavailable(anyhow::Error),
     #[error("internal error: {0}")]
@@ -41,14 +57,22 @@ impl ApiError {
         ApiError::Internal(e.into())
     }
 
-    fn public_message(&self) -> String {
+    /// What the caller is told (never the cause).
+    pub fn public_message(&self) -> String {
         match self {
             ApiError::CredentialNotFound => NOT_FOUND.into(),
             ApiError::RouteNotFound => "Not found".into(),
             ApiError::MethodNotAllowed => "Method not allowed".into(),
             ApiError::Invalid(m) | ApiError::Conflict(m) => m.clone(),
-            ApiError::Unauthorized(m) | ApiError::Forbidden(m) => (*m).into(),
+            ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::NotFound(m) => {
+                (*m).into()
+            }
             ApiError::PayloadTooLarge => "Request body is too large".into(),
+            ApiError::HeadersTooLarge => HEADERS_TOO_LARGE.into(),
+            ApiError::TooManyRequests { message, .. } => (*message).into(),
+            ApiError::PreconditionFailed(v) => {
+                format!("The credential has changed since that version; its current version is {v}")
+            }
             ApiError::Unavailable(_) => "Service temporarily unavailable; try again".into(),
             ApiError::Internal(_) => "Internal server error".into(),
         }
@@ -58,13 +82,18 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::CredentialNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::CredentialNotFound | ApiError::RouteNotFound | ApiError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,8 +107,14 @@ impl ResponseError for ApiError {
             other => tracing::debug!(error = %other, "request refused"),
         }
         let mut res = HttpResponse::build(self.status_code());
-        if let ApiError::Unauthorized(_) = self {
-            res.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized(_) => {
+                res.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                res.insert_header(("Retry-After", (*retry_after).max(1).to_string()));
+            }
+            _ => {}
         }
         res.json(json!({ "error": self.public_message() }))
     }
@@ -99,6 +134,7 @@ impl From<DbError> for ApiError {
             }
             DbError::Pool(e) => ApiError::Unavailable(e.into()),
             DbError::Rejected(v) => ApiError::Invalid(v.0),
+            DbError::Stale(current) => ApiError::PreconditionFailed(current),
             other => ApiError::internal(other),
         }
     }

@@ -23,7 +23,8 @@
 //! - a request enters in [`routes`] (the whole route table is in `routes/mod.rs`);
 //! - its principal is established in [`auth::principal`];
 //! - the owner is checked inside the SQL of [`db::credentials`];
-//! - the secret is sealed and opened only in [`crypto::envelope`].
+//! - the secret is sealed and opened only in [`crypto::envelope`];
+//! - rate limits and size limits apply in [`limits`], login throttling in [`db::throttle`].
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -38,6 +39,9 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod rotation;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

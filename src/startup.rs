@@ -26,6 +26,9 @@ pub struct AppState {
     pub clock: Clock,
     pub config: Config,
     pub audit: AuditLog,
+    /// Rate limiters: the one piece of per-process state (see [`crate::limits`]).
+    pub limits: crate::limits::Limits,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {
@@ -61,9 +64,12 @@ pub fn load_keyring(source: &KeyringSource) -> Result<(Keyring, KeyringOrigin), 
             Ok((Keyring::load_file(path)?, KeyringOrigin::Loaded))
         }
         KeyringSource::File(path) => {
-            let k = Keyring::generate();
-            k.write_new_file(path)?;
-            Ok((k, KeyringOrigin::CreatedForDevelopment))
+            Keyring::generate().write_new_file(path)?;
+            // Loaded back from the file, so it follows later changes (rotations) to it.
+            Ok((
+                Keyring::load_file(path)?,
+                KeyringOrigin::CreatedForDevelopment,
+            ))
         }
     }
 }
@@ -76,6 +82,26 @@ pub fn open_database(config: &Config) -> anyhow::Result<Pool> {
     Ok(pool)
 }
 
+/// A zero core-file limit (soft and hard) and, on Linux, a non-dumpable process: a crash
+/// must not write the keyring, data keys or decrypted private keys to disk, and no other
+/// process of the same user may attach to read them. A failure is logged, not fatal.
+pub fn disable_core_dumps() {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let zero = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = setrlimit(Resource::Core, zero) {
+        tracing::warn!(error = %e, "cannot set a zero core-file limit");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %e, "cannot mark the process non-dumpable");
+    }
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -85,6 +111,7 @@ pub struct Application {
 impl Application {
     /// Everything but accepting connections: keyring, database, migrations, listener.
     pub fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        disable_core_dumps();
         let (keyring, origin) = load_keyring(&config.keyring)?;
         if origin == KeyringOrigin::CreatedForDevelopment {
             if let KeyringSource::File(path) = &config.keyring {
@@ -96,9 +123,13 @@ impl Application {
                 );
             }
         }
-        let tokens = TokenKeys::from_keyring(&keyring).context("cannot derive token keys")?;
+        let keyring = Arc::new(keyring);
+        let tokens =
+            TokenKeys::from_keyring(keyring.clone()).context("cannot derive token keys")?;
         let pool = open_database(&config)?;
         let audit = AuditLog::start(&config.database_url)?;
+        crate::rotation::resume_if_unfinished(&pool, &keyring, &clock)?;
+        crate::rotation::warn_about_wear(&pool, crate::rotation::DEFAULT_WEAR_WARNING)?;
         crate::auth::password::warm_up();
 
         let listener = TcpListener::bind(&config.bind)
@@ -116,18 +147,27 @@ impl Application {
         };
         let state = web::Data::new(AppState {
             pool,
-            keyring: Arc::new(keyring),
+            keyring,
             tokens,
+            limits: crate::limits::Limits::new(&config.abuse, clock.clone()),
+            metrics: crate::metrics::Metrics::new(audit.clone()),
             clock,
             config,
             audit,
         });
+        if !state.limits.enabled() {
+            tracing::warn!(
+                "!!! RATE LIMITING IS OFF (HAZINA_RATE_LIMIT_PER_MINUTE=0): users and addresses \
+                 may send any number of requests. Set a budget for production. !!!"
+            );
+        }
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
                 .configure(routes::extractor_config(app_state.config.max_body_bytes))
                 .wrap(routes::json_errors())
+                .wrap(crate::limits::Guard)
                 .wrap(routes::RequestContext)
                 .configure(routes::register)
                 .default_service(web::to(routes::fallback))

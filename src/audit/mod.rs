@@ -70,13 +70,27 @@ closed_enum! {
         CredentialRead => "credential.read",
         CredentialUpdate => "credential.update",
         CredentialRotate => "credential.rotate",
+        CredentialRollback => "credential.rollback",
         CredentialToggle => "credential.toggle",
         CredentialDelete => "credential.delete",
         CredentialReveal => "credential.reveal",
         CredentialVerify => "credential.verify",
         AuditRead => "audit.read",
+        ServiceAuthenticate => "service.authenticate",
+        AdminRead => "admin.read",
         AdminUserCreate => "admin.user_create",
         AdminUserDisable => "admin.user_disable",
+        AdminServiceCreate => "admin.service_create",
+        AdminServiceDisable => "admin.service_disable",
+        AdminGrantCreate => "admin.grant_create",
+        AdminGrantRevoke => "admin.grant_revoke",
+        KeysRead => "keys.read",
+        KeysRotate => "keys.rotate",
+        KeysRetire => "keys.retire",
+        AdminUserAllowlist => "admin.user_allowlist",
+        AdminSessionsRevoke => "admin.sessions_revoke",
+        UserAuthenticate => "user.authenticate",
+        RateLimited => "request.rate_limited",
     }
 }
 
@@ -102,6 +116,10 @@ closed_enum! {
         OwnerRevealDisabled => "owner_reveal_disabled",
         KeyMismatch => "key_mismatch",
         StorageFailure => "storage_failure",
+        UnknownService => "unknown_service",
+        OutsideAllowlist => "outside_allowlist",
+        RateLimited => "rate_limited",
+        LockedOut => "locked_out",
     }
 }
 
@@ -129,6 +147,14 @@ impl Actor {
             kind: ActorKind::User,
             id: Some(u.id.get()),
             name: Some(u.username.clone()),
+        }
+    }
+
+    pub fn service(s: &crate::auth::AuthenticatedService) -> Self {
+        Actor {
+            kind: ActorKind::Service,
+            id: Some(s.id),
+            name: Some(s.name.clone()),
         }
     }
 
@@ -198,7 +224,9 @@ impl RequestMeta {
     pub fn of(req: &HttpRequest) -> Self {
         RequestMeta {
             source_ip: req.peer_addr().map(|a| a.ip()),
-            cert_fingerprint: None,
+            cert_fingerprint: req
+                .conn_data::<crate::tls::PeerIdentity>()
+                .map(|p| p.fingerprint.clone()),
             request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
         }
     }

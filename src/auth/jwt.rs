@@ -3,6 +3,7 @@
 //! valid across a master-key rotation while the old version remains in the keyring.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
@@ -57,37 +58,47 @@ pub enum TokenError {
     WrongType,
 }
 
-/// Signing and verification keys derived from the keyring.
+/// Signing and verification keys derived from the keyring, one pair per master-key version,
+/// derived on first use and cached. They follow the keyring: after a rotation new tokens are
+/// signed under the new version's key, and tokens signed under older versions keep working
+/// while those versions remain in the keyring.
 pub struct TokenKeys {
-    active_kid: String,
-    encoding: EncodingKey,
-    decoding: HashMap<String, DecodingKey>,
+    keyring: Arc<Keyring>,
+    cache: RwLock<HashMap<u32, (EncodingKey, DecodingKey)>>,
 }
 
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenKeys")
-            .field("active_kid", &self.active_kid)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenKeys").finish_non_exhaustive()
     }
 }
 
 const PURPOSE: &str = "hazina/jwt/hs256";
 
 impl TokenKeys {
-    pub fn from_keyring(keyring: &Keyring) -> Option<Self> {
-        let mut decoding = HashMap::new();
-        for v in keyring.versions() {
-            let k = keyring.derive(v, PURPOSE)?;
-            decoding.insert(format!("k{v}"), DecodingKey::from_secret(k.as_ref()));
+    pub fn from_keyring(keyring: Arc<Keyring>) -> Option<Self> {
+        let keys = TokenKeys {
+            keyring,
+            cache: RwLock::new(HashMap::new()),
+        };
+        // The active version must yield keys now, so a broken keyring fails at start-up.
+        keys.pair(keys.keyring.active_version())?;
+        Some(keys)
+    }
+
+    fn pair(&self, version: u32) -> Option<(EncodingKey, DecodingKey)> {
+        if let Some(p) = self.cache.read().ok()?.get(&version) {
+            return Some(p.clone());
         }
-        let active = keyring.active_version();
-        let k = keyring.derive(active, PURPOSE)?;
-        Some(TokenKeys {
-            active_kid: format!("k{active}"),
-            encoding: EncodingKey::from_secret(k.as_ref()),
-            decoding,
-        })
+        let k = self.keyring.derive(version, PURPOSE)?;
+        let p = (
+            EncodingKey::from_secret(k.as_ref()),
+            DecodingKey::from_secret(k.as_ref()),
+        );
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(version, p.clone());
+        }
+        Some(p)
     }
 
     /// Signs a token of `typ` for `user` in session `sid`; returns the token and its jti.
@@ -114,10 +125,12 @@ impl TokenKeys {
             typ,
             sid: sid.into(),
         };
+        let version = self.keyring.active_version();
+        let (encoding, _) = self.pair(version).ok_or(TokenError::Invalid)?;
         let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.active_kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|_| TokenError::Invalid)?;
+        header.kid = Some(format!("k{version}"));
+        let token =
+            jsonwebtoken::encode(&header, &claims, &encoding).map_err(|_| TokenError::Invalid)?;
         Ok((SecretString::from(token), jti))
     }
 
@@ -135,11 +148,14 @@ impl TokenKeys {
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::Invalid);
         }
-        let key = header
+        let version = header
             .kid
             .as_deref()
-            .and_then(|kid| self.decoding.get(kid))
+            .and_then(|kid| kid.strip_prefix('k'))
+            .and_then(|v| v.parse::<u32>().ok())
             .ok_or(TokenError::Invalid)?;
+        let (_, decoding) = self.pair(version).ok_or(TokenError::Invalid)?;
+        let key = &decoding;
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[ISSUER]);
         v.set_audience(&[AUDIENCE]);
@@ -177,9 +193,9 @@ mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
     use base64::Engine;
 
-    fn keys() -> (Keyring, TokenKeys) {
-        let k = Keyring::generate();
-        let t = TokenKeys::from_keyring(&k).unwrap();
+    fn keys() -> (Arc<Keyring>, TokenKeys) {
+        let k = Arc::new(Keyring::generate());
+        let t = TokenKeys::from_keyring(k.clone()).unwrap();
         (k, t)
     }
 

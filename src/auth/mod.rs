@@ -15,4 +15,4 @@ pub mod jwt;
 pub mod password;
 pub mod principal;
 
-pub use principal::AuthenticatedUser;
+pub use principal::{AuthenticatedService, AuthenticatedUser, Caller};

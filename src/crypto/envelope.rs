@@ -134,9 +134,9 @@ fn wrap_dek(
     aad: &Aad<'_>,
 ) -> Result<Vec<u8>, EnvelopeError> {
     let kek = keyring
-        .key(kek_version_u32(kek_version)?)
+        .kek(kek_version_u32(kek_version)?)
         .ok_or(EnvelopeError::UnknownKeyVersion(kek_version))?;
-    aead_seal(kek.bytes(), dek.as_ref(), &dek_aad(aad, kek_version))
+    aead_seal(&kek, dek.as_ref(), &dek_aad(aad, kek_version))
 }
 
 fn unwrap_dek(keyring: &Keyring, env: &Envelope, aad: &Aad<'_>) -> Result<Dek, EnvelopeError> {
@@ -144,13 +144,9 @@ fn unwrap_dek(keyring: &Keyring, env: &Envelope, aad: &Aad<'_>) -> Result<Dek, E
         return Err(EnvelopeError::UnsupportedFormat(env.format));
     }
     let kek = keyring
-        .key(kek_version_u32(env.kek_version)?)
+        .kek(kek_version_u32(env.kek_version)?)
         .ok_or(EnvelopeError::UnknownKeyVersion(env.kek_version))?;
-    let raw = aead_open(
-        kek.bytes(),
-        &env.wrapped_dek,
-        &dek_aad(aad, env.kek_version),
-    )?;
+    let raw = aead_open(&kek, &env.wrapped_dek, &dek_aad(aad, env.kek_version))?;
     if raw.len() != KEY_LEN {
         return Err(EnvelopeError::Malformed);
     }
@@ -221,6 +217,18 @@ pub fn verify(
     let mut mac = verifier_mac(&dek, aad);
     mac.update(candidate.expose_secret().as_bytes());
     Ok(mac.verify_slice(&env.verifier).is_ok())
+}
+
+/// The DEK of `env` wrapped under `new_kek_version` instead: only the wrapped key is read
+/// (the secret ciphertext is neither needed nor touched).
+pub fn rewrap_dek(
+    keyring: &Keyring,
+    aad: &Aad<'_>,
+    env: &Envelope,
+    new_kek_version: i32,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let dek = unwrap_dek(keyring, env, aad)?;
+    wrap_dek(keyring, new_kek_version, &dek, aad)
 }
 
 /// Re-wraps the DEK under `new_kek_version` without touching the secret ciphertext.

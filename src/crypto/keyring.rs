@@ -12,6 +12,9 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::SystemTime;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -60,6 +63,10 @@ pub enum KeyringError {
     Malformed(&'static str),
     #[error("keyring file {0} already exists")]
     AlreadyExists(PathBuf),
+    #[error(
+        "the keyring comes from HAZINA_KEYRING_DATA, not a file: add versions there and restart"
+    )]
+    NotAFile,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,128 +85,297 @@ impl Drop for KeyringFile {
     }
 }
 
-/// Versioned master keys; exactly one is active for new writes.
-#[derive(Debug)]
-pub struct Keyring {
+/// The key versions and which one is active.
+struct Versions {
     active: u32,
     keys: BTreeMap<u32, MasterKey>,
 }
 
+/// Versioned master keys; exactly one is active for new writes.
+///
+/// A keyring loaded from a file follows that file: when the file changes (a version added by
+/// `hazina keys rotate`, one retired), the next lookup of an unknown version, and a check at
+/// most once a second on the write path, reload it — so a running server learns about a
+/// rotation made by the CLI without a restart, and never misses a version a row needs.
+pub struct Keyring {
+    versions: RwLock<Versions>,
+    file: Option<PathBuf>,
+    loaded_mtime: Mutex<Option<SystemTime>>,
+    last_check: AtomicI64,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.read();
+        f.debug_struct("Keyring")
+            .field("active", &v.active)
+            .field("versions", &v.keys.keys().collect::<Vec<_>>())
+            .field("keys", &"[REDACTED]")
+            .finish()
+    }
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 impl Keyring {
+    fn with(versions: Versions, file: Option<PathBuf>) -> Self {
+        let loaded = file.as_deref().and_then(mtime);
+        Keyring {
+            versions: RwLock::new(versions),
+            file,
+            loaded_mtime: Mutex::new(loaded),
+            last_check: AtomicI64::new(0),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Versions> {
+        self.versions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Versions> {
+        self.versions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// A keyring with one fresh random key, version 1.
     pub fn generate() -> Self {
         let mut keys = BTreeMap::new();
         keys.insert(1, MasterKey::generate());
-        Keyring { active: 1, keys }
+        Self::with(Versions { active: 1, keys }, None)
     }
 
-    /// Loads a keyring file, refusing one that group or others can access.
+    /// Loads a keyring file, refusing one that group or others can access. The keyring
+    /// remembers the file and follows later changes to it.
     pub fn load_file(path: &Path) -> Result<Self, KeyringError> {
-        let io = |source| KeyringError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let meta = fs::metadata(path).map_err(io)?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(KeyringError::InsecurePermissions(path.to_owned()));
-        }
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
-        Self::parse(&text)
+        Ok(Self::with(read_file(path)?, Some(path.to_owned())))
     }
 
     /// Parses the JSON form (file contents or `HAZINA_KEYRING_DATA`).
     pub fn from_secret(data: &SecretString) -> Result<Self, KeyringError> {
-        Self::parse(data.expose_secret())
-    }
-
-    fn parse(text: &str) -> Result<Self, KeyringError> {
-        let file: KeyringFile = serde_json::from_str(text)
-            .map_err(|_| KeyringError::Malformed("not valid keyring JSON"))?;
-        let mut keys = BTreeMap::new();
-        for (version, encoded) in &file.keys {
-            if *version == 0 || *version > i32::MAX as u32 {
-                return Err(KeyringError::Malformed(
-                    "key versions must be positive integers",
-                ));
-            }
-            let raw = Zeroizing::new(
-                B64.decode(encoded.as_bytes())
-                    .map_err(|_| KeyringError::Malformed("a key is not valid base64"))?,
-            );
-            if raw.len() != KEY_LEN {
-                return Err(KeyringError::Malformed(
-                    "every key must be exactly 32 bytes",
-                ));
-            }
-            let mut k = Zeroizing::new([0u8; KEY_LEN]);
-            k.copy_from_slice(&raw);
-            keys.insert(*version, MasterKey(k));
-        }
-        if !keys.contains_key(&file.active) {
-            return Err(KeyringError::Malformed("the active version has no key"));
-        }
-        Ok(Keyring {
-            active: file.active,
-            keys,
-        })
+        Ok(Self::with(parse(data.expose_secret())?, None))
     }
 
     /// Writes the keyring to a new file created with mode 0600; never overwrites.
     pub fn write_new_file(&self, path: &Path) -> Result<(), KeyringError> {
-        let io = |source| KeyringError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = KeyringFile {
-            active: self.active,
-            keys: self
-                .keys
-                .iter()
-                .map(|(v, k)| (*v, B64.encode(k.bytes())))
-                .collect(),
-        };
-        let text = Zeroizing::new(
-            serde_json::to_string_pretty(&file)
-                .map_err(|_| KeyringError::Malformed("unserialisable"))?,
-        );
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyringError::AlreadyExists(path.to_owned())
-                } else {
-                    io(e)
-                }
-            })?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        Ok(())
+        write_file(&self.read(), path, false)
     }
 
     pub fn active_version(&self) -> u32 {
-        self.active
+        self.refresh_at_most_every_second();
+        self.read().active
     }
 
-    pub fn versions(&self) -> impl Iterator<Item = u32> + '_ {
-        self.keys.keys().copied()
+    pub fn versions(&self) -> Vec<u32> {
+        self.read().keys.keys().copied().collect()
     }
 
-    pub fn key(&self, version: u32) -> Option<&MasterKey> {
-        self.keys.get(&version)
+    pub fn has_version(&self, version: u32) -> bool {
+        self.kek(version).is_some()
+    }
+
+    /// A copy of master key `version` (wiped on drop). An unknown version makes a
+    /// file-backed keyring re-read its file once before answering `None`.
+    pub fn kek(&self, version: u32) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+        let copy = |v: &Versions| v.keys.get(&version).map(|k| Zeroizing::new(*k.bytes()));
+        if let Some(k) = copy(&self.read()) {
+            return Some(k);
+        }
+        self.reload_if_changed();
+        copy(&self.read())
     }
 
     /// Derives a purpose-bound 256-bit subkey from one master-key version (HKDF-SHA-256).
     /// `purpose` must be a fixed label, never attacker-chosen data.
     pub fn derive(&self, version: u32, purpose: &str) -> Option<Zeroizing<[u8; KEY_LEN]>> {
-        let master = self.keys.get(&version)?;
-        let hk = Hkdf::<Sha256>::new(Some(b"hazina/keyring/v1"), master.bytes());
+        let master = self.kek(version)?;
+        let hk = Hkdf::<Sha256>::new(Some(b"hazina/keyring/v1"), master.as_ref());
         let mut out = Zeroizing::new([0u8; KEY_LEN]);
         hk.expand(purpose.as_bytes(), out.as_mut()).ok()?;
         Some(out)
     }
+
+    fn refresh_at_most_every_second(&self) {
+        if self.file.is_none() {
+            return;
+        }
+        let now = chrono::Utc::now().timestamp();
+        let last = self.last_check.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_check
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.reload_if_changed();
+        }
+    }
+
+    /// Re-reads the keyring file if it changed since it was loaded. A file that became
+    /// unreadable or invalid is ignored (the keys in memory stay) and logged.
+    pub fn reload_if_changed(&self) -> bool {
+        let Some(path) = &self.file else {
+            return false;
+        };
+        let current = mtime(path);
+        let mut loaded = self.loaded_mtime.lock().unwrap_or_else(|p| p.into_inner());
+        if current == *loaded {
+            return false;
+        }
+        match read_file(path) {
+            Ok(fresh) => {
+                *self.write() = fresh;
+                *loaded = current;
+                tracing::info!(path = %path.display(), "keyring file changed: reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "keyring file changed but cannot be loaded; keeping the keys in memory");
+                false
+            }
+        }
+    }
+
+    /// Adds a fresh random version, makes it active, and rewrites the keyring file
+    /// atomically (a 0600 temporary file renamed over it). File-backed keyrings only.
+    pub fn add_version(&self) -> Result<u32, KeyringError> {
+        let path = self.file.clone().ok_or(KeyringError::NotAFile)?;
+        self.reload_if_changed();
+        let mut v = self.write();
+        let next = v.keys.keys().max().copied().unwrap_or(0) + 1;
+        v.keys.insert(next, MasterKey::generate());
+        let previous = v.active;
+        v.active = next;
+        if let Err(e) = write_file(&v, &path, true) {
+            v.keys.remove(&next);
+            v.active = previous;
+            return Err(e);
+        }
+        *self.loaded_mtime.lock().unwrap_or_else(|p| p.into_inner()) = mtime(&path);
+        Ok(next)
+    }
+
+    /// Removes a version from the keyring file. The caller must first have proven that no
+    /// stored row depends on it; the active version can never be retired.
+    pub fn retire(&self, version: u32) -> Result<(), KeyringError> {
+        let path = self.file.clone().ok_or(KeyringError::NotAFile)?;
+        self.reload_if_changed();
+        let mut v = self.write();
+        if v.active == version {
+            return Err(KeyringError::Malformed(
+                "the active version cannot be retired",
+            ));
+        }
+        let Some(removed) = v.keys.remove(&version) else {
+            return Err(KeyringError::Malformed("no such key version"));
+        };
+        if let Err(e) = write_file(&v, &path, true) {
+            v.keys.insert(version, removed);
+            return Err(e);
+        }
+        *self.loaded_mtime.lock().unwrap_or_else(|p| p.into_inner()) = mtime(&path);
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<Versions, KeyringError> {
+    let io = |source| KeyringError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(io)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(KeyringError::InsecurePermissions(path.to_owned()));
+    }
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+    parse(&text)
+}
+
+fn parse(text: &str) -> Result<Versions, KeyringError> {
+    let file: KeyringFile = serde_json::from_str(text)
+        .map_err(|_| KeyringError::Malformed("not valid keyring JSON"))?;
+    let mut keys = BTreeMap::new();
+    for (version, encoded) in &file.keys {
+        if *version == 0 || *version > i32::MAX as u32 {
+            return Err(KeyringError::Malformed(
+                "key versions must be positive integers",
+            ));
+        }
+        let raw = Zeroizing::new(
+            B64.decode(encoded.as_bytes())
+                .map_err(|_| KeyringError::Malformed("a key is not valid base64"))?,
+        );
+        if raw.len() != KEY_LEN {
+            return Err(KeyringError::Malformed(
+                "every key must be exactly 32 bytes",
+            ));
+        }
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        k.copy_from_slice(&raw);
+        keys.insert(*version, MasterKey(k));
+    }
+    if !keys.contains_key(&file.active) {
+        return Err(KeyringError::Malformed("the active version has no key"));
+    }
+    Ok(Versions {
+        active: file.active,
+        keys,
+    })
+}
+
+/// Writes `v` to `path` with mode 0600: a new file (`replace = false`, never overwriting), or
+/// atomically over an existing one (temporary file, fsync, rename, fsync of the directory).
+fn write_file(v: &Versions, path: &Path, replace: bool) -> Result<(), KeyringError> {
+    let io = |source| KeyringError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = KeyringFile {
+        active: v.active,
+        keys: v
+            .keys
+            .iter()
+            .map(|(n, k)| (*n, B64.encode(k.bytes())))
+            .collect(),
+    };
+    let text = Zeroizing::new(
+        serde_json::to_string_pretty(&file)
+            .map_err(|_| KeyringError::Malformed("unserialisable"))?,
+    );
+    let target = if replace {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        PathBuf::from(tmp)
+    } else {
+        path.to_owned()
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&target)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists && !replace {
+                KeyringError::AlreadyExists(path.to_owned())
+            } else {
+                io(e)
+            }
+        })?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    if replace {
+        fs::rename(&target, path).map_err(io)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -228,10 +404,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         let loaded = Keyring::load_file(&path).unwrap();
         assert_eq!(loaded.active_version(), 1);
-        assert_eq!(
-            loaded.key(1).unwrap().bytes(),
-            original.key(1).unwrap().bytes()
-        );
+        assert_eq!(*loaded.kek(1).unwrap(), *original.kek(1).unwrap());
     }
 
     #[test]
@@ -255,7 +428,7 @@ mod tests {
             r#"{"active":2,"keys":{"1":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}"#,
             r#"{"active":0,"keys":{"0":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}"#,
         ] {
-            assert!(Keyring::parse(bad).is_err(), "accepted {bad:?}");
+            assert!(parse(bad).is_err(), "accepted {bad:?}");
         }
     }
 
@@ -263,15 +436,58 @@ mod tests {
     fn debug_never_prints_key_bytes() {
         let k = Keyring::generate();
         let printed = format!("{k:?}");
-        let b64 = B64.encode(k.key(1).unwrap().bytes());
+        let b64 = B64.encode(*k.kek(1).unwrap());
         assert!(!printed.contains(&b64));
         assert!(printed.contains("REDACTED"));
     }
 
     #[test]
+    fn adding_and_retiring_versions_rewrites_the_file_atomically_at_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        Keyring::generate().write_new_file(&path).unwrap();
+        let k = Keyring::load_file(&path).unwrap();
+        let before = k.kek(1).unwrap();
+
+        assert_eq!(k.add_version().unwrap(), 2);
+        assert_eq!(k.active_version(), 2);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let reread = Keyring::load_file(&path).unwrap();
+        assert_eq!(reread.versions(), vec![1, 2]);
+        assert_eq!(*reread.kek(1).unwrap(), *before);
+
+        assert!(k.retire(2).is_err(), "the active version cannot be retired");
+        k.retire(1).unwrap();
+        assert_eq!(Keyring::load_file(&path).unwrap().versions(), vec![2]);
+    }
+
+    #[test]
+    fn a_keyring_follows_its_file_when_another_process_adds_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        Keyring::generate().write_new_file(&path).unwrap();
+        let server = Keyring::load_file(&path).unwrap();
+        let cli = Keyring::load_file(&path).unwrap();
+        // Make sure the modification time moves even on coarse-grained file systems.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cli.add_version().unwrap();
+        let k2 = cli.kek(2).unwrap();
+        // The server meets version 2 in a row: it re-reads the file and finds it.
+        assert_eq!(*server.kek(2).unwrap(), *k2);
+        assert_eq!(server.read().active, 2);
+    }
+
+    #[test]
+    fn an_inline_keyring_cannot_be_rotated_in_place() {
+        let k = Keyring::generate();
+        assert!(matches!(k.add_version(), Err(KeyringError::NotAFile)));
+    }
+
+    #[test]
     fn derived_keys_differ_by_purpose_and_version() {
-        let mut k = Keyring::generate();
-        k.keys.insert(2, MasterKey::generate());
+        let k = Keyring::generate();
+        k.write().keys.insert(2, MasterKey::generate());
         let a = k.derive(1, "a").unwrap();
         let b = k.derive(1, "b").unwrap();
         let a2 = k.derive(2, "a").unwrap();

@@ -189,9 +189,7 @@ pub fn create(
         let row = owned!(new.owner, new.id)
             .select(CredentialRow::as_select())
             .first(tx)?;
-        diesel::insert_into(cv::table)
-            .values(VersionRow::new(&row, new.envelope, now, new.owner))
-            .execute(tx)?;
+        insert_version(tx, VersionRow::new(&row, new.envelope, now, new.owner))?;
         Ok(row)
     })
 }
@@ -211,6 +209,7 @@ pub fn update_metadata(
     owner: UserId,
     id: CredentialId,
     update: MetadataUpdate<'_>,
+    expected: Option<i32>,
     reseal: &Reseal<'_>,
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
@@ -218,6 +217,7 @@ pub fn update_metadata(
         let Some(before) = lock_row(tx, owner, id, now)? else {
             return Ok(None);
         };
+        check_expected(expected, before.current_version)?;
         if let Some(api_key) = update.api_key {
             diesel::update(owned!(owner, id))
                 .set(c::api_key.eq(api_key))
@@ -234,9 +234,7 @@ pub fn update_metadata(
                 let after = reload(tx, owner, id)?;
                 let previous = version(tx, before.id, before.current_version)?;
                 let envelope = reseal(&previous, &after)?;
-                diesel::insert_into(cv::table)
-                    .values(VersionRow::new(&after, envelope, now, owner))
-                    .execute(tx)?;
+                insert_version(tx, VersionRow::new(&after, envelope, now, owner))?;
                 Ok(Some(after))
             }
             _ => Ok(Some(reload(tx, owner, id)?)),
@@ -247,12 +245,17 @@ pub fn update_metadata(
 /// Writes a new version of the private key. The version number is taken inside the
 /// transaction after the row is locked, so concurrent rotations form a gap-free sequence.
 /// `seal` is called with the row as it will be (its `current_version` is the new version).
+/// Re-seals a new version for the row as it will be (its `current_version` is the new
+/// version), with the connection of the enclosing transaction for any extra reads.
+pub type Seal<'a> = dyn Fn(&mut DbConn, &CredentialRow) -> Result<Envelope, DbError> + 'a;
+
 pub fn add_version(
     conn: &mut DbConn,
     owner: UserId,
     id: CredentialId,
     actor: UserId,
-    seal: &dyn Fn(&CredentialRow) -> Result<Envelope, DbError>,
+    expected: Option<i32>,
+    seal: &Seal<'_>,
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
     conn.transaction(|tx| {
@@ -266,30 +269,92 @@ pub fn add_version(
             return Ok(None);
         }
         let row = reload(tx, owner, id)?;
-        let envelope = seal(&row)?;
-        diesel::insert_into(cv::table)
-            .values(VersionRow::new(&row, envelope, now, actor))
-            .execute(tx)?;
+        check_expected(expected, row.current_version - 1)?;
+        let envelope = seal(tx, &row)?;
+        insert_version(tx, VersionRow::new(&row, envelope, now, actor))?;
         Ok(Some(row))
     })
+}
+
+/// Optimistic concurrency: a write that names the version it read fails (rolling back) when
+/// the credential has moved on since.
+fn check_expected(expected: Option<i32>, current: i32) -> Result<(), DbError> {
+    match expected {
+        Some(e) if e != current => Err(DbError::Stale(current)),
+        _ => Ok(()),
+    }
+}
+
+fn insert_version(tx: &mut DbConn, row: VersionRow) -> Result<(), DbError> {
+    let kek_version = row.kek_version;
+    diesel::insert_into(cv::table).values(row).execute(tx)?;
+    super::keys::bump_wear(tx, kek_version, 1)
+}
+
+/// One version's metadata (never key material).
+#[derive(Debug, Clone, Queryable)]
+pub struct VersionMeta {
+    pub version: i32,
+    pub environment: String,
+    pub kek_version: i32,
+    pub created_at: i64,
+    pub created_by: i64,
+    pub created_by_name: Option<String>,
+}
+
+/// The versions of the owner's credential, newest first; `None` if it is not theirs.
+pub fn list_versions(
+    conn: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+) -> Result<Option<(CredentialRow, Vec<VersionMeta>)>, DbError> {
+    use super::schema::users as u;
+    let Some(row) = get(conn, owner, id)? else {
+        return Ok(None);
+    };
+    let versions = cv::table
+        .left_join(u::table.on(u::id.eq(cv::created_by)))
+        .filter(cv::credential_id.eq(row.id))
+        .order(cv::version.desc())
+        .select((
+            cv::version,
+            cv::environment,
+            cv::kek_version,
+            cv::created_at,
+            cv::created_by,
+            u::username.nullable(),
+        ))
+        .load(conn)?;
+    Ok(Some((row, versions)))
+}
+
+/// The owner of credential `id`, for administrators acting on any owner's credential (the
+/// role check happened before; every further query is scoped by this owner).
+pub fn owner_of(conn: &mut DbConn, id: CredentialId) -> Result<Option<UserId>, DbError> {
+    Ok(c::table
+        .filter(c::id.eq(id.get()))
+        .filter(c::deleted_at.is_null())
+        .select(c::owner_id)
+        .first::<i64>(conn)
+        .optional()?
+        .map(UserId::from_db))
 }
 
 pub fn toggle_active(
     conn: &mut DbConn,
     owner: UserId,
     id: CredentialId,
+    expected: Option<i32>,
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
     conn.transaction(|tx| {
-        let n = diesel::update(owned!(owner, id))
-            .set((
-                c::is_active.eq(diesel::dsl::not(c::is_active)),
-                c::updated_at.eq(now),
-            ))
-            .execute(tx)?;
-        if n == 0 {
+        let Some(before) = lock_row(tx, owner, id, now)? else {
             return Ok(None);
-        }
+        };
+        check_expected(expected, before.current_version)?;
+        diesel::update(owned!(owner, id))
+            .set(c::is_active.eq(!before.is_active))
+            .execute(tx)?;
         Ok(Some(reload(tx, owner, id)?))
     })
 }
@@ -300,12 +365,14 @@ pub fn delete(
     conn: &mut DbConn,
     owner: UserId,
     id: CredentialId,
+    expected: Option<i32>,
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
     conn.transaction(|tx| {
         let Some(row) = lock_row(tx, owner, id, now)? else {
             return Ok(None);
         };
+        check_expected(expected, row.current_version)?;
         diesel::update(owned!(owner, id))
             .set((
                 c::deleted_at.eq(Some(now)),
@@ -341,7 +408,9 @@ fn reload(tx: &mut DbConn, owner: UserId, id: CredentialId) -> Result<Credential
         .first(tx)?)
 }
 
-fn version(tx: &mut DbConn, credential_id: i64, version: i32) -> Result<VersionRow, DbError> {
+/// Version `version` of a credential whose id came from an owner-scoped (or grant-scoped)
+/// row already read in this transaction.
+pub fn version(tx: &mut DbConn, credential_id: i64, version: i32) -> Result<VersionRow, DbError> {
     Ok(cv::table
         .filter(cv::credential_id.eq(credential_id))
         .filter(cv::version.eq(version))

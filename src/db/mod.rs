@@ -10,8 +10,11 @@
 //! PostgreSQL row locks serialise concurrent writers to one row.
 
 pub mod credentials;
+pub mod keys;
 pub mod schema;
+pub mod services;
 pub mod sessions;
+pub mod throttle;
 pub mod users;
 
 use std::time::Duration;
@@ -159,7 +162,9 @@ pub fn build_pool(url: &DatabaseUrl, size: u32) -> Result<Pool, ConnectError> {
     drop(first);
     r2d2::Pool::builder()
         .max_size(size)
-        .min_idle(Some(1))
+        // No background refills: an idle connection being opened by r2d2's own thread while
+        // a short-lived process (the CLI) exits races libpq/OpenSSL's exit clean-up.
+        .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(10))
         .error_handler(Box::new(r2d2::LoggingErrorHandler))
         .build(Manager { url: url.clone() })
@@ -177,6 +182,10 @@ pub enum DbError {
     Pool(#[from] r2d2::Error),
     #[error(transparent)]
     Crypto(#[from] crate::crypto::EnvelopeError),
+    /// The write named a version the credential has moved past (`If-Match`); nothing was
+    /// written. Holds the current version.
+    #[error("stale version; current is {0}")]
+    Stale(i32),
     /// A domain rule refused the change inside the transaction (nothing was written).
     #[error("rejected: {0}")]
     Rejected(#[from] crate::domain::ValidationError),

@@ -9,6 +9,7 @@ diesel::table! {
         role -> Text,
         is_disabled -> Bool,
         created_at -> BigInt,
+        allowed_cidrs -> Nullable<Text>,
     }
 }
 
@@ -83,7 +84,58 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    services (id) {
+        id -> BigInt,
+        name -> Text,
+        identity -> Text,
+        is_enabled -> Bool,
+        allowed_cidrs -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    grants (id) {
+        id -> BigInt,
+        service_id -> BigInt,
+        owner_id -> BigInt,
+        provider -> Nullable<Text>,
+        environment -> Nullable<Text>,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    key_rotations (id) {
+        id -> BigInt,
+        target_version -> Integer,
+        started_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+        rows_rewrapped -> BigInt,
+    }
+}
+
+diesel::table! {
+    key_wear (kek_version) {
+        kek_version -> Integer,
+        encryptions -> BigInt,
+    }
+}
+
+diesel::table! {
+    login_throttle (subject) {
+        subject -> Text,
+        failures -> BigInt,
+        last_failure_at -> BigInt,
+        blocked_until -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(grants -> services (service_id));
+diesel::joinable!(grants -> users (owner_id));
 diesel::joinable!(credentials -> users (owner_id));
 diesel::joinable!(credential_versions -> credentials (credential_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -92,5 +144,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     credentials,
     credential_versions,
     audit_log,
-    audit_head
+    audit_head,
+    services,
+    grants,
+    key_rotations,
+    key_wear
 );

@@ -79,7 +79,8 @@ pub enum Refresh {
 
 /// Spends refresh token `jti` of `session_id` and installs `next_jti`, atomically: the
 /// compare-and-swap in one UPDATE means two nodes cannot both spend the same token. A token
-/// that does not match revokes the whole session.
+/// that does not match revokes the whole session. Also answers the user's name (for the
+/// audit trail), when the user exists.
 pub fn rotate_refresh(
     conn: &mut DbConn,
     session_id: &str,
@@ -87,7 +88,7 @@ pub fn rotate_refresh(
     jti: &str,
     next_jti: &str,
     now: UnixSeconds,
-) -> Result<Refresh, DbError> {
+) -> Result<(Refresh, Option<String>), DbError> {
     conn.transaction(|tx| {
         let n = diesel::update(
             s::table
@@ -99,18 +100,17 @@ pub fn rotate_refresh(
         )
         .set(s::refresh_jti.eq(next_jti))
         .execute(tx)?;
-        if n == 1 {
-            let enabled = u::table
-                .filter(u::id.eq(user.get()))
-                .filter(u::is_disabled.eq(false))
-                .count()
-                .get_result::<i64>(tx)?;
-            if enabled == 1 {
-                return Ok(Refresh::Rotated);
-            }
+        let account: Option<(String, bool)> = u::table
+            .filter(u::id.eq(user.get()))
+            .select((u::username, u::is_disabled))
+            .first(tx)
+            .optional()?;
+        let name = account.as_ref().map(|(name, _)| name.clone());
+        if n == 1 && account.as_ref().is_some_and(|(_, disabled)| !disabled) {
+            return Ok((Refresh::Rotated, name));
         }
         revoke(tx, session_id, now)?;
-        Ok(Refresh::Reused)
+        Ok((Refresh::Reused, name))
     })
 }
 

@@ -70,10 +70,90 @@ pub fn find_by_username(conn: &mut DbConn, username: &str) -> Result<Option<User
         .optional()?)
 }
 
-/// Disables a user; their tokens stop working on the next request. `false` if no such user.
-pub fn disable(conn: &mut DbConn, username: &str) -> Result<bool, DbError> {
-    let n = diesel::update(u::table.filter(u::username.eq(username)))
-        .set(u::is_disabled.eq(true))
-        .execute(conn)?;
-    Ok(n == 1)
+/// Disables a user; their tokens stop working on the next request. Their id, or `None` if
+/// there is no such user.
+pub fn disable(conn: &mut DbConn, username: &str) -> Result<Option<i64>, DbError> {
+    conn.transaction(|tx| {
+        let n = diesel::update(u::table.filter(u::username.eq(username)))
+            .set(u::is_disabled.eq(true))
+            .execute(tx)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            u::table
+                .filter(u::username.eq(username))
+                .select(u::id)
+                .first(tx)?,
+        ))
+    })
+}
+
+/// Every user, by name (administration).
+pub fn list(conn: &mut DbConn) -> Result<Vec<UserRow>, DbError> {
+    Ok(u::table
+        .order(u::username.asc())
+        .select(UserRow::as_select())
+        .load(conn)?)
+}
+
+/// A user's IP allowlist (comma-separated CIDR ranges; `None` = any address).
+pub fn allowed_cidrs(conn: &mut DbConn, user: UserId) -> Result<Option<String>, DbError> {
+    Ok(u::table
+        .filter(u::id.eq(user.get()))
+        .select(u::allowed_cidrs)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten())
+}
+
+/// Sets (or with `None` clears) a user's IP allowlist; it applies from their next request.
+/// Their id, or `None` if there is no such user.
+pub fn set_allowed_cidrs(
+    conn: &mut DbConn,
+    username: &str,
+    cidrs: Option<&str>,
+) -> Result<Option<i64>, DbError> {
+    conn.transaction(|tx| {
+        let n = diesel::update(u::table.filter(u::username.eq(username)))
+            .set(u::allowed_cidrs.eq(cidrs))
+            .execute(tx)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            u::table
+                .filter(u::username.eq(username))
+                .select(u::id)
+                .first(tx)?,
+        ))
+    })
+}
+
+/// Ends every live session of a user: their access tokens stop working on the next request
+/// and their refresh tokens are spent. `(user id, sessions ended)`, or `None` if there is
+/// no such user.
+pub fn end_sessions(
+    conn: &mut DbConn,
+    username: &str,
+    now: UnixSeconds,
+) -> Result<Option<(i64, usize)>, DbError> {
+    use super::schema::sessions as s;
+    conn.transaction(|tx| {
+        // The write first, so SQLite takes its write lock before it reads.
+        let ended = diesel::update(
+            s::table
+                .filter(s::user_id.eq_any(u::table.filter(u::username.eq(username)).select(u::id)))
+                .filter(s::revoked_at.is_null())
+                .filter(s::expires_at.gt(now)),
+        )
+        .set(s::revoked_at.eq(Some(now)))
+        .execute(tx)?;
+        let id = u::table
+            .filter(u::username.eq(username))
+            .select(u::id)
+            .first::<i64>(tx)
+            .optional()?;
+        Ok(id.map(|id| (id, ended)))
+    })
 }

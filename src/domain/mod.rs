@@ -3,8 +3,10 @@
 
 mod credential;
 mod ids;
+mod service;
 mod user;
 
 pub use credential::{ApiKey, Environment, PrivateKey, Provider, ValidationError};
 pub use ids::{CredentialId, UserId};
+pub use service::{ServiceIdentity, ServiceName};
 pub use user::{Password, Role, Username};

@@ -6,14 +6,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
-use crate::auth::AuthenticatedUser;
+use crate::auth::{AuthenticatedService, AuthenticatedUser, Caller};
 use crate::clock::rfc3339;
 use crate::crypto::{envelope, Aad};
 use crate::db::credentials::{
     self as repo, CredentialRow, MetadataUpdate, NewCredential, VersionRow,
 };
-use crate::db::DbError;
-use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, Provider, UserId};
+use crate::db::{services, DbError};
+use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, Provider, UserId, Username};
 use crate::error::ApiError;
 use crate::routes::JsonObject;
 use crate::startup::AppState;
@@ -59,19 +59,35 @@ fn view(row: CredentialRow) -> Result<CredentialView, ApiError> {
 /// The audit trail of one request: who, from where, and the events it produces.
 struct Trail<'a> {
     state: &'a AppState,
-    user: &'a AuthenticatedUser,
+    actor: Actor,
+    /// The calling user, when it is one (services own nothing).
+    user: Option<&'a AuthenticatedUser>,
     meta: RequestMeta,
 }
 
 impl<'a> Trail<'a> {
     fn new(state: &'a AppState, user: &'a AuthenticatedUser, meta: RequestMeta) -> Self {
-        Trail { state, user, meta }
+        Trail {
+            state,
+            actor: Actor::user(user),
+            user: Some(user),
+            meta,
+        }
+    }
+
+    fn service(state: &'a AppState, service: &AuthenticatedService, meta: RequestMeta) -> Self {
+        Trail {
+            state,
+            actor: Actor::service(service),
+            user: None,
+            meta,
+        }
     }
 
     fn event(&self, action: Action) -> Event {
         Event::new(
             self.state.clock.now_micros(),
-            Actor::user(self.user),
+            self.actor.clone(),
             &self.meta,
             action,
         )
@@ -79,7 +95,12 @@ impl<'a> Trail<'a> {
 
     /// The caller may own credentials; an auditor's attempt is recorded as denied.
     async fn owner(&self, action: Action) -> Result<UserId, ApiError> {
-        match self.user.require_owner() {
+        let Some(user) = self.user else {
+            return Err(ApiError::Forbidden(
+                crate::auth::principal::SERVICE_FORBIDDEN,
+            ));
+        };
+        match user.require_owner() {
             Ok(owner) => Ok(owner),
             Err(e) => {
                 let ev = self
@@ -146,6 +167,39 @@ fn aad_for_row(row: &CredentialRow) -> Aad<'_> {
         environment: &row.environment,
         version: row.current_version,
     }
+}
+
+/// `If-Match: "<version>"` (optimistic concurrency on writes). Absent → `None`; a value that
+/// names no version → 400.
+pub struct IfMatch(pub Option<i32>);
+
+impl actix_web::FromRequest for IfMatch {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let parsed = match req.headers().get(actix_web::http::header::IF_MATCH) {
+            None => Ok(IfMatch(None)),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+                .and_then(|s| s.parse::<i32>().ok())
+                .filter(|v| *v >= 1)
+                .map(|v| IfMatch(Some(v)))
+                .ok_or_else(|| {
+                    ApiError::Invalid("If-Match must name a credential version, e.g. \"3\"".into())
+                }),
+        };
+        std::future::ready(parsed)
+    }
+}
+
+/// A credential answer with its version as the entity tag, for `If-Match`.
+fn with_etag(version: i32) -> actix_web::HttpResponseBuilder {
+    let mut res = HttpResponse::Ok();
+    res.insert_header((actix_web::http::header::ETAG, format!("\"{version}\"")));
+    res
 }
 
 /// The provider's own key format must agree with the row's environment (checked inside the
@@ -247,7 +301,7 @@ pub async fn get_one(
     let Some(row) = state.db(move |c| repo::get(c, owner, id)).await? else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    Ok(HttpResponse::Ok().json(view(row)?))
+    Ok(with_etag(row.current_version).json(view(row)?))
 }
 
 #[derive(Deserialize)]
@@ -263,6 +317,7 @@ pub async fn update(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
     meta: RequestMeta,
+    if_match: IfMatch,
     path: web::Path<String>,
     body: web::Json<JsonObject<UpdateBody>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -298,7 +353,7 @@ pub async fn update(
                 api_key: api_key.as_ref().map(ApiKey::as_str),
                 environment: environment.map(Environment::as_str),
             };
-            repo::update_metadata(c, owner, id, update, &reseal, now)
+            repo::update_metadata(c, owner, id, update, if_match.0, &reseal, now)
         })
         .await
         .map_err(|e| match e {
@@ -318,6 +373,7 @@ pub async fn delete(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
     meta: RequestMeta,
+    if_match: IfMatch,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialDelete;
@@ -325,7 +381,10 @@ pub async fn delete(
     let owner = trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
     let now = state.clock.now();
-    let Some(row) = state.db(move |c| repo::delete(c, owner, id, now)).await? else {
+    let Some(row) = state
+        .db(move |c| repo::delete(c, owner, id, if_match.0, now))
+        .await?
+    else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
     trail.changed(ACTION, &row).await;
@@ -344,10 +403,59 @@ pub struct PrivateKeyBody {
     private_key: SecretString,
 }
 
+/// Where a new version's key comes from.
+enum NewKey {
+    /// A key the caller sent.
+    Given(PrivateKey),
+    /// The key of an earlier version (rollback): it becomes the newest version.
+    FromVersion(i32),
+}
+
+/// Writes a new version of `owner`'s credential `id` as `actor`: a fresh DEK, the row's
+/// current binding, the version number taken under the row lock.
+async fn write_new_version(
+    state: &AppState,
+    owner: UserId,
+    id: CredentialId,
+    actor: UserId,
+    expected: Option<i32>,
+    source: NewKey,
+) -> Result<Option<CredentialRow>, ApiError> {
+    let keyring = state.keyring.clone();
+    let now = state.clock.now();
+    state
+        .db(move |c| {
+            let seal = |tx: &mut crate::db::DbConn, row: &CredentialRow| {
+                let opened;
+                let key = match &source {
+                    NewKey::Given(key) => key.secret(),
+                    NewKey::FromVersion(n) => {
+                        let earlier = match repo::version(tx, row.id, *n) {
+                            Err(DbError::Query(diesel::result::Error::NotFound)) => {
+                                return Err(DbError::Rejected(crate::domain::ValidationError(
+                                    "This credential has no such version".into(),
+                                )))
+                            }
+                            other => other?,
+                        };
+                        opened =
+                            envelope::open(&keyring, &aad_of(row, &earlier), &earlier.envelope())?;
+                        &opened
+                    }
+                };
+                check_key_matches(row, key)?;
+                Ok(envelope::seal(&keyring, &aad_for_row(row), key)?)
+            };
+            repo::add_version(c, owner, id, actor, expected, &seal, now)
+        })
+        .await
+}
+
 pub async fn rotate(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
     meta: RequestMeta,
+    if_match: IfMatch,
     path: web::Path<String>,
     body: web::Json<JsonObject<PrivateKeyBody>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -356,26 +464,177 @@ pub async fn rotate(
     let owner = trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
     let key = PrivateKey::parse(body.into_inner().0.private_key)?;
-    let keyring = state.keyring.clone();
-    let now = state.clock.now();
-    let actor = user.id;
-    let rotated = state
-        .db(move |c| {
-            let seal = |row: &CredentialRow| {
-                check_key_matches(row, key.secret())?;
-                Ok(envelope::seal(&keyring, &aad_for_row(row), key.secret())?)
-            };
-            repo::add_version(c, owner, id, actor, &seal, now)
-        })
-        .await?;
+    let rotated =
+        write_new_version(&state, owner, id, user.id, if_match.0, NewKey::Given(key)).await?;
     let Some(row) = rotated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
     trail.changed(ACTION, &row).await;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
+    Ok(with_etag(row.current_version).json(serde_json::json!({
         "message": "Private key updated successfully",
         "credentials": view(row)?,
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    version: i32,
+}
+
+/// Rolls back to an earlier version's key, which becomes a new version (history is never
+/// rewritten).
+pub async fn rollback(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    if_match: IfMatch,
+    path: web::Path<String>,
+    body: web::Json<JsonObject<RollbackBody>>,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::CredentialRollback;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
+    let version = body.into_inner().0.version;
+    if version < 1 {
+        return Err(ApiError::Invalid(
+            "This credential has no such version".into(),
+        ));
+    }
+    let rolled = write_new_version(
+        &state,
+        owner,
+        id,
+        user.id,
+        if_match.0,
+        NewKey::FromVersion(version),
+    )
+    .await?;
+    let Some(row) = rolled else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    trail.changed(ACTION, &row).await;
+    Ok(with_etag(row.current_version).json(serde_json::json!({
+        "message": format!("Private key rolled back to version {version}"),
+        "credentials": view(row)?,
+    })))
+}
+
+#[derive(Serialize)]
+struct VersionView {
+    version: i32,
+    environment: String,
+    created_at: String,
+    created_by: VersionAuthor,
+    is_current: bool,
+    master_key_version: i32,
+}
+
+#[derive(Serialize)]
+struct VersionAuthor {
+    id: i64,
+    username: Option<String>,
+}
+
+fn versions_body(row: &CredentialRow, versions: Vec<repo::VersionMeta>) -> serde_json::Value {
+    let list: Vec<VersionView> = versions
+        .into_iter()
+        .map(|v| VersionView {
+            is_current: v.version == row.current_version,
+            version: v.version,
+            environment: v.environment,
+            created_at: rfc3339(v.created_at),
+            created_by: VersionAuthor {
+                id: v.created_by,
+                username: v.created_by_name,
+            },
+            master_key_version: v.kek_version,
+        })
+        .collect();
+    serde_json::json!({ "credentials_id": row.id, "current_version": row.current_version, "versions": list })
+}
+
+/// A credential's versions, newest first: metadata only.
+pub async fn versions(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::CredentialRead;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
+    let Some((row, list)) = state.db(move |c| repo::list_versions(c, owner, id)).await? else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    Ok(with_etag(row.current_version).json(versions_body(&row, list)))
+}
+
+/// Administrators act on any owner's credential; the owner is looked up once, then every
+/// query is scoped by it as usual. Non-admins get 403 (recorded).
+async fn admin_owner_of(
+    trail: &Trail<'_>,
+    action: Action,
+    raw: &str,
+) -> Result<(UserId, CredentialId), ApiError> {
+    let is_admin = trail
+        .user
+        .is_some_and(|u| u.role == crate::domain::Role::Admin);
+    if !is_admin {
+        let ev = trail
+            .event(action)
+            .outcome(Outcome::Denied, Some(Reason::RoleForbidden));
+        trail.state.audit.record_best_effort(ev).await;
+        return Err(ApiError::Forbidden("Only administrators may do this"));
+    }
+    let id = trail.id(action, raw).await?;
+    match trail.state.db(move |c| repo::owner_of(c, id)).await? {
+        Some(owner) => Ok((owner, id)),
+        None => Err(trail.not_found(action, Some(id)).await),
+    }
+}
+
+/// An administrator rotates any owner's credential key (audited as the administrator).
+pub async fn admin_rotate(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    if_match: IfMatch,
+    path: web::Path<String>,
+    body: web::Json<JsonObject<PrivateKeyBody>>,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::CredentialRotate;
+    let trail = Trail::new(&state, &user, meta);
+    let (owner, id) = admin_owner_of(&trail, ACTION, &path).await?;
+    let key = PrivateKey::parse(body.into_inner().0.private_key)?;
+    let rotated =
+        write_new_version(&state, owner, id, user.id, if_match.0, NewKey::Given(key)).await?;
+    let Some(row) = rotated else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    trail.changed(ACTION, &row).await;
+    Ok(with_etag(row.current_version).json(serde_json::json!({
+        "message": "Private key updated successfully",
+        "credentials": view(row)?,
+    })))
+}
+
+/// An administrator lists any owner's credential versions.
+pub async fn admin_versions(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::CredentialRead;
+    let trail = Trail::new(&state, &user, meta);
+    let (owner, id) = admin_owner_of(&trail, ACTION, &path).await?;
+    let Some((row, list)) = state.db(move |c| repo::list_versions(c, owner, id)).await? else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    Ok(with_etag(row.current_version).json(versions_body(&row, list)))
 }
 
 #[derive(Serialize)]
@@ -387,27 +646,96 @@ struct RevealView<'a> {
     message: &'static str,
 }
 
+/// Reveal (SPEC §2.1, §2.3): an owner reveals their own key (unless owner reveal is off); a
+/// service reveals a key it holds a live grant for, if the credential is active.
 pub async fn reveal(
     state: web::Data<AppState>,
-    user: AuthenticatedUser,
+    caller: Caller,
     meta: RequestMeta,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialReveal;
-    let trail = Trail::new(&state, &user, meta);
-    let owner = trail.owner(ACTION).await?;
-    if !state.config.owner_reveal {
-        let ev = trail
-            .event(ACTION)
-            .outcome(Outcome::Denied, Some(Reason::OwnerRevealDisabled));
-        state.audit.record_best_effort(ev).await;
-        return Err(ApiError::Forbidden(
-            "Revealing private keys is reserved for services on this vault",
-        ));
+    match &caller {
+        Caller::User(user) => {
+            let trail = Trail::new(&state, user, meta);
+            let owner = trail.owner(ACTION).await?;
+            if !state.config.owner_reveal {
+                let ev = trail
+                    .event(ACTION)
+                    .outcome(Outcome::Denied, Some(Reason::OwnerRevealDisabled));
+                state.audit.record_best_effort(ev).await;
+                return Err(ApiError::Forbidden(
+                    "Revealing private keys is reserved for services on this vault",
+                ));
+            }
+            let id = trail.id(ACTION, &path).await?;
+            let found = state.db(move |c| repo::get_current(c, owner, id)).await?;
+            release(&state, &trail, Some(id), found).await
+        }
+        Caller::Service(service) => {
+            let trail = Trail::service(&state, service, meta);
+            let id = trail.id(ACTION, &path).await?;
+            let service_id = service.id;
+            let found = state
+                .db(move |c| services::granted_by_id(c, service_id, id))
+                .await?;
+            release(&state, &trail, Some(id), found).await
+        }
     }
-    let id = trail.id(ACTION, &path).await?;
-    let Some((row, version)) = state.db(move |c| repo::get_current(c, owner, id)).await? else {
-        return Err(trail.not_found(ACTION, Some(id)).await);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    owner: String,
+    provider: String,
+    environment: String,
+}
+
+/// A service finds a granted key without knowing its id: by owner, provider and environment.
+pub async fn lookup(
+    state: web::Data<AppState>,
+    caller: Caller,
+    meta: RequestMeta,
+    query: web::Query<LookupQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let Caller::Service(service) = &caller else {
+        return Err(ApiError::Forbidden(
+            "This endpoint is for services; owners use /payments/credentials/provider/{provider}/",
+        ));
+    };
+    let trail = Trail::service(&state, service, meta);
+    let provider = Provider::parse(&query.provider)?;
+    let environment = Environment::parse(&query.environment)?;
+    let Ok(owner) = Username::parse(&query.owner) else {
+        return Err(trail.not_found(Action::CredentialReveal, None).await);
+    };
+    let service_id = service.id;
+    let found = state
+        .db(move |c| {
+            services::granted_by_owner(
+                c,
+                service_id,
+                owner.as_str(),
+                provider.as_str(),
+                environment.as_str(),
+            )
+        })
+        .await?;
+    release(&state, &trail, None, found).await
+}
+
+/// Opens the found key and hands it out, fail closed: the key leaves only once its audit
+/// entry is durable. Nothing found answers exactly like a missing id (and is recorded).
+async fn release(
+    state: &AppState,
+    trail: &Trail<'_>,
+    requested: Option<CredentialId>,
+    found: Option<(CredentialRow, VersionRow)>,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::CredentialReveal;
+    let Some((row, version)) = found else {
+        return Err(trail.not_found(ACTION, requested).await);
     };
     let provider = provider_of(&row)?;
     let secret = match envelope::open(&state.keyring, &aad_of(&row, &version), &version.envelope())
@@ -422,7 +750,6 @@ pub async fn reveal(
             return Err(ApiError::internal(e));
         }
     };
-    // Fail closed: the key leaves only once its audit entry is durable.
     trail
         .durable(trail.event(ACTION).target(Target::credential(&row)))
         .await?;
@@ -489,6 +816,7 @@ pub async fn toggle_status(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
     meta: RequestMeta,
+    if_match: IfMatch,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialToggle;
@@ -497,7 +825,7 @@ pub async fn toggle_status(
     let id = trail.id(ACTION, &path).await?;
     let now = state.clock.now();
     let Some(row) = state
-        .db(move |c| repo::toggle_active(c, owner, id, now))
+        .db(move |c| repo::toggle_active(c, owner, id, if_match.0, now))
         .await?
     else {
         return Err(trail.not_found(ACTION, Some(id)).await);

@@ -1,8 +1,12 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics.
 
-use actix_web::{web, HttpResponse};
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use diesel::connection::SimpleConnection;
 
+use crate::auth::principal::{bearer_token, UNAUTHENTICATED};
+use crate::auth::AuthenticatedUser;
+use crate::domain::Role;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -20,4 +24,41 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         "status": "ready",
         "keyring_active_version": state.keyring.active_version(),
     })))
+}
+
+pub const METRICS_FORBIDDEN: &str =
+    "Metrics are available to administrators and to allowed addresses only";
+
+/// Prometheus text. Open to addresses in `HAZINA_METRICS_ALLOW_CIDRS` (the TCP peer, never a
+/// forwarded-for header) and to admins by bearer token; nothing in it names a user, a
+/// credential or a secret.
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let allowed_address = req.peer_addr().is_some_and(|peer| {
+        let ip = peer.ip().to_canonical();
+        state
+            .config
+            .abuse
+            .metrics_allow_cidrs
+            .iter()
+            .any(|net| net.contains(&ip))
+    });
+    if !allowed_address {
+        if bearer_token(&req).is_none() {
+            return Err(ApiError::Unauthorized(UNAUTHENTICATED));
+        }
+        let user = AuthenticatedUser::from_request(&req, &mut Payload::None).await?;
+        if user.role != Role::Admin {
+            return Err(ApiError::Forbidden(METRICS_FORBIDDEN));
+        }
+    }
+    state
+        .metrics
+        .set_rate_limiter_keys(state.limits.tracked_keys());
+    let body = state.metrics.render().map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(body))
 }

@@ -1,8 +1,11 @@
 //! The whole route table, and the request plumbing every route shares: request ids,
 //! security headers, JSON errors for everything raised below the handlers.
 
+pub mod admin;
+mod audit;
 mod credentials;
 mod health;
+pub mod keys;
 mod sessions;
 
 use std::future::{ready, Ready};
@@ -32,6 +35,7 @@ macro_rules! route_table {
 route_table! {
     get    "/healthz" => health::healthz,
     get    "/readyz" => health::readyz,
+    get    "/metrics" => health::metrics,
 
     post   "/users/login/" => sessions::login,
     post   "/users/token/refresh/" => sessions::refresh,
@@ -40,6 +44,7 @@ route_table! {
     get    "/payments/credentials/" => credentials::list,
     post   "/payments/credentials/" => credentials::create,
     get    "/payments/credentials/provider/{provider}/" => credentials::by_provider,
+    get    "/payments/credentials/lookup/get-private-key/" => credentials::lookup,
     get    "/payments/credentials/{id}/" => credentials::get_one,
     put    "/payments/credentials/{id}/" => credentials::update,
     delete "/payments/credentials/{id}/" => credentials::delete,
@@ -48,6 +53,29 @@ route_table! {
     get    "/payments/credentials/{id}/get-private-key/" => credentials::reveal,
     post   "/payments/credentials/{id}/verify/" => credentials::verify,
     post   "/payments/credentials/{id}/toggle-status/" => credentials::toggle_status,
+    get    "/payments/credentials/{id}/versions/" => credentials::versions,
+    post   "/payments/credentials/{id}/rollback/" => credentials::rollback,
+
+    get    "/admin/users/" => admin::list_users,
+    post   "/admin/users/" => admin::create_user,
+    post   "/admin/users/{username}/disable/" => admin::disable_user,
+    put    "/admin/users/{username}/allowlist/" => admin::set_user_allowlist,
+    post   "/admin/users/{username}/sessions/revoke/" => admin::revoke_user_sessions,
+    get    "/admin/services/" => admin::list_services,
+    post   "/admin/services/" => admin::create_service,
+    post   "/admin/services/{name}/disable/" => admin::disable_service,
+    get    "/admin/keys/" => keys::show,
+    post   "/admin/keys/rotate/" => keys::rotate,
+    post   "/admin/keys/retire/" => keys::retire,
+    post   "/admin/credentials/{id}/rotate/" => credentials::admin_rotate,
+    get    "/admin/credentials/{id}/versions/" => credentials::admin_versions,
+    get    "/admin/grants/" => admin::list_grants,
+    post   "/admin/grants/" => admin::create_grant,
+    delete "/admin/grants/{id}/" => admin::revoke_grant,
+
+    get    "/audit/events/" => audit::list,
+    get    "/audit/export/" => audit::export,
+    get    "/audit/verify/" => audit::verify,
 }
 
 /// Unmatched requests: 405 when the path exists under another method, else 404.
@@ -185,6 +213,9 @@ where
         let request_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method());
         req.extensions_mut().insert(RequestId(request_id.clone()));
+        let state = req
+            .app_data::<web::Data<crate::startup::AppState>>()
+            .cloned();
         let started = Instant::now();
         let fut = {
             let _entered = span.enter();
@@ -207,10 +238,29 @@ where
                     header::CONTENT_SECURITY_POLICY,
                     HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
                 );
+                let https = state.as_ref().is_some_and(|s| s.config.tls.is_some());
+                if https {
+                    // Two years; only ever sent over HTTPS (browsers ignore it over HTTP).
+                    headers.insert(
+                        header::STRICT_TRANSPORT_SECURITY,
+                        HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+                    );
+                }
+                let pattern = res.request().match_pattern();
+                let latency = started.elapsed();
+                if let Some(state) = &state {
+                    state.metrics.observe_request(
+                        pattern.as_deref(),
+                        res.request().path(),
+                        res.request().method(),
+                        res.status(),
+                        latency.as_secs_f64(),
+                    );
+                }
                 tracing::info!(
                     status = res.status().as_u16(),
-                    route = res.request().match_pattern().unwrap_or_else(|| "-".into()),
-                    latency_us = started.elapsed().as_micros() as u64,
+                    route = pattern.as_deref().unwrap_or("-"),
+                    latency_us = latency.as_micros() as u64,
                     "request"
                 );
                 Ok(res)

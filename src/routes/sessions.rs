@@ -1,5 +1,11 @@
 //! Sessions (SPEC §2.2): login, single-use refresh with reuse detection, logout. Every
 //! outcome is audited; a failed login names the account only when it exists.
+//!
+//! Logins are throttled (SPEC §7) through the database, so every node agrees: after
+//! `HAZINA_LOGIN_MAX_FAILURES_ACCOUNT` failures for one name or
+//! `HAZINA_LOGIN_MAX_FAILURES_ADDRESS` from one address, attempts answer 429 whatever the
+//! password until an exponential backoff passes. Known and unknown names count, cost and
+//! answer alike.
 
 use actix_web::{web, HttpResponse};
 use secrecy::{ExposeSecret, SecretString};
@@ -10,14 +16,16 @@ use crate::auth::jwt::{self, TokenType};
 use crate::auth::{password, AuthenticatedUser};
 use crate::clock::UnixSeconds;
 use crate::db::sessions::{self as repo, Refresh};
-use crate::db::users;
+use crate::db::{throttle, users};
 use crate::domain::{UserId, Username};
 use crate::error::ApiError;
+use crate::metrics::LockoutSubject;
 use crate::routes::JsonObject;
 use crate::startup::AppState;
 
 const BAD_LOGIN: &str = "Invalid username or password";
 const BAD_REFRESH: &str = "Invalid or expired refresh token";
+const LOCKED_OUT: &str = "Too many failed login attempts; try again later";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,12 +76,152 @@ async fn audit(
     state.audit.record_best_effort(ev).await;
 }
 
+/// The throttled subjects of one login attempt (see [`crate::db::throttle`]).
+struct Subjects {
+    /// `account:` + HMAC-SHA-256 of the attempted name under a keyring-derived key: known
+    /// and unknown names count alike, and the table never holds a name (which may be a
+    /// password typed into the wrong field) or an unkeyed hash of one.
+    account: String,
+    /// `address:` + the source address (IPv6 by its /64); the TCP peer only.
+    address: Option<String>,
+}
+
+impl Subjects {
+    fn of(
+        state: &AppState,
+        username: &str,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Self, ApiError> {
+        use hmac::{Hmac, Mac};
+        let keyring = &state.keyring;
+        let key = keyring
+            .derive(keyring.active_version(), THROTTLE_PURPOSE)
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no active master key")))?;
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).map_err(ApiError::internal)?;
+        mac.update(username.as_bytes());
+        Ok(Subjects {
+            account: format!("account:{}", hex::encode(mac.finalize().into_bytes())),
+            address: ip.map(|ip| format!("address:{}", crate::limits::address_key(ip))),
+        })
+    }
+
+    fn all(&self) -> Vec<String> {
+        std::iter::once(self.account.clone())
+            .chain(self.address.clone())
+            .collect()
+    }
+}
+
+/// Keys the throttle's account subjects (a fixed label, never caller data).
+const THROTTLE_PURPOSE: &str = "hazina/login-throttle/v1";
+
+/// Answers 429 while the account or the address is locked out, before any password is
+/// looked at, identically for known and unknown names. Such attempts are audited at most
+/// once per subject per minute, and do not extend the lockout.
+async fn refuse_if_locked(
+    state: &AppState,
+    meta: &RequestMeta,
+    subjects: &Subjects,
+    username: &str,
+    now: UnixSeconds,
+) -> Result<(), ApiError> {
+    let all = subjects.all();
+    let blocked = state
+        .db(move |c| {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            throttle::blocked_until(c, &refs, now)
+        })
+        .await?;
+    let Some(until) = blocked else {
+        return Ok(());
+    };
+    state.metrics.login_throttled();
+    if state
+        .limits
+        .once_per_minute(format!("login:{}", subjects.account))
+    {
+        // The audit entry names the account when it exists (the answer never does).
+        let name = username.to_owned();
+        let user = match Username::parse(&name) {
+            Ok(_) => state.db(move |c| users::find_by_username(c, &name)).await?,
+            Err(_) => None,
+        };
+        let (actor, target) = match &user {
+            Some(u) => (user_actor(u.id, Some(&u.username)), Target::owner(u.id)),
+            None => (Actor::anonymous(), Target::default()),
+        };
+        audit(state, meta, actor, Action::Login, |e| {
+            e.target(target)
+                .outcome(Outcome::Denied, Some(Reason::LockedOut))
+        })
+        .await;
+    }
+    Err(ApiError::TooManyRequests {
+        message: LOCKED_OUT,
+        retry_after: u64::try_from(until - now).unwrap_or(1),
+    })
+}
+
+/// Counts a failed attempt against the account and the address; starts a lockout when one
+/// reaches its limit. Occasionally sweeps rows nobody has failed on for a day.
+async fn count_failure(
+    state: &AppState,
+    subjects: &Subjects,
+    now: UnixSeconds,
+) -> Result<(), ApiError> {
+    let abuse = &state.config.abuse;
+    let mut limits = vec![(subjects.account.clone(), abuse.login_max_failures_account)];
+    if let Some(address) = &subjects.address {
+        limits.push((address.clone(), abuse.login_max_failures_address));
+    }
+    let backoff = i64::from(abuse.login_backoff_seconds);
+    let sweep = state.limits.login_cleanup_due(now);
+    let blocked = state
+        .db(move |c| {
+            let limits: Vec<throttle::Limit<'_>> = limits
+                .iter()
+                .map(|(subject, max_failures)| throttle::Limit {
+                    subject,
+                    max_failures: *max_failures,
+                })
+                .collect();
+            let blocked = throttle::record_failure(c, &limits, backoff, now)?;
+            if sweep {
+                throttle::forget_stale(c, now)?;
+            }
+            Ok(blocked)
+        })
+        .await?;
+    for (subject, until) in blocked {
+        let kind = if subject.starts_with("account:") {
+            LockoutSubject::Account
+        } else {
+            LockoutSubject::Address
+        };
+        state.metrics.login_lockout(kind);
+        tracing::warn!(
+            subject = if kind == LockoutSubject::Account {
+                "account"
+            } else {
+                "address"
+            },
+            seconds = until - now,
+            "failed logins: lockout started"
+        );
+    }
+    Ok(())
+}
+
 pub async fn login(
     state: web::Data<AppState>,
     meta: RequestMeta,
     body: web::Json<JsonObject<LoginBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let LoginBody { username, password } = body.into_inner().0;
+    let now = state.clock.now();
+    let subjects = Subjects::of(&state, &username, meta.source_ip)?;
+    refuse_if_locked(&state, &meta, &subjects, &username, now).await?;
     // The attempted name is recorded only when it is a real account: a name that matches
     // nobody may be a password typed into the wrong field.
     let unknown = |e: Event| e.outcome(Outcome::Denied, Some(Reason::UnknownUser));
@@ -83,6 +231,7 @@ pub async fn login(
     let acceptable = Username::parse(&username).is_ok() && password.expose_secret().len() <= 1024;
     if !acceptable {
         let _ = web::block(move || password::verify(&password, None)).await;
+        count_failure(&state, &subjects, now).await?;
         audit(&state, &meta, Actor::anonymous(), Action::Login, unknown).await;
         return Err(ApiError::Unauthorized(BAD_LOGIN));
     }
@@ -100,6 +249,7 @@ pub async fn login(
             } else {
                 Reason::BadPassword
             };
+            count_failure(&state, &subjects, now).await?;
             let actor = user_actor(u.id, Some(&u.username));
             audit(&state, &meta, actor, Action::Login, |e| {
                 e.target(Target::owner(u.id))
@@ -109,16 +259,21 @@ pub async fn login(
             return Err(ApiError::Unauthorized(BAD_LOGIN));
         }
         None => {
+            count_failure(&state, &subjects, now).await?;
             audit(&state, &meta, Actor::anonymous(), Action::Login, unknown).await;
             return Err(ApiError::Unauthorized(BAD_LOGIN));
         }
     };
     let user_id = UserId::from_db(user.id);
-    let now = state.clock.now();
     let sid = uuid::Uuid::new_v4().to_string();
     let (body, refresh_jti) = token_pair(&state, user_id, &sid, now)?;
+    // A success forgives the account's failures (not the address's: see db::throttle).
+    let account = subjects.account;
     state
-        .db(move |c| repo::create(c, &sid, user_id, &refresh_jti, now, now + jwt::REFRESH_TTL))
+        .db(move |c| {
+            throttle::clear(c, &account)?;
+            repo::create(c, &sid, user_id, &refresh_jti, now, now + jwt::REFRESH_TTL)
+        })
         .await?;
     let actor = user_actor(user.id, Some(&user.username));
     audit(&state, &meta, actor, Action::Login, |e| {
@@ -152,10 +307,10 @@ pub async fn refresh(
         return Err(ApiError::Unauthorized(BAD_REFRESH));
     };
     let (pair, next_jti) = token_pair(&state, user, &claims.sid, now)?;
-    let outcome = state
+    let (outcome, username) = state
         .db(move |c| repo::rotate_refresh(c, &claims.sid, user, &claims.jti, &next_jti, now))
         .await?;
-    let actor = user_actor(user.get(), None);
+    let actor = user_actor(user.get(), username.as_deref());
     let target = Target::owner(user.get());
     match outcome {
         Refresh::Rotated => {

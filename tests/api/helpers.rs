@@ -197,6 +197,9 @@ pub fn node_config(db: &TestDatabase, dir: &std::path::Path, settings: &[(&str, 
     env.insert("HAZINA_KEYRING".into(), keyring_path.display().to_string());
     env.insert("HAZINA_WORKERS".into(), "1".into());
     env.insert("HAZINA_DB_POOL_SIZE".into(), "4".into());
+    // Every test client calls from 127.0.0.1 and many tests send hundreds of requests within
+    // one (manual-clock) minute; tests about rate limits (tests/api/abuse.rs) set their own.
+    env.insert("HAZINA_RATE_LIMIT_PER_MINUTE".into(), "1000000".into());
     for (k, v) in settings {
         env.insert((*k).into(), (*v).into());
     }

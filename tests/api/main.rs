@@ -3,12 +3,16 @@
 
 mod helpers;
 
+mod abuse;
+mod audit;
 mod backends;
 mod credentials;
 mod hostile;
+mod keys;
 mod multinode;
 mod openapi;
 mod pki;
 mod security;
+mod services;
 mod sessions;
 mod tls;

@@ -15,10 +15,15 @@ use hazina::domain::Role;
 use hazina::routes::ROUTE_TABLE;
 
 use crate::helpers::*;
+use crate::pki::{spawn_tls_app, ClientCert, ClientCerts, TestPki, SERVICE_URI};
 
 /// The base URI the whole document is registered under, so `#/components/...` resolves.
 const SPEC_URI: &str = "urn:hazina:openapi";
 const SPEC_YAML: &str = include_str!("../../openapi.yaml");
+/// JSON Lines (the audit export).
+const NDJSON: &str = "application/x-ndjson";
+/// Prometheus text (`/metrics`): checked as a JSON string against its schema.
+const OPENMETRICS: &str = "application/openmetrics-text";
 const OPERATION_KEYS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
@@ -206,10 +211,54 @@ impl Spec {
                 }
                 self.validate_at(&format!("{pointer}/content/application~1json/schema"), body)
             }
+            Some(content) if content.get(NDJSON).is_some() => self.check_json_lines(
+                &format!("{pointer}/content/{}", escape(NDJSON)),
+                headers,
+                body,
+            ),
+            Some(content) if content.get(OPENMETRICS).is_some() => {
+                let content_type = headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !content_type.starts_with(OPENMETRICS) {
+                    return Err(format!(
+                        "content type is {content_type:?}, not {OPENMETRICS}"
+                    ));
+                }
+                self.validate_at(
+                    &format!("{pointer}/content/{}/schema", escape(OPENMETRICS)),
+                    body,
+                )
+            }
             Some(other) => Err(format!("only JSON content is checked, not {other}")),
             None if body.is_null() => Ok(()),
             None => Err(format!("the spec gives no body, but got {body}")),
         }
+    }
+
+    /// Checks a JSON Lines answer (its lines arrive as a JSON array): every line but the
+    /// last matches the media type's `x-item-schema`, the last its `x-last-item-schema`.
+    fn check_json_lines(
+        &self,
+        pointer: &str,
+        headers: &HeaderMap,
+        body: &Value,
+    ) -> Result<(), String> {
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !content_type.starts_with(NDJSON) {
+            return Err(format!("content type is {content_type:?}, not {NDJSON}"));
+        }
+        let Some((last, items)) = body.as_array().and_then(|lines| lines.split_last()) else {
+            return Err(format!("expected JSON lines, got {body}"));
+        };
+        for item in items {
+            self.validate_at(&format!("{pointer}/x-item-schema"), item)?;
+        }
+        self.validate_at(&format!("{pointer}/x-last-item-schema"), last)
     }
 
     /// Checks one answer: its status must be listed for the operation (or, for a request no
@@ -336,8 +385,29 @@ impl Contract {
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let text = res.text().await.unwrap();
+        let is_json_lines = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(NDJSON));
+        let is_openmetrics = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(OPENMETRICS));
         let body: Value = if text.is_empty() {
             Value::Null
+        } else if is_openmetrics {
+            Value::String(text)
+        } else if is_json_lines {
+            assert!(
+                text.ends_with('\n'),
+                "{method} {path}: every line ends with a newline"
+            );
+            let lines = text.lines().map(|line| {
+                serde_json::from_str::<Value>(line).unwrap_or_else(|_| {
+                    panic!("{method} {path} answered a line that is not JSON: {line}")
+                })
+            });
+            Value::Array(lines.collect())
         } else {
             serde_json::from_str(&text).unwrap_or_else(|_| {
                 panic!("{method} {path} answered {status} with non-JSON {text}")
@@ -605,6 +675,74 @@ fn an_answer_with_an_undocumented_status_or_wrong_body_fails_the_check() {
     }
 }
 
+fn a_valid_audit_entry() -> Value {
+    json!({
+        "seq": 1,
+        "occurred_at": "2026-01-02T03:04:05.000000Z",
+        "actor": { "kind": "user", "id": 7, "name": "alice" },
+        "source_ip": "127.0.0.1",
+        "cert_fingerprint": null,
+        "action": "credential.reveal",
+        "target": {
+            "credential_id": 4_503_599_627_370_497_i64,
+            "owner_id": 7,
+            "provider": "kopokopo",
+            "environment": "sandbox",
+        },
+        "outcome": "success",
+        "reason": null,
+        "request_id": "0b6e1c8e-9f7a-4c1e-8d55-3f0d6a1b2c3d",
+        "prev_hash": "00".repeat(32),
+        "hash": "ab".repeat(32),
+    })
+}
+
+#[test]
+fn a_wrong_audit_export_fails_the_check() {
+    let spec = Spec::load();
+    let headers = |content_type: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, content_type.parse().unwrap());
+        h
+    };
+    let entry = a_valid_audit_entry();
+    let head = json!({ "chain_head": { "seq": 1, "hash": "ab".repeat(32) } });
+    let mut leaks_a_key = a_valid_audit_entry();
+    leaks_a_key["private_key"] = json!("sk-original-private-key");
+    let mut unknown_action = a_valid_audit_entry();
+    unknown_action["action"] = json!("credential.steal");
+    let check = |content_type: &str, lines: Value| {
+        spec.check_response("GET", "/audit/export/", 200, &headers(content_type), &lines)
+    };
+
+    assert_eq!(
+        check(NDJSON, json!([entry.clone(), head.clone()])),
+        Ok(Some(("get".into(), "/audit/export/".into())))
+    );
+    for (what, result) in [
+        ("no chain head", check(NDJSON, json!([entry.clone()]))),
+        (
+            "head first",
+            check(NDJSON, json!([head.clone(), entry.clone()])),
+        ),
+        ("nothing at all", check(NDJSON, json!([]))),
+        (
+            "a leaked key",
+            check(NDJSON, json!([leaks_a_key, head.clone()])),
+        ),
+        (
+            "an unknown action",
+            check(NDJSON, json!([unknown_action, head.clone()])),
+        ),
+        (
+            "sent as JSON",
+            check("application/json", json!([entry, head])),
+        ),
+    ] {
+        assert!(result.is_err(), "{what} passed the check");
+    }
+}
+
 #[test]
 fn a_request_body_the_spec_refuses_fails_the_check() {
     let spec = Spec::load();
@@ -635,7 +773,9 @@ fn a_request_body_the_spec_refuses_fails_the_check() {
 
 #[tokio::test]
 async fn every_route_answers_as_documented_through_a_full_flow() {
-    let mut api = Contract::new().await;
+    // Over HTTPS with optional client certificates, so a service can take part.
+    let pki = TestPki::new();
+    let mut api = Contract::with(spawn_tls_app(&pki, ClientCerts::Optional).await);
 
     api.send(Method::GET, "/healthz", None, Body::None, 200)
         .await;
@@ -692,6 +832,26 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
         .await;
     let deleted = api.delete(&one, t, 200).await;
     api.post_empty("/users/logout/", t, 200).await;
+    let (auditor, _) = api.login_as(Role::Auditor).await;
+    let a = auditor.as_str();
+    let first = api.get("/audit/events/?limit=5", a, 200).await;
+    let cursor = first["next_cursor"].as_i64().unwrap();
+    let rest = api
+        .get(
+            &format!("/audit/events/?cursor={cursor}&limit=1000"),
+            a,
+            200,
+        )
+        .await;
+    let reveals = api
+        .get(
+            &format!("/audit/events/?action=credential.reveal&credential={id}&outcome=success"),
+            a,
+            200,
+        )
+        .await;
+    let exported = api.get("/audit/export/", a, 200).await;
+    let verdict = api.get("/audit/verify/", a, 200).await;
 
     // The flow did what it meant to (so the bodies checked were the interesting ones).
     assert_eq!(listed.as_array().unwrap().len(), 2);
@@ -713,6 +873,132 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
         deleted["message"],
         "Payment credentials for KopoKopo have been successfully deleted"
     );
+    assert_eq!(reveals["events"].as_array().unwrap().len(), 1);
+    let listed = 5 + rest["events"].as_array().unwrap().len();
+    let exported = exported.as_array().unwrap();
+    // Every listed entry, the export's own entry, then the chain head.
+    assert_eq!(exported.len(), listed + 2);
+    let head = &exported[listed + 1]["chain_head"];
+    assert_eq!(
+        verdict,
+        json!({ "ok": true, "checked": head["seq"], "first_bad_seq": null })
+    );
+
+    // Administration, and a service revealing over mutual TLS.
+    let (admin, _) = api.login_as(Role::Admin).await;
+    let ad = admin.as_str();
+    let merchant = json!({ "username": "merchant-two", "password": PASSWORD, "role": "user" });
+    api.post("/admin/users/", ad, merchant, 201).await;
+    let users = api.get("/admin/users/", ad, 200).await;
+    let login = json!({ "username": "merchant-two", "password": PASSWORD });
+    let pair = api
+        .send(Method::POST, "/users/login/", None, Body::Json(login), 200)
+        .await;
+    let m = pair["access_token"].as_str().unwrap().to_owned();
+    let granted = api.create(&m, "mpesa", "live").await;
+    let service = json!({
+        "name": "billing",
+        "identity": SERVICE_URI,
+        "allowed_cidrs": ["127.0.0.0/8"],
+    });
+    api.post("/admin/services/", ad, service, 201).await;
+    let services = api.get("/admin/services/", ad, 200).await;
+    let grant = json!({ "service": "billing", "owner": "merchant-two", "provider": "mpesa" });
+    let grant = api.post("/admin/grants/", ad, grant, 201).await;
+    let grants = api.get("/admin/grants/", ad, 200).await;
+    let billing = pki.https_client(Some(&pki.client(ClientCert::Valid)));
+    let by_id = api
+        .send_as(
+            &billing,
+            Method::GET,
+            &format!("/payments/credentials/{granted}/get-private-key/"),
+            200,
+        )
+        .await;
+    let by_lookup = api
+        .send_as(
+            &billing,
+            Method::GET,
+            &format!("{LOOKUP}?owner=merchant-two&provider=mpesa&environment=live"),
+            200,
+        )
+        .await;
+    // Provider-key versions, rollback, and an administrator's rotation of any owner's key.
+    let granted_path = format!("/payments/credentials/{granted}/");
+    let newer = json!({ "private_key": "sk-second-private-key" });
+    api.post(&format!("{granted_path}rotate/"), &m, newer.clone(), 200)
+        .await;
+    let history = api.get(&format!("{granted_path}versions/"), &m, 200).await;
+    let rolled = api
+        .post(
+            &format!("{granted_path}rollback/"),
+            &m,
+            json!({ "version": 1 }),
+            200,
+        )
+        .await;
+    api.get(&format!("/admin/credentials/{granted}/versions/"), ad, 200)
+        .await;
+    api.post(
+        &format!("/admin/credentials/{granted}/rotate/"),
+        ad,
+        newer,
+        200,
+    )
+    .await;
+    // Master keys: start a rotation, finish it here (deterministically), retire the old key.
+    api.get("/admin/keys/", ad, 200).await;
+    api.post_empty("/admin/keys/rotate/", ad, 202).await;
+    // Deterministically refused, whatever the background rewrap has done by now.
+    api.post("/admin/keys/retire/", ad, json!({ "version": 2 }), 409)
+        .await;
+    if let Some(r) = hazina::db::keys::unfinished_rotation(&mut api.app.conn()).unwrap() {
+        let keyring = api.app.state.keyring.clone();
+        hazina::db::keys::run_rotation(&mut api.app.conn(), &keyring, &r, 100, || 0, |_| {})
+            .unwrap();
+    }
+    let keys = api.get("/admin/keys/", ad, 200).await;
+    api.post("/admin/keys/retire/", ad, json!({ "version": 1 }), 200)
+        .await;
+    assert_eq!(history["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(rolled["credentials"]["version"], 3);
+    assert_eq!(keys["active_version"], 2);
+    assert_eq!(keys["rotation"]["remaining"], 0);
+
+    let revoked = api
+        .delete(&format!("/admin/grants/{}/", grant["id"]), ad, 200)
+        .await;
+    let disabled = api
+        .post_empty("/admin/services/billing/disable/", ad, 200)
+        .await;
+    api.put(
+        "/admin/users/merchant-two/allowlist/",
+        ad,
+        json!({ "allowed_cidrs": ["127.0.0.0/8"] }),
+        200,
+    )
+    .await;
+    api.post_empty("/admin/users/merchant-two/sessions/revoke/", ad, 200)
+        .await;
+    api.post_empty("/admin/users/merchant-two/disable/", ad, 200)
+        .await;
+    api.send(Method::GET, "/metrics", None, Body::None, 200)
+        .await;
+
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["username"] == "merchant-two"),
+        "{users}"
+    );
+    assert_eq!(services[0]["allowed_cidrs"], json!(["127.0.0.0/8"]));
+    assert_eq!(grants.as_array().unwrap().len(), 1, "{grants}");
+    assert_eq!(by_id["private_key"], "sk-original-private-key");
+    assert_eq!(by_id, by_lookup);
+    assert_eq!(revoked["id"], grant["id"]);
+    assert_eq!(disabled["is_enabled"], false);
     let succeeded: BTreeSet<Route> = api
         .seen
         .iter()
@@ -723,12 +1009,22 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
     assert!(untested.is_empty(), "routes never exercised: {untested:?}");
 }
 
-/// A path of `template` with its parameters filled in.
+/// A path of `template` with its parameters filled in (and the lookup's query).
 fn concrete(template: &str, id: i64) -> String {
-    template
+    let path = template
         .replace("{id}", &id.to_string())
         .replace("{provider}", "kopokopo")
+        .replace("{username}", "nobody-here")
+        .replace("{name}", "nothing");
+    if template == LOOKUP {
+        format!("{path}?owner=nobody-here&provider=kopokopo&environment=sandbox")
+    } else {
+        path
+    }
 }
+
+/// Services find a granted key by owner, provider and environment here.
+const LOOKUP: &str = "/payments/credentials/lookup/get-private-key/";
 
 /// A body the operation would accept (so a refusal is about something else).
 fn acceptable_body(template: &str) -> Body {
@@ -742,6 +1038,19 @@ fn acceptable_body(template: &str) -> Body {
             "environment": "live",
         })),
         "/payments/credentials/{id}/" => Body::Json(json!({ "api_key": "api-other" })),
+        "/admin/users/" => Body::Json(json!({
+            "username": "someone-new",
+            "password": PASSWORD,
+            "role": "user",
+        })),
+        "/admin/services/" => Body::Json(json!({
+            "name": "someone-new",
+            "identity": "spiffe://payments/someone-new",
+        })),
+        "/admin/grants/" => Body::Json(json!({ "service": "nothing", "owner": "nobody-here" })),
+        "/payments/credentials/{id}/rollback/" | "/admin/keys/retire/" => {
+            Body::Json(json!({ "version": 1 }))
+        }
         t if t.ends_with("/update-private-key/")
             || t.ends_with("/rotate/")
             || t.ends_with("/verify/") =>
@@ -752,18 +1061,40 @@ fn acceptable_body(template: &str) -> Body {
     }
 }
 
-/// Every served route that requires a bearer token, per the spec.
+/// Every served route that requires a bearer token, per the spec (not those open without
+/// one, `security: []`, nor those where a token is optional, `security: [{}, ...]`).
 fn bearer_routes(spec: &Spec) -> Vec<Route> {
     table_routes()
         .into_iter()
         .filter(|(method, path)| {
-            spec.doc["paths"][path.as_str()][method.as_str()]["security"] != json!([])
+            let security = &spec.doc["paths"][path.as_str()][method.as_str()]["security"];
+            security != &json!([])
+                && !security
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|r| r == &json!({})))
         })
         .collect()
 }
 
 fn method_of(name: &str) -> Method {
     Method::from_bytes(name.to_ascii_uppercase().as_bytes()).unwrap()
+}
+
+impl Contract {
+    /// Sends as `client` with no bearer token: a service presenting its certificate (or a
+    /// caller presenting none), over the TLS test kit.
+    async fn send_as(
+        &mut self,
+        client: &reqwest::Client,
+        method: Method,
+        path: &str,
+        expect: u16,
+    ) -> Value {
+        let own = std::mem::replace(&mut self.app.client, client.clone());
+        let body = self.send(method, path, None, Body::None, expect).await;
+        self.app.client = own;
+        body
+    }
 }
 
 #[tokio::test]
@@ -858,6 +1189,21 @@ async fn malformed_and_invalid_requests_answer_400_as_documented() {
         400,
     )
     .await;
+    let (auditor, _) = api.login_as(Role::Auditor).await;
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "action=credential.steal",
+        "outcome=maybe",
+        "since=yesterday",
+        "until=2026-13-01",
+        "cursor=abc",
+        "secret=1",
+    ] {
+        api.get(&format!("/audit/events/?{query}"), &auditor, 400)
+            .await;
+    }
+    api.get("/audit/export/?since=soon", &auditor, 400).await;
 
     assert_eq!(api.statuses_seen(), BTreeSet::from([200, 201, 400]));
 }
@@ -983,7 +1329,8 @@ async fn unauthenticated_requests_answer_401_as_documented() {
         .filter(|(_, _, s)| *s == 401)
         .map(|(m, p, _)| (m.clone(), p.clone()))
         .collect();
-    assert_eq!(routes.len(), 12);
+    // Every table route but /healthz, /readyz, /metrics (token optional), login and refresh.
+    assert_eq!(routes.len(), ROUTE_TABLE.len() - 5);
     assert_eq!(answered_401.len(), routes.len() + 2);
 }
 
@@ -1010,7 +1357,33 @@ async fn auditors_answer_403_as_documented_on_every_credentials_route() {
         .await;
     }
 
-    assert_eq!(routes.len(), 11);
+    assert_eq!(routes.len(), 14);
+    assert_eq!(
+        api.seen.iter().filter(|(_, _, s)| *s == 403).count(),
+        routes.len()
+    );
+}
+
+#[tokio::test]
+async fn everyone_but_auditors_answers_403_as_documented_on_every_audit_route() {
+    let mut api = Contract::new().await;
+    let (user, _) = api.login_as(Role::User).await;
+    let (admin, _) = api.login_as(Role::Admin).await;
+    let routes: Vec<Route> = table_routes()
+        .into_iter()
+        .filter(|(_, p)| p.starts_with("/audit/"))
+        .collect();
+
+    for token in [&user, &admin] {
+        for (method, template) in &routes {
+            let body = api
+                .send(method_of(method), template, Some(token), Body::None, 403)
+                .await;
+            assert_eq!(body["error"], "Only auditors may read the audit log");
+        }
+    }
+
+    assert_eq!(routes.len(), 3);
     assert_eq!(
         api.seen.iter().filter(|(_, _, s)| *s == 403).count(),
         routes.len()
@@ -1039,6 +1412,194 @@ async fn a_vault_without_owner_reveal_answers_403_as_documented() {
 }
 
 #[tokio::test]
+async fn admin_routes_answer_as_documented() {
+    let mut api = Contract::new().await;
+    let (admin, _) = api.login_as(Role::Admin).await;
+    let (user, _) = api.login_as(Role::User).await;
+    let ad = admin.as_str();
+    let routes: Vec<Route> = table_routes()
+        .into_iter()
+        .filter(|(_, p)| {
+            p.starts_with("/admin/users/")
+                || p.starts_with("/admin/services/")
+                || p.starts_with("/admin/grants/")
+        })
+        .filter(|(_, p)| !p.contains("/sessions/") && !p.contains("/allowlist/"))
+        .collect();
+
+    // Role `user` is refused everywhere.
+    for (method, template) in &routes {
+        let path = concrete(template, 1);
+        let body = api
+            .send(
+                method_of(method),
+                &path,
+                Some(&user),
+                acceptable_body(template),
+                403,
+            )
+            .await;
+        assert_eq!(body["error"], "Only administrators may do this");
+    }
+    // Created, and refused again as a duplicate.
+    let carol = json!({ "username": "carol", "password": PASSWORD, "role": "user" });
+    api.post("/admin/users/", ad, carol.clone(), 201).await;
+    api.post("/admin/users/", ad, carol, 409).await;
+    let billing = json!({ "name": "billing", "identity": SERVICE_URI });
+    api.post("/admin/services/", ad, billing.clone(), 201).await;
+    api.post("/admin/services/", ad, billing, 409).await;
+    // Invalid input.
+    for bad in [
+        json!({ "name": "ledger", "identity": "has space" }),
+        json!({ "name": "ledger", "identity": "spiffe://l", "allowed_cidrs": ["10.0.0.0/33"] }),
+        json!({ "name": "x", "identity": "spiffe://l" }),
+        json!({ "name": "ledger", "identity": "spiffe://l", "is_enabled": true }),
+    ] {
+        api.post("/admin/services/", ad, bad, 400).await;
+    }
+    api.post(
+        "/admin/users/",
+        ad,
+        json!({ "username": "dave", "password": PASSWORD, "role": "root" }),
+        400,
+    )
+    .await;
+    api.post(
+        "/admin/grants/",
+        ad,
+        json!({ "service": "billing", "owner": "carol", "provider": "paypal" }),
+        400,
+    )
+    .await;
+    // Unknown names and ids.
+    let unknown = [
+        api.post_empty("/admin/users/nobody-here/disable/", ad, 404)
+            .await,
+        api.post_empty("/admin/services/nothing/disable/", ad, 404)
+            .await,
+        api.post(
+            "/admin/grants/",
+            ad,
+            json!({ "service": "nothing", "owner": "carol" }),
+            404,
+        )
+        .await,
+        api.post(
+            "/admin/grants/",
+            ad,
+            json!({ "service": "billing", "owner": "nobody-here" }),
+            404,
+        )
+        .await,
+        api.delete("/admin/grants/4242424242/", ad, 404).await,
+    ];
+
+    let messages: Vec<&Value> = unknown.iter().map(|b| &b["error"]).collect();
+    assert_eq!(
+        messages,
+        [
+            "No such user",
+            "No such service",
+            "No such service",
+            "No such owner",
+            "No such live grant"
+        ]
+    );
+    assert_eq!(routes.len(), 9);
+    for status in [403, 201, 409, 400, 404] {
+        assert!(
+            api.seen
+                .iter()
+                .any(|(_, p, s)| p.starts_with("/admin/") && *s == status),
+            "no admin route answered {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn services_answer_as_documented_over_mutual_tls() {
+    let pki = TestPki::new();
+    let mut api = Contract::with(spawn_tls_app(&pki, ClientCerts::Optional).await);
+    let (admin, _) = api.login_as(Role::Admin).await;
+    let ad = admin.as_str();
+    let owner = json!({ "username": "merchant", "password": PASSWORD, "role": "user" });
+    api.post("/admin/users/", ad, owner, 201).await;
+    let login = json!({ "username": "merchant", "password": PASSWORD });
+    let pair = api
+        .send(Method::POST, "/users/login/", None, Body::Json(login), 200)
+        .await;
+    let m = pair["access_token"].as_str().unwrap().to_owned();
+    let sandbox = api.create(&m, "jpay", "sandbox").await;
+    let live = api.create(&m, "jpay", "live").await;
+    let billing = json!({ "name": "billing", "identity": SERVICE_URI });
+    api.post("/admin/services/", ad, billing, 201).await;
+    let fenced = json!({
+        "name": "fenced",
+        "identity": "billing.payments.internal",
+        "allowed_cidrs": ["10.0.0.0/8"],
+    });
+    api.post("/admin/services/", ad, fenced, 201).await;
+    let grant = json!({ "service": "billing", "owner": "merchant", "environment": "sandbox" });
+    api.post("/admin/grants/", ad, grant, 201).await;
+    let service = pki.https_client(Some(&pki.client(ClientCert::Valid)));
+    let outside = pki.https_client(Some(&pki.client(ClientCert::DnsOnly)));
+    let stranger = pki.https_client(Some(&pki.client(ClientCert::NoSan)));
+    let anonymous = pki.https_client(None);
+    let reveal = |id: i64| format!("/payments/credentials/{id}/get-private-key/");
+    let lookup = |env: &str| format!("{LOOKUP}?owner=merchant&provider=jpay&environment={env}");
+
+    let answers = [
+        api.send_as(&service, Method::GET, &reveal(sandbox), 200)
+            .await,
+        api.send_as(&service, Method::GET, &lookup("sandbox"), 200)
+            .await,
+        api.send_as(&service, Method::GET, &reveal(live), 404).await,
+        api.send_as(&service, Method::GET, &lookup("live"), 404)
+            .await,
+        api.send_as(&service, Method::GET, &lookup("staging"), 400)
+            .await,
+        api.send_as(&stranger, Method::GET, &reveal(sandbox), 403)
+            .await,
+        api.send_as(&stranger, Method::GET, &lookup("sandbox"), 403)
+            .await,
+        api.send_as(&outside, Method::GET, &reveal(sandbox), 403)
+            .await,
+        api.send_as(&outside, Method::GET, &lookup("sandbox"), 403)
+            .await,
+        api.send_as(&anonymous, Method::GET, &reveal(sandbox), 401)
+            .await,
+        api.send_as(&anonymous, Method::GET, &lookup("sandbox"), 401)
+            .await,
+        api.get(&lookup("sandbox"), &m, 403).await,
+        api.send_as(&service, Method::GET, "/payments/credentials/", 403)
+            .await,
+        api.send_as(&service, Method::GET, "/admin/grants/", 403)
+            .await,
+    ];
+
+    let errors: Vec<&Value> = answers[2..].iter().map(|b| &b["error"]).collect();
+    assert_eq!(answers[0]["private_key"], "sk-original-private-key");
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(
+        errors,
+        [
+            NOT_FOUND,
+            NOT_FOUND,
+            "Invalid environment. Choose one of: sandbox, live",
+            "This client certificate is not a registered, enabled service",
+            "This client certificate is not a registered, enabled service",
+            "Requests from this address are not allowed for this principal",
+            "Requests from this address are not allowed for this principal",
+            "Authentication credentials were not provided or are invalid",
+            "Authentication credentials were not provided or are invalid",
+            "This endpoint is for services; owners use /payments/credentials/provider/{provider}/",
+            "Services may only fetch the keys they are granted",
+            "Services may only fetch the keys they are granted",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn credentials_that_are_not_the_callers_answer_404_as_documented() {
     let mut api = Contract::new().await;
     let (owner, _) = api.login_as(Role::User).await;
@@ -1046,7 +1607,7 @@ async fn credentials_that_are_not_the_callers_answer_404_as_documented() {
     let (stranger, _) = api.login_as(Role::User).await;
     let id_routes: Vec<Route> = table_routes()
         .into_iter()
-        .filter(|(_, p)| p.contains("{id}"))
+        .filter(|(_, p)| p.starts_with("/payments/") && p.contains("{id}"))
         .collect();
 
     for (method, template) in &id_routes {
@@ -1070,7 +1631,7 @@ async fn credentials_that_are_not_the_callers_answer_404_as_documented() {
     api.get("/payments/credentials/provider/kopokopo/", &stranger, 404)
         .await;
 
-    assert_eq!(id_routes.len(), 8);
+    assert_eq!(id_routes.len(), 10);
     let answered_404 = api.seen.iter().filter(|(_, _, s)| *s == 404).count();
     assert_eq!(answered_404, id_routes.len() + 1);
 }
@@ -1101,4 +1662,38 @@ async fn requests_no_route_takes_answer_as_documented() {
     for refused in [patch, get_verify, delete_health] {
         assert_eq!(refused["error"], "Method not allowed");
     }
+}
+
+/// The spec's audit vocabulary is the code's closed enums, exactly (so an entry the code can
+/// write always validates, and the spec names nothing the code cannot write).
+#[test]
+fn the_audit_vocabulary_in_the_spec_is_exactly_the_codes() {
+    use hazina::audit::{Action, ActorKind, Outcome, Reason};
+    let spec = Spec::load();
+    let names = |schema: &str| -> BTreeSet<String> {
+        spec.doc["components"]["schemas"][schema]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema} has an enum"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let code =
+        |all: Vec<&str>| -> BTreeSet<String> { all.into_iter().map(str::to_owned).collect() };
+    assert_eq!(
+        names("AuditAction"),
+        code(Action::ALL.iter().map(|a| a.as_str()).collect())
+    );
+    assert_eq!(
+        names("AuditReason"),
+        code(Reason::ALL.iter().map(|r| r.as_str()).collect())
+    );
+    assert_eq!(
+        names("AuditOutcome"),
+        code(Outcome::ALL.iter().map(|o| o.as_str()).collect())
+    );
+    assert_eq!(
+        names("AuditActorKind"),
+        code(ActorKind::ALL.iter().map(|k| k.as_str()).collect())
+    );
 }

@@ -163,7 +163,10 @@ async fn a_disabled_user_cannot_log_in() {
     // Arrange
     let app = spawn_app().await;
     let user = app.user().await;
-    assert!(hazina::db::users::disable(&mut app.conn(), &user.username).unwrap());
+    assert_eq!(
+        hazina::db::users::disable(&mut app.conn(), &user.username).unwrap(),
+        Some(user.id)
+    );
 
     // Act
     let res = app.login(&user.username, PASSWORD).await;

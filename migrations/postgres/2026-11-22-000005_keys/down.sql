@@ -1,0 +1,2 @@
+DROP TABLE key_wear;
+DROP TABLE key_rotations;

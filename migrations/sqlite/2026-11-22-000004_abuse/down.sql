@@ -1,0 +1,2 @@
+DROP TABLE login_throttle;
+ALTER TABLE users DROP COLUMN allowed_cidrs;

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Profiles the reveal path: release server on a temporary SQLite database, `oha` driving
+# reveals, `perf record` (software cpu-clock sampling: this VM has no hardware counters) on
+# the server. Prints the hottest symbols; the raw profile stays in $OUT (default
+# /tmp/hazina-reveal.perf). Needs `perf` (Debian: linux-perf) and `oha`.
+#
+#   scripts/profile-reveal.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+out=${OUT:-/tmp/hazina-reveal.perf}
+cargo build --release --bins >&2
+work=$(mktemp -d)
+trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+export HAZINA_KEYRING=$work/k HAZINA_DATABASE_URL=sqlite://$work/p.db HAZINA_BIND=127.0.0.1:0
+export HAZINA_RATE_LIMIT_PER_MINUTE=0 HAZINA_LOG=warn HAZINA_SEED_PASSWORD="profile password 0123"
+target/release/hazina keys init >/dev/null
+target/release/hazina-seed --credentials 10 --prefix prof >/dev/null
+target/release/hazina serve 2>"$work/log" &
+pid=$!
+until port=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$work/log" | head -1) && [[ -n $port ]]; do sleep 0.05; done
+base=http://127.0.0.1:$port
+tok=$(curl -sf -X POST "$base/users/login/" -H 'Content-Type: application/json' \
+  -d '{"username":"prof000000","password":"profile password 0123"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+id=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $tok" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+perf record -e cpu-clock -F 2000 -g -p "$pid" -o "$out" -- sleep "$secs" 2>/dev/null &
+rec=$!
+oha --no-tui -z "${secs}s" -c 32 -H "Authorization: Bearer $tok" "$base/payments/credentials/$id/get-private-key/" | grep -E "Requests/sec|99.00%"
+wait $rec || true
+perf report -i "$out" --no-children --sort comm,dso,symbol --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | grep "%" | head -45

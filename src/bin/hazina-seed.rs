@@ -1,0 +1,151 @@
+//! `hazina-seed`: fills a database with synthetic merchants and credentials for the
+//! benchmarks (`scripts/bench.sh`). Not part of the product: it writes rows directly, in bulk
+//! (one transaction per chunk), with real envelopes sealed under the configured keyring.
+//!
+//! Merchants are `<prefix>000000`, `<prefix>000001`, …, each holding up to ten credentials
+//! (five providers × two environments); all share the password from `HAZINA_SEED_PASSWORD`
+//! (hashed once). Reads the same configuration as `hazina` (`HAZINA_DATABASE_URL`,
+//! `HAZINA_KEYRING`).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use diesel::prelude::*;
+use secrecy::SecretString;
+
+use hazina::auth::password;
+use hazina::clock::Clock;
+use hazina::config::{self, Config};
+use hazina::crypto::{envelope, Aad};
+use hazina::db::schema::{credential_versions as cv, credentials as c};
+use hazina::db::{self, DbConn};
+use hazina::domain::{CredentialId, Provider, Role, Username};
+use hazina::startup;
+
+#[derive(Parser)]
+#[command(
+    name = "hazina-seed",
+    about = "Seed synthetic credentials for benchmarks"
+)]
+struct Args {
+    /// How many credentials to create (ten per merchant).
+    #[arg(long)]
+    credentials: usize,
+    /// Username prefix of the synthetic merchants.
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+}
+
+const ENVIRONMENTS: [&str; 2] = ["sandbox", "live"];
+const CHUNK: usize = 1000;
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hazina-seed: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    config::load_dotenv()?;
+    let config = Config::from_env()?;
+    let (keyring, _) = startup::load_keyring(&config.keyring)?;
+    let pool = startup::open_database(&config)?;
+    let mut pooled = pool.get()?;
+    let conn: &mut DbConn = &mut pooled;
+    let pw = SecretString::from(
+        std::env::var("HAZINA_SEED_PASSWORD").context("set HAZINA_SEED_PASSWORD")?,
+    );
+    let hash = password::hash(&pw)?;
+    let now = Clock::System.now();
+    let owners = args.credentials.div_ceil(10);
+
+    let mut owner_ids = Vec::with_capacity(owners);
+    for chunk in (0..owners).collect::<Vec<_>>().chunks(CHUNK) {
+        conn.transaction::<_, db::DbError, _>(|tx| {
+            for i in chunk {
+                let name = Username::parse(&format!("{}{i:06}", args.prefix))?;
+                owner_ids.push(db::users::create(tx, &name, &hash, Role::User, now)?.get());
+            }
+            Ok(())
+        })?;
+    }
+
+    let slots: Vec<(i64, Provider, &str)> = owner_ids
+        .iter()
+        .flat_map(|o| {
+            Provider::ALL
+                .into_iter()
+                .flat_map(move |p| ENVIRONMENTS.into_iter().map(move |e| (*o, p, e)))
+        })
+        .take(args.credentials)
+        .collect();
+    let kek_version = keyring.active_version() as i32;
+    for chunk in slots.chunks(CHUNK) {
+        let mut creds = Vec::with_capacity(chunk.len());
+        let mut versions = Vec::with_capacity(chunk.len());
+        for (n, (owner, provider, env)) in chunk.iter().enumerate() {
+            let id = CredentialId::generate().get();
+            let secret = SecretString::from(format!("bench-{}-{env}-{id}-{n}", provider.as_str()));
+            let aad = Aad {
+                owner_id: *owner,
+                credential_id: id,
+                provider: provider.as_str(),
+                environment: env,
+                version: 1,
+            };
+            let sealed = envelope::seal(&keyring, &aad, &secret)?;
+            creds.push((
+                c::id.eq(id),
+                c::owner_id.eq(*owner),
+                c::provider.eq(provider.as_str()),
+                c::environment.eq(*env),
+                c::api_key.eq(Some(format!("bench-api-{id}"))),
+                c::is_active.eq(true),
+                c::current_version.eq(1),
+                c::created_at.eq(now),
+                c::updated_at.eq(now),
+            ));
+            versions.push((
+                cv::credential_id.eq(id),
+                cv::version.eq(1),
+                cv::environment.eq(*env),
+                cv::format.eq(sealed.format),
+                cv::kek_version.eq(sealed.kek_version),
+                cv::wrapped_dek.eq(sealed.wrapped_dek),
+                cv::ciphertext.eq(sealed.ciphertext),
+                cv::verifier.eq(sealed.verifier),
+                cv::created_at.eq(now),
+                cv::created_by.eq(*owner),
+            ));
+        }
+        let n = chunk.len() as i64;
+        conn.transaction::<_, db::DbError, _>(|tx| {
+            match tx {
+                DbConn::Sqlite(s) => {
+                    diesel::insert_into(c::table).values(&creds).execute(s)?;
+                    diesel::insert_into(cv::table)
+                        .values(&versions)
+                        .execute(s)?;
+                }
+                DbConn::Postgres(p) => {
+                    diesel::insert_into(c::table).values(&creds).execute(p)?;
+                    diesel::insert_into(cv::table)
+                        .values(&versions)
+                        .execute(p)?;
+                }
+            }
+            db::keys::bump_wear(tx, kek_version, n)
+        })?;
+    }
+    println!(
+        "{{\"merchants\":{owners},\"credentials\":{},\"first_merchant\":\"{}000000\"}}",
+        slots.len(),
+        args.prefix
+    );
+    Ok(())
+}

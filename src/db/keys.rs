@@ -1,0 +1,220 @@
+//! Master-key lifecycle in the database: rotation state, rewrap batches, key wear.
+//!
+//! A rotation re-wraps data keys only: each batch unwraps DEKs under their old master key and
+//! wraps them under the target, in one transaction that also advances the rotation's
+//! progress. A crash loses at most the batch in flight, which rolled back whole, so every
+//! row always holds a `(kek_version, wrapped_dek)` pair that opens. The secret ciphertexts are
+//! never read or written.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer};
+
+use super::schema::{
+    credential_versions as cv, credentials as c, key_rotations as r, key_wear as w,
+};
+use super::{DbConn, DbError};
+use crate::clock::UnixSeconds;
+use crate::crypto::{envelope, Aad, Envelope, Keyring};
+
+/// Records `n` more encryptions under master-key version `kek_version` (inside the caller's
+/// transaction, so the count is as durable as the rows it counts).
+pub fn bump_wear(conn: &mut DbConn, kek_version: i32, n: i64) -> Result<(), DbError> {
+    let updated = diesel::update(w::table.filter(w::kek_version.eq(kek_version)))
+        .set(w::encryptions.eq(w::encryptions + n))
+        .execute(conn)?;
+    if updated == 0 {
+        diesel::sql_query("INSERT INTO key_wear (kek_version, encryptions) VALUES ($1, 0) ON CONFLICT (kek_version) DO NOTHING")
+            .bind::<Integer, _>(kek_version)
+            .execute(conn)?;
+        diesel::update(w::table.filter(w::kek_version.eq(kek_version)))
+            .set(w::encryptions.eq(w::encryptions + n))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Encryptions per master-key version.
+pub fn wear(conn: &mut DbConn) -> Result<Vec<(i32, i64)>, DbError> {
+    Ok(w::table
+        .order(w::kek_version.asc())
+        .select((w::kek_version, w::encryptions))
+        .load(conn)?)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = r)]
+pub struct RotationRow {
+    pub id: i64,
+    pub target_version: i32,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub rows_rewrapped: i64,
+}
+
+/// The unfinished rotation, if any.
+pub fn unfinished_rotation(conn: &mut DbConn) -> Result<Option<RotationRow>, DbError> {
+    Ok(r::table
+        .filter(r::finished_at.is_null())
+        .order(r::started_at.desc())
+        .select(RotationRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The most recent rotation, finished or not.
+pub fn latest_rotation(conn: &mut DbConn) -> Result<Option<RotationRow>, DbError> {
+    Ok(r::table
+        .order((r::started_at.desc(), r::id.desc()))
+        .select(RotationRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Starts (or continues) a rotation towards `target`: an unfinished rotation to the same
+/// target is resumed; one to another target is superseded (its work is not lost: rows it
+/// moved are simply moved again).
+pub fn start_rotation(
+    conn: &mut DbConn,
+    target: i32,
+    now: UnixSeconds,
+) -> Result<RotationRow, DbError> {
+    conn.transaction(|tx| {
+        if let Some(current) = unfinished_rotation(tx)? {
+            if current.target_version == target {
+                return Ok(current);
+            }
+            diesel::update(r::table.filter(r::id.eq(current.id)))
+                .set(r::finished_at.eq(Some(now)))
+                .execute(tx)?;
+        }
+        let id = crate::domain::UserId::generate().get();
+        diesel::insert_into(r::table)
+            .values((
+                r::id.eq(id),
+                r::target_version.eq(target),
+                r::started_at.eq(now),
+                r::finished_at.eq(None::<i64>),
+                r::rows_rewrapped.eq(0i64),
+            ))
+            .execute(tx)?;
+        Ok(r::table
+            .find(id)
+            .select(RotationRow::as_select())
+            .first(tx)?)
+    })
+}
+
+/// Stored key versions not yet under `target`.
+pub fn remaining(conn: &mut DbConn, target: i32) -> Result<i64, DbError> {
+    Ok(cv::table
+        .filter(cv::kek_version.ne(target))
+        .count()
+        .get_result(conn)?)
+}
+
+type RewrapRow = (i64, i32, String, i32, Vec<u8>, i64, String);
+
+/// Re-wraps up to `batch` data keys under `target` in one transaction; the number moved (0
+/// when the rotation is complete). Never decrypts a secret.
+pub fn rewrap_batch(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    rotation: &RotationRow,
+    batch: i64,
+) -> Result<usize, DbError> {
+    let target = rotation.target_version;
+    conn.transaction(|tx| {
+        // The rotation row is the lock: concurrent rewrappers (several nodes, the CLI) take
+        // turns, and SQLite takes its write lock before reading.
+        diesel::update(r::table.filter(r::id.eq(rotation.id)))
+            .set(r::rows_rewrapped.eq(r::rows_rewrapped))
+            .execute(tx)?;
+        let rows: Vec<RewrapRow> = cv::table
+            .inner_join(c::table)
+            .filter(cv::kek_version.ne(target))
+            .order((cv::credential_id.asc(), cv::version.asc()))
+            .limit(batch)
+            .select((
+                cv::credential_id,
+                cv::version,
+                cv::environment,
+                cv::kek_version,
+                cv::wrapped_dek,
+                c::owner_id,
+                c::provider,
+            ))
+            .load(tx)?;
+        let mut moved = 0usize;
+        for (credential_id, version, environment, old_kek, wrapped_dek, owner_id, provider) in rows
+        {
+            let aad = Aad {
+                owner_id,
+                credential_id,
+                provider: &provider,
+                environment: &environment,
+                version,
+            };
+            let current = Envelope {
+                format: envelope::FORMAT_V1,
+                kek_version: old_kek,
+                wrapped_dek,
+                ciphertext: Vec::new(),
+                verifier: Vec::new(),
+            };
+            let rewrapped = envelope::rewrap_dek(keyring, &aad, &current, target)?;
+            moved += diesel::update(
+                cv::table
+                    .filter(cv::credential_id.eq(credential_id))
+                    .filter(cv::version.eq(version))
+                    .filter(cv::kek_version.eq(old_kek)),
+            )
+            .set((cv::kek_version.eq(target), cv::wrapped_dek.eq(rewrapped)))
+            .execute(tx)?;
+        }
+        if moved > 0 {
+            bump_wear(tx, target, moved as i64)?;
+            diesel::sql_query(
+                "UPDATE key_rotations SET rows_rewrapped = rows_rewrapped + $1 WHERE id = $2",
+            )
+            .bind::<BigInt, _>(moved as i64)
+            .bind::<BigInt, _>(rotation.id)
+            .execute(tx)?;
+        }
+        Ok(moved)
+    })
+}
+
+pub fn finish_rotation(conn: &mut DbConn, id: i64, now: UnixSeconds) -> Result<(), DbError> {
+    diesel::update(
+        r::table
+            .filter(r::id.eq(id))
+            .filter(r::finished_at.is_null()),
+    )
+    .set(r::finished_at.eq(Some(now)))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Runs a rotation to completion in bounded batches (memory stays flat in the row count),
+/// reporting the running total after each batch. Resumable: calling it again after a crash
+/// continues where the last committed batch left off.
+pub fn run_rotation(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    rotation: &RotationRow,
+    batch: i64,
+    now: impl Fn() -> UnixSeconds,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, DbError> {
+    let mut total = 0u64;
+    loop {
+        let moved = rewrap_batch(conn, keyring, rotation, batch)?;
+        if moved == 0 {
+            break;
+        }
+        total += moved as u64;
+        progress(total);
+    }
+    finish_rotation(conn, rotation.id, now())?;
+    Ok(total)
+}

@@ -1,0 +1,462 @@
+//! Administration (SPEC §2.3): users, services and grants. Role `admin` only; each change is
+//! audited as the admin who made it and takes effect on the next request.
+
+use actix_web::{web, HttpResponse};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
+use crate::auth::{password, AuthenticatedUser};
+use crate::clock::rfc3339;
+use crate::db::services::{self as repo, GrantRow, ServiceRow};
+use crate::db::{users, DbError};
+use crate::domain::{
+    Environment, Password, Provider, Role, ServiceIdentity, ServiceName, Username,
+};
+use crate::error::ApiError;
+use crate::routes::JsonObject;
+use crate::startup::AppState;
+
+struct Admin<'a> {
+    state: &'a AppState,
+    user: &'a AuthenticatedUser,
+    meta: RequestMeta,
+}
+
+impl<'a> Admin<'a> {
+    async fn check(
+        state: &'a AppState,
+        user: &'a AuthenticatedUser,
+        meta: RequestMeta,
+        action: Action,
+    ) -> Result<Self, ApiError> {
+        let admin = Admin { state, user, meta };
+        if user.role != Role::Admin {
+            let ev = admin
+                .event(action)
+                .outcome(Outcome::Denied, Some(Reason::RoleForbidden));
+            state.audit.record_best_effort(ev).await;
+            return Err(ApiError::Forbidden("Only administrators may do this"));
+        }
+        Ok(admin)
+    }
+
+    fn event(&self, action: Action) -> Event {
+        Event::new(
+            self.state.clock.now_micros(),
+            Actor::user(self.user),
+            &self.meta,
+            action,
+        )
+    }
+
+    async fn done(&self, action: Action, target: Target) {
+        self.state
+            .audit
+            .record_best_effort(self.event(action).target(target))
+            .await;
+    }
+}
+
+fn conflict(what: &'static str) -> impl Fn(ApiError) -> ApiError {
+    move |e| match e {
+        ApiError::Conflict(_) => ApiError::Conflict(format!("{what} already exists")),
+        other => other,
+    }
+}
+
+// ----- users --------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct UserView {
+    id: i64,
+    username: String,
+    role: String,
+    is_disabled: bool,
+    created_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserBody {
+    username: String,
+    password: SecretString,
+    role: String,
+}
+
+pub async fn create_user(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    body: web::Json<JsonObject<CreateUserBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminUserCreate).await?;
+    let CreateUserBody {
+        username,
+        password,
+        role,
+    } = body.into_inner().0;
+    let username = Username::parse(&username)?;
+    let role = Role::parse(&role)?;
+    let password = Password::parse(password)?;
+    let hash = web::block(move || password::hash(password.secret()))
+        .await?
+        .map_err(ApiError::internal)?;
+    let now = state.clock.now();
+    let name = username.clone();
+    let id = state
+        .db(move |c| users::create(c, &name, &hash, role, now))
+        .await
+        .map_err(conflict("A user with this username"))?;
+    admin
+        .done(Action::AdminUserCreate, Target::owner(id.get()))
+        .await;
+    Ok(HttpResponse::Created().json(UserView {
+        id: id.get(),
+        username: username.as_str().into(),
+        role: role.as_str().into(),
+        is_disabled: false,
+        created_at: rfc3339(now),
+    }))
+}
+
+pub async fn list_users(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    Admin::check(&state, &user, meta, Action::AdminRead).await?;
+    let rows = state.db(users::list).await?;
+    let views: Vec<UserView> = rows
+        .into_iter()
+        .map(|u| UserView {
+            id: u.id,
+            username: u.username,
+            role: u.role,
+            is_disabled: u.is_disabled,
+            created_at: rfc3339(u.created_at),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
+}
+
+pub async fn disable_user(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminUserDisable).await?;
+    let username = path.into_inner();
+    let id = state
+        .db(move |c| users::disable(c, &username))
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    admin
+        .done(Action::AdminUserDisable, Target::owner(id))
+        .await;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({ "message": "User disabled; their sessions no longer work" })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistBody {
+    /// CIDR ranges the user may call from; empty = any address.
+    allowed_cidrs: Vec<String>,
+}
+
+/// Sets a user's IP allowlist; it applies from their next request (sessions stay, but a
+/// request from outside answers 403).
+pub async fn set_user_allowlist(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+    body: web::Json<JsonObject<AllowlistBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminUserAllowlist).await?;
+    let username = path.into_inner();
+    let cidrs = parse_allowlist(&body.into_inner().0.allowed_cidrs)?;
+    let stored = cidrs.clone();
+    let name = username.clone();
+    let id = state
+        .db(move |c| users::set_allowed_cidrs(c, &name, stored.as_deref()))
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    admin
+        .done(Action::AdminUserAllowlist, Target::owner(id))
+        .await;
+    let allowed: Vec<&str> = cidrs.as_deref().map_or(vec![], |l| l.split(',').collect());
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "username": username,
+        "allowed_cidrs": allowed,
+    })))
+}
+
+/// Ends every live session of a user: their access tokens answer 401 from the next request
+/// and their refresh tokens no longer refresh. The account stays enabled.
+pub async fn revoke_user_sessions(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminSessionsRevoke).await?;
+    let username = path.into_inner();
+    let now = state.clock.now();
+    let (id, ended) = state
+        .db(move |c| users::end_sessions(c, &username, now))
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    admin
+        .done(Action::AdminSessionsRevoke, Target::owner(id))
+        .await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": "Sessions revoked",
+        "revoked": ended,
+    })))
+}
+
+// ----- services -----------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct ServiceView {
+    id: i64,
+    name: String,
+    identity: String,
+    is_enabled: bool,
+    allowed_cidrs: Vec<String>,
+    created_at: String,
+}
+
+impl From<ServiceRow> for ServiceView {
+    fn from(s: ServiceRow) -> Self {
+        ServiceView {
+            id: s.id,
+            name: s.name,
+            identity: s.identity,
+            is_enabled: s.is_enabled,
+            allowed_cidrs: s
+                .allowed_cidrs
+                .map(|l| l.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+            created_at: rfc3339(s.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateServiceBody {
+    name: String,
+    identity: String,
+    #[serde(default)]
+    allowed_cidrs: Option<Vec<String>>,
+}
+
+/// Parses a CIDR allowlist into its stored form (comma-separated, canonical).
+pub fn parse_allowlist(cidrs: &[String]) -> Result<Option<String>, crate::domain::ValidationError> {
+    if cidrs.is_empty() {
+        return Ok(None);
+    }
+    if cidrs.len() > 64 {
+        return Err(crate::domain::ValidationError(
+            "at most 64 CIDR ranges".into(),
+        ));
+    }
+    let parsed = cidrs
+        .iter()
+        .map(|c| {
+            c.trim()
+                .parse::<ipnet::IpNet>()
+                .map(|n| n.to_string())
+                .map_err(|_| {
+                    crate::domain::ValidationError(
+                        "allowed_cidrs must be CIDR ranges such as 10.0.0.0/8".into(),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(parsed.join(",")))
+}
+
+pub async fn create_service(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    body: web::Json<JsonObject<CreateServiceBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminServiceCreate).await?;
+    let body = body.into_inner().0;
+    let name = ServiceName::parse(&body.name)?;
+    let identity = ServiceIdentity::parse(&body.identity)?;
+    let cidrs = parse_allowlist(body.allowed_cidrs.as_deref().unwrap_or_default())?;
+    let now = state.clock.now();
+    let row = state
+        .db(move |c| {
+            repo::create_service(c, name.as_str(), identity.as_str(), cidrs.as_deref(), now)
+        })
+        .await
+        .map_err(conflict("A service with this name or identity"))?;
+    admin
+        .done(Action::AdminServiceCreate, Target::default())
+        .await;
+    Ok(HttpResponse::Created().json(ServiceView::from(row)))
+}
+
+pub async fn list_services(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    Admin::check(&state, &user, meta, Action::AdminRead).await?;
+    let rows = state.db(repo::list_services).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(ServiceView::from).collect::<Vec<_>>()))
+}
+
+pub async fn disable_service(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminServiceDisable).await?;
+    let name = path.into_inner();
+    let row = state
+        .db(move |c| repo::disable_service(c, &name))
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such service"))?;
+    admin
+        .done(Action::AdminServiceDisable, Target::default())
+        .await;
+    Ok(HttpResponse::Ok().json(ServiceView::from(row)))
+}
+
+// ----- grants -------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct GrantView {
+    id: i64,
+    service: String,
+    owner: String,
+    provider: Option<String>,
+    environment: Option<String>,
+    created_at: String,
+    revoked_at: Option<String>,
+}
+
+fn grant_view(g: GrantRow, service: String, owner: String) -> GrantView {
+    GrantView {
+        id: g.id,
+        service,
+        owner,
+        provider: g.provider,
+        environment: g.environment,
+        created_at: rfc3339(g.created_at),
+        revoked_at: g.revoked_at.map(rfc3339),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGrantBody {
+    service: String,
+    owner: String,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+/// Creates a grant by names; shared by the API and the CLI.
+pub fn grant_by_names(
+    c: &mut crate::db::DbConn,
+    service: &str,
+    owner: &str,
+    provider: Option<Provider>,
+    environment: Option<Environment>,
+    now: i64,
+) -> Result<Result<(GrantRow, i64), &'static str>, DbError> {
+    let Some(svc) = repo::find_by_name(c, service)? else {
+        return Ok(Err("No such service"));
+    };
+    let Some(owner) = users::find_by_username(c, owner)? else {
+        return Ok(Err("No such owner"));
+    };
+    let grant = repo::create_grant(
+        c,
+        svc.id,
+        owner.id,
+        provider.map(Provider::as_str),
+        environment.map(Environment::as_str),
+        now,
+    )?;
+    Ok(Ok((grant, owner.id)))
+}
+
+pub async fn create_grant(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    body: web::Json<JsonObject<CreateGrantBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminGrantCreate).await?;
+    let body = body.into_inner().0;
+    let provider = body.provider.as_deref().map(Provider::parse).transpose()?;
+    let environment = body
+        .environment
+        .as_deref()
+        .map(Environment::parse)
+        .transpose()?;
+    let (service, owner) = (body.service.clone(), body.owner.clone());
+    let now = state.clock.now();
+    let (grant, owner_id) = state
+        .db(move |c| grant_by_names(c, &service, &owner, provider, environment, now))
+        .await
+        .map_err(conflict("A live grant with this scope"))?
+        .map_err(ApiError::NotFound)?;
+    let target = Target {
+        owner_id: Some(owner_id),
+        provider: grant.provider.clone(),
+        environment: grant.environment.clone(),
+        ..Target::default()
+    };
+    admin.done(Action::AdminGrantCreate, target).await;
+    Ok(HttpResponse::Created().json(grant_view(grant, body.service, body.owner)))
+}
+
+pub async fn list_grants(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    Admin::check(&state, &user, meta, Action::AdminRead).await?;
+    let rows = state.db(repo::list_grants).await?;
+    let views: Vec<GrantView> = rows
+        .into_iter()
+        .map(|(g, service, owner)| grant_view(g, service, owner))
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
+}
+
+pub async fn revoke_grant(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminGrantRevoke).await?;
+    let id: i64 = path
+        .parse()
+        .map_err(|_| ApiError::NotFound("No such live grant"))?;
+    let now = state.clock.now();
+    let grant = state
+        .db(move |c| repo::revoke_grant(c, id, now))
+        .await?
+        .ok_or(ApiError::NotFound("No such live grant"))?;
+    admin
+        .done(Action::AdminGrantRevoke, Target::owner(grant.owner_id))
+        .await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Grant revoked", "id": grant.id })))
+}
