@@ -29,6 +29,8 @@ pub struct AppState {
     /// Rate limiters: the one piece of per-process state (see [`crate::limits`]).
     pub limits: crate::limits::Limits,
     pub metrics: crate::metrics::Metrics,
+    /// argon2 runs here, never on the workers or the database threads.
+    pub hasher: crate::auth::password::HashPool,
 }
 
 impl AppState {
@@ -135,7 +137,16 @@ impl Application {
         let listener = TcpListener::bind(&config.bind)
             .with_context(|| format!("cannot bind {}", config.bind))?;
         let port = listener.local_addr()?.port();
-        let workers = config.workers;
+        // Workers default to one per core. Each worker's blocking pool (database calls) is
+        // bounded by its share of the connection pool: more threads could only wait for a
+        // connection, and every idle thread costs memory.
+        let workers = config
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let blocking_per_worker = (config.db_pool_size as usize / workers).max(2);
+        // Half the cores (at least one) hash passwords, so a login flood leaves the rest to
+        // everything else; 256 logins may wait, more are refused with 503.
+        let hasher = crate::auth::password::HashPool::start((workers / 2).max(1), 256)?;
         // TLS settings were checked at load; building again here only fails if a file changed.
         let tls = match &config.tls {
             None => None,
@@ -154,6 +165,7 @@ impl Application {
             clock,
             config,
             audit,
+            hasher,
         });
         if !state.limits.enabled() {
             tracing::warn!(
@@ -195,9 +207,9 @@ impl Application {
                 server
             }
         };
-        if let Some(w) = workers {
-            server = server.workers(w);
-        }
+        server = server
+            .workers(workers)
+            .worker_max_blocking_threads(blocking_per_worker);
         Ok(Application {
             port,
             server: server.run(),

@@ -77,3 +77,61 @@ mod tests {
         assert!(!verify(&pw, Some("not a hash")));
     }
 }
+
+/// Threads that do nothing but argon2. A login flood queues here (and past the queue bound
+/// is refused with 503) instead of occupying the blocking threads database calls need, or
+/// more cores than it is given: reveals stay fast while logins flood.
+pub struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hash pool is saturated or gone; the caller should answer 503.
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing is saturated")]
+pub struct HashPoolBusy;
+
+impl HashPool {
+    /// `threads` hashing threads and at most `queue` waiting jobs.
+    pub fn start(threads: usize, queue: usize) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("hazina-argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })?;
+        }
+        Ok(HashPool { jobs })
+    }
+
+    /// Runs `f` on a hashing thread; resolves with its result.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashPoolBusy> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send(Box::new(move || {
+                let _ = done.send(f());
+            }))
+            .map_err(|_| HashPoolBusy)?;
+        wait.await.map_err(|_| HashPoolBusy)
+    }
+}
+
+impl std::fmt::Debug for HashPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashPool").finish_non_exhaustive()
+    }
+}

@@ -51,87 +51,139 @@ pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// The database half of authenticating a user: is the session live and the user enabled?
+#[derive(Debug, Clone)]
+pub struct SessionProbe {
+    user: UserId,
+    sid: String,
+}
+
+impl SessionProbe {
+    /// Blocking: run it with the handler's own query, in one trip to a blocking thread.
+    pub fn confirm(
+        &self,
+        conn: &mut crate::db::DbConn,
+        now: i64,
+    ) -> Result<Option<sessions::LiveSession>, crate::db::DbError> {
+        sessions::live(conn, &self.sid, self.user, now)
+    }
+}
+
+/// A user whose access token is valid but whose session has not yet been checked against
+/// the database. [`SessionProbe::confirm`] (on a blocking thread, possibly in the same trip
+/// as the handler's own query) and [`PendingUser::finish`] complete it; the
+/// [`AuthenticatedUser`] extractor is exactly those two steps.
+#[derive(Debug, Clone)]
+pub struct PendingUser {
+    user: UserId,
+    claims: Claims,
+    req: HttpRequest,
+}
+
+impl PendingUser {
+    /// Validates the bearer token (no database access). A certificate-only caller (a
+    /// service) is refused here, and recorded.
+    pub async fn from_request(req: &HttpRequest) -> Result<(Self, web::Data<AppState>), ApiError> {
+        let state = req
+            .app_data::<web::Data<AppState>>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
+        let Some(token) = bearer_token(req) else {
+            if req.conn_data::<PeerIdentity>().is_some() {
+                // A certificate-only caller on an owners' endpoint: refused and recorded
+                // (the entry carries the certificate's fingerprint).
+                let ev = Event::new(
+                    state.clock.now_micros(),
+                    Actor::anonymous(),
+                    &RequestMeta::of(req),
+                    Action::ServiceAuthenticate,
+                )
+                .outcome(Outcome::Denied, Some(Reason::RoleForbidden));
+                state.audit.record_best_effort(ev).await;
+                return Err(ApiError::Forbidden(SERVICE_FORBIDDEN));
+            }
+            return Err(ApiError::Unauthorized(UNAUTHENTICATED));
+        };
+        let claims = state
+            .tokens
+            .validate(token, TokenType::Access, state.clock.now())
+            .map_err(|_| ApiError::Unauthorized(UNAUTHENTICATED))?;
+        let user = claims
+            .user_id()
+            .ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
+        Ok((
+            PendingUser {
+                user,
+                claims,
+                req: req.clone(),
+            },
+            state,
+        ))
+    }
+
+    /// The claimed user, not yet confirmed.
+    pub fn user_id(&self) -> UserId {
+        self.user
+    }
+
+    /// What the database half needs, sendable to a blocking thread.
+    pub fn probe(&self) -> SessionProbe {
+        SessionProbe {
+            user: self.user,
+            sid: self.claims.sid.clone(),
+        }
+    }
+
+    /// Completes authentication from what [`confirm`](Self::confirm) found: a dead session
+    /// is 401; a request from outside the user's allowlist is 403 (and recorded).
+    pub async fn finish(
+        self,
+        state: &AppState,
+        live: Option<sessions::LiveSession>,
+    ) -> Result<AuthenticatedUser, ApiError> {
+        let live = live.ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
+        if !allowed(
+            live.allowed_cidrs.as_deref(),
+            self.req.peer_addr().map(|a| a.ip()),
+        ) {
+            let actor = Actor {
+                kind: crate::audit::ActorKind::User,
+                id: Some(self.user.get()),
+                name: Some(live.username.clone()),
+            };
+            let ev = Event::new(
+                state.clock.now_micros(),
+                actor,
+                &RequestMeta::of(&self.req),
+                Action::UserAuthenticate,
+            )
+            .target(crate::audit::Target::owner(self.user.get()))
+            .outcome(Outcome::Denied, Some(Reason::OutsideAllowlist));
+            state.audit.record_best_effort(ev).await;
+            return Err(ApiError::Forbidden(OUTSIDE_ALLOWLIST));
+        }
+        let role = Role::parse(&live.role).map_err(|_| ApiError::Unauthorized(UNAUTHENTICATED))?;
+        Ok(AuthenticatedUser {
+            id: self.user,
+            username: live.username,
+            role,
+            session_id: self.claims.sid,
+        })
+    }
+}
+
 impl FromRequest for AuthenticatedUser {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let claims: Result<Claims, ApiError> = match (&state, bearer_token(req)) {
-            (Some(state), Some(token)) => state
-                .tokens
-                .validate(token, TokenType::Access, state.clock.now())
-                .map_err(|_| ApiError::Unauthorized(UNAUTHENTICATED)),
-            (None, _) => Err(ApiError::internal(anyhow::anyhow!(
-                "application state missing"
-            ))),
-            (_, None) => Err(ApiError::Unauthorized(UNAUTHENTICATED)),
-        };
-        // A caller with a verified client certificate and no token is a service: it may not
-        // use the owners' API at all.
-        let service_only = bearer_token(req).is_none() && req.conn_data::<PeerIdentity>().is_some();
         let req = req.clone();
-        let meta = service_only.then(|| RequestMeta::of(&req));
         Box::pin(async move {
-            if let Some(meta) = meta {
-                // A certificate-only caller on an owners' endpoint: refused and recorded (the
-                // entry carries the certificate's fingerprint).
-                if let Some(state) = &state {
-                    let ev = Event::new(
-                        state.clock.now_micros(),
-                        Actor::anonymous(),
-                        &meta,
-                        Action::ServiceAuthenticate,
-                    )
-                    .outcome(Outcome::Denied, Some(Reason::RoleForbidden));
-                    state.audit.record_best_effort(ev).await;
-                }
-                return Err(ApiError::Forbidden(SERVICE_FORBIDDEN));
-            }
-            let claims = claims?;
-            let state = state
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
-            let user = claims
-                .user_id()
-                .ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
-            let sid = claims.sid.clone();
+            let (pending, state) = PendingUser::from_request(&req).await?;
             let now = state.clock.now();
-            let (live, allowlist) = state
-                .db(move |c| {
-                    let live = sessions::live(c, &sid, user, now)?;
-                    let allowlist = match live {
-                        Some(_) => crate::db::users::allowed_cidrs(c, user)?,
-                        None => None,
-                    };
-                    Ok((live, allowlist))
-                })
-                .await?;
-            let live = live.ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
-            if !allowed(allowlist.as_deref(), req.peer_addr().map(|a| a.ip())) {
-                let actor = Actor {
-                    kind: crate::audit::ActorKind::User,
-                    id: Some(user.get()),
-                    name: Some(live.username.clone()),
-                };
-                let ev = Event::new(
-                    state.clock.now_micros(),
-                    actor,
-                    &RequestMeta::of(&req),
-                    Action::UserAuthenticate,
-                )
-                .target(crate::audit::Target::owner(user.get()))
-                .outcome(Outcome::Denied, Some(Reason::OutsideAllowlist));
-                state.audit.record_best_effort(ev).await;
-                return Err(ApiError::Forbidden(OUTSIDE_ALLOWLIST));
-            }
-            let role =
-                Role::parse(&live.role).map_err(|_| ApiError::Unauthorized(UNAUTHENTICATED))?;
-            Ok(AuthenticatedUser {
-                id: user,
-                username: live.username,
-                role,
-                session_id: claims.sid,
-            })
+            let probe = pending.probe();
+            let live = state.db(move |c| probe.confirm(c, now)).await?;
+            pending.finish(&state, live).await
         })
     }
 }

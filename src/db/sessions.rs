@@ -45,6 +45,8 @@ pub fn create(
 pub struct LiveSession {
     pub username: String,
     pub role: String,
+    /// The user's IP allowlist (comma-separated CIDRs), if they have one.
+    pub allowed_cidrs: Option<String>,
 }
 
 /// The session's user, if the session is live (not revoked, not expired) and the user is
@@ -55,17 +57,21 @@ pub fn live(
     user: UserId,
     now: UnixSeconds,
 ) -> Result<Option<LiveSession>, DbError> {
-    let row: Option<(String, String)> = s::table
+    let row: Option<(String, String, Option<String>)> = s::table
         .inner_join(u::table)
         .filter(s::id.eq(session_id))
         .filter(s::user_id.eq(user.get()))
         .filter(s::revoked_at.is_null())
         .filter(s::expires_at.gt(now))
         .filter(u::is_disabled.eq(false))
-        .select((u::username, u::role))
+        .select((u::username, u::role, u::allowed_cidrs))
         .first(conn)
         .optional()?;
-    Ok(row.map(|(username, role)| LiveSession { username, role }))
+    Ok(row.map(|(username, role, allowed_cidrs)| LiveSession {
+        username,
+        role,
+        allowed_cidrs,
+    }))
 }
 
 /// The outcome of presenting a refresh token.

@@ -99,8 +99,11 @@ pub async fn create_user(
     let username = Username::parse(&username)?;
     let role = Role::parse(&role)?;
     let password = Password::parse(password)?;
-    let hash = web::block(move || password::hash(password.secret()))
-        .await?
+    let hash = state
+        .hasher
+        .run(move || password::hash(password.secret()))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.into()))?
         .map_err(ApiError::internal)?;
     let now = state.clock.now();
     let name = username.clone();

@@ -1,11 +1,12 @@
 //! The Payment Credentials API (SPEC §2.1). Every handler takes the owner from the
 //! authenticated principal and passes it to the repository, which filters by it in SQL.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
+use crate::auth::principal::{bearer_token, PendingUser};
 use crate::auth::{AuthenticatedService, AuthenticatedUser, Caller};
 use crate::clock::rfc3339;
 use crate::crypto::{envelope, Aad};
@@ -650,38 +651,72 @@ struct RevealView<'a> {
 /// service reveals a key it holds a live grant for, if the credential is active.
 pub async fn reveal(
     state: web::Data<AppState>,
-    caller: Caller,
+    req: HttpRequest,
     meta: RequestMeta,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialReveal;
-    match &caller {
-        Caller::User(user) => {
-            let trail = Trail::new(&state, user, meta);
-            let owner = trail.owner(ACTION).await?;
-            if !state.config.owner_reveal {
-                let ev = trail
-                    .event(ACTION)
-                    .outcome(Outcome::Denied, Some(Reason::OwnerRevealDisabled));
-                state.audit.record_best_effort(ev).await;
-                return Err(ApiError::Forbidden(
-                    "Revealing private keys is reserved for services on this vault",
-                ));
-            }
-            let id = trail.id(ACTION, &path).await?;
-            let found = state.db(move |c| repo::get_current(c, owner, id)).await?;
-            release(&state, &trail, Some(id), found).await
-        }
-        Caller::Service(service) => {
-            let trail = Trail::service(&state, service, meta);
-            let id = trail.id(ACTION, &path).await?;
-            let service_id = service.id;
-            let found = state
-                .db(move |c| services::granted_by_id(c, service_id, id))
-                .await?;
-            release(&state, &trail, Some(id), found).await
-        }
+    if bearer_token(&req).is_none() {
+        // Only a verified client certificate (and no token) makes a service.
+        let service =
+            AuthenticatedService::from_request(&req, &mut actix_web::dev::Payload::None).await?;
+        let trail = Trail::service(&state, &service, meta);
+        let id = trail.id(ACTION, &path).await?;
+        let service_id = service.id;
+        let found = state
+            .db(move |c| services::granted_by_id(c, service_id, id))
+            .await?;
+        return release(&state, &trail, Some(id), found).await;
     }
+    let requested = CredentialId::parse(&path);
+    let (user, found) = confirmed_with(&req, move |c, owner| match requested {
+        Some(id) => repo::get_current(c, owner, id),
+        None => Ok(None),
+    })
+    .await?;
+    let trail = Trail::new(&state, &user, meta);
+    trail.owner(ACTION).await?;
+    if !state.config.owner_reveal {
+        let ev = trail
+            .event(ACTION)
+            .outcome(Outcome::Denied, Some(Reason::OwnerRevealDisabled));
+        state.audit.record_best_effort(ev).await;
+        return Err(ApiError::Forbidden(
+            "Revealing private keys is reserved for services on this vault",
+        ));
+    }
+    let id = trail.id(ACTION, &path).await?;
+    release(&state, &trail, Some(id), found).await
+}
+
+/// Authenticates the bearer-token caller and runs `query` for them in the **same** trip to
+/// a blocking thread (the hot paths, reveal and verify, make one trip instead of two). The
+/// query runs only once the session is confirmed live, is scoped by the token's user in its
+/// SQL, and its answer is dropped unless authentication then completes.
+async fn confirmed_with<T, F>(
+    req: &HttpRequest,
+    query: F,
+) -> Result<(AuthenticatedUser, Option<T>), ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut crate::db::DbConn, UserId) -> Result<Option<T>, DbError> + Send + 'static,
+{
+    let (pending, state) = PendingUser::from_request(req).await?;
+    let probe = pending.probe();
+    let owner = pending.user_id();
+    let now = state.clock.now();
+    let (live, found) = state
+        .db(move |c| {
+            let live = probe.confirm(c, now)?;
+            let found = match live {
+                Some(_) => query(c, owner)?,
+                None => None,
+            };
+            Ok((live, found))
+        })
+        .await?;
+    let user = pending.finish(&state, live).await?;
+    Ok((user, found))
 }
 
 #[derive(Deserialize)]
@@ -769,20 +804,26 @@ async fn release(
 
 pub async fn verify(
     state: web::Data<AppState>,
-    user: AuthenticatedUser,
+    req: HttpRequest,
     meta: RequestMeta,
     path: web::Path<String>,
     body: web::Json<JsonObject<PrivateKeyBody>>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialVerify;
+    let requested = CredentialId::parse(&path);
+    let (user, found) = confirmed_with(&req, move |c, owner| match requested {
+        Some(id) => repo::get_current(c, owner, id),
+        None => Ok(None),
+    })
+    .await?;
     let trail = Trail::new(&state, &user, meta);
-    let owner = trail.owner(ACTION).await?;
+    trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
     // A candidate that no stored key could equal (NUL, over the maximum length) is refused as
     // bad input; any other wrong candidate, however short, is simply not valid.
     let candidate = body.into_inner().0.private_key;
     PrivateKey::check_candidate(candidate.expose_secret())?;
-    let Some((row, version)) = state.db(move |c| repo::get_current(c, owner, id)).await? else {
+    let Some((row, version)) = found else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
     let provider = provider_of(&row)?;

@@ -41,17 +41,19 @@ route_table! {
     post   "/users/token/refresh/" => sessions::refresh,
     post   "/users/logout/" => sessions::logout,
 
+    // actix tries routes in this order and each `{param}` costs a regex match: the hot
+    // paths come first. The static lookup route must precede `{id}`, which would match it.
     get    "/payments/credentials/" => credentials::list,
+    get    "/payments/credentials/lookup/get-private-key/" => credentials::lookup,
+    get    "/payments/credentials/{id}/get-private-key/" => credentials::reveal,
+    post   "/payments/credentials/{id}/verify/" => credentials::verify,
     post   "/payments/credentials/" => credentials::create,
     get    "/payments/credentials/provider/{provider}/" => credentials::by_provider,
-    get    "/payments/credentials/lookup/get-private-key/" => credentials::lookup,
     get    "/payments/credentials/{id}/" => credentials::get_one,
     put    "/payments/credentials/{id}/" => credentials::update,
     delete "/payments/credentials/{id}/" => credentials::delete,
     post   "/payments/credentials/{id}/update-private-key/" => credentials::rotate,
     post   "/payments/credentials/{id}/rotate/" => credentials::rotate,
-    get    "/payments/credentials/{id}/get-private-key/" => credentials::reveal,
-    post   "/payments/credentials/{id}/verify/" => credentials::verify,
     post   "/payments/credentials/{id}/toggle-status/" => credentials::toggle_status,
     get    "/payments/credentials/{id}/versions/" => credentials::versions,
     post   "/payments/credentials/{id}/rollback/" => credentials::rollback,

@@ -230,7 +230,10 @@ pub async fn login(
     // one argon2id evaluation so it answers no faster than a real one.
     let acceptable = Username::parse(&username).is_ok() && password.expose_secret().len() <= 1024;
     if !acceptable {
-        let _ = web::block(move || password::verify(&password, None)).await;
+        let _ = state
+            .hasher
+            .run(move || password::verify(&password, None))
+            .await;
         count_failure(&state, &subjects, now).await?;
         audit(&state, &meta, Actor::anonymous(), Action::Login, unknown).await;
         return Err(ApiError::Unauthorized(BAD_LOGIN));
@@ -240,7 +243,11 @@ pub async fn login(
         .await?;
     // Unknown users cost one argon2id evaluation too (against a dummy hash).
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    let matches = web::block(move || password::verify(&password, stored.as_deref())).await?;
+    let matches = state
+        .hasher
+        .run(move || password::verify(&password, stored.as_deref()))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.into()))?;
     let user = match user {
         Some(u) if matches && !u.is_disabled => u,
         Some(u) => {
