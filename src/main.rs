@@ -171,7 +171,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     config::load_dotenv()?;
     let config = Config::from_env()?;
     match cli.command {
-        Command::Serve => serve(config),
+        Command::Serve => {
+            reexec_with_fixed_mmap_threshold();
+            serve(config)
+        }
         Command::Migrate => {
             startup::open_database(&config)?;
             println!("migrations applied ({})", config.database_url.backend());
@@ -535,6 +538,32 @@ fn keys_rotate(config: &Config, resume: bool, batch: i64) -> anyhow::Result<()> 
         "re-wrapped {moved} data keys under master-key version {target} in {secs:.2} s ({rate:.0} rows/s); no secret was decrypted"
     );
     Ok(())
+}
+
+/// The environment variable glibc reads its malloc tunables from, and the setting we add.
+const GLIBC_TUNABLES: &str = "GLIBC_TUNABLES";
+const FIXED_MMAP_THRESHOLD: &str = "glibc.malloc.mmap_threshold=1048576";
+
+/// Memory: argon2 needs a 19 MiB block per hash. glibc raises its mmap threshold after the
+/// first such block is freed, so every later block comes from a thread's heap and stays
+/// resident (~19 MiB more at idle after the first login). A fixed threshold keeps blocks
+/// over 1 MiB on mmap, returned to the OS on free. glibc reads it only at process start, so
+/// `serve` re-executes itself once (same PID, same arguments) with it set, unless the
+/// operator already chose `GLIBC_TUNABLES`. Elsewhere (another libc) the variable is ignored.
+fn reexec_with_fixed_mmap_threshold() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(GLIBC_TUNABLES).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(GLIBC_TUNABLES, FIXED_MMAP_THRESHOLD)
+        .exec();
+    // `exec` only returns on failure: serve anyway, with glibc's default behaviour.
+    tracing::warn!(error = %err, "could not re-execute with a fixed malloc mmap threshold; continuing");
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

@@ -114,6 +114,34 @@ pub fn remaining(conn: &mut DbConn, target: i32) -> Result<i64, DbError> {
 
 type RewrapRow = (i64, i32, String, i32, Vec<u8>, i64, String);
 
+/// Up to `limit` stored versions under a master key below (or above) `target`, with what
+/// their associated data needs. A range on the `kek_version` index: only rows still to move.
+fn load_batch(
+    conn: &mut DbConn,
+    target: i32,
+    below: bool,
+    limit: i64,
+) -> Result<Vec<RewrapRow>, DbError> {
+    let query = cv::table.inner_join(c::table).into_boxed();
+    let query = if below {
+        query.filter(cv::kek_version.lt(target))
+    } else {
+        query.filter(cv::kek_version.gt(target))
+    };
+    Ok(query
+        .limit(limit)
+        .select((
+            cv::credential_id,
+            cv::version,
+            cv::environment,
+            cv::kek_version,
+            cv::wrapped_dek,
+            c::owner_id,
+            c::provider,
+        ))
+        .load(conn)?)
+}
+
 /// Re-wraps up to `batch` data keys under `target` in one transaction; the number moved (0
 /// when the rotation is complete). Never decrypts a secret.
 pub fn rewrap_batch(
@@ -129,21 +157,14 @@ pub fn rewrap_batch(
         diesel::update(r::table.filter(r::id.eq(rotation.id)))
             .set(r::rows_rewrapped.eq(r::rows_rewrapped))
             .execute(tx)?;
-        let rows: Vec<RewrapRow> = cv::table
-            .inner_join(c::table)
-            .filter(cv::kek_version.ne(target))
-            .order((cv::credential_id.asc(), cv::version.asc()))
-            .limit(batch)
-            .select((
-                cv::credential_id,
-                cv::version,
-                cv::environment,
-                cv::kek_version,
-                cv::wrapped_dek,
-                c::owner_id,
-                c::provider,
-            ))
-            .load(tx)?;
+        // Walk the kek_version index by range (below the target, then above it): each batch
+        // reads only rows still to move, so a rotation is linear in the row count. (`!=` and
+        // an ORDER BY would re-scan every row already moved, batch after batch.) Order does
+        // not matter: each row is moved by a compare-and-swap on its old version.
+        let mut rows = load_batch(tx, target, true, batch)?;
+        if (rows.len() as i64) < batch {
+            rows.extend(load_batch(tx, target, false, batch - rows.len() as i64)?);
+        }
         let mut moved = 0usize;
         for (credential_id, version, environment, old_kek, wrapped_dek, owner_id, provider) in rows
         {
