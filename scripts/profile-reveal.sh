@@ -27,4 +27,9 @@ perf record -e cpu-clock -F 2000 -g -p "$pid" -o "$out" -- sleep "$secs" 2>/dev/
 rec=$!
 oha --no-tui -z "${secs}s" -c 32 -H "Authorization: Bearer $tok" "$base/payments/credentials/$id/get-private-key/" | grep -E "Requests/sec|99.00%"
 wait $rec || true
-perf report -i "$out" --no-children --sort comm,dso,symbol --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | grep "%" | head -45
+echo "== by thread"
+perf report -i "$out" --no-children --sort comm --stdio -g none 2>/dev/null | grep -E "^ +[0-9]" | head -12
+echo "== by library"
+perf report -i "$out" --no-children --sort dso --stdio -g none 2>/dev/null | grep -E "^ +[0-9]" | head -12
+echo "== hottest symbols"
+perf report -i "$out" --no-children --sort symbol --stdio -g none 2>/dev/null | grep -E "^ +[0-9]" | head -30

@@ -147,14 +147,11 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
             prev = row.hash.clone();
             rows.push(row);
         }
-        // Multi-row INSERTs are backend-specific in diesel (MultiBackend has no batch
-        // insert), so this one statement goes to the concrete connection: the same connection,
-        // inside the same transaction.
-        for chunk in rows.chunks(200) {
-            match tx {
-                DbConn::Sqlite(c) => diesel::insert_into(log::table).values(chunk).execute(c)?,
-                DbConn::Postgres(c) => diesel::insert_into(log::table).values(chunk).execute(c)?,
-            };
+        // One row per statement: the SQL text never changes, so it is prepared once and
+        // cached for the connection. (A multi-row INSERT's text changes with every batch size
+        // and was re-parsed for each batch.) It is all one transaction and one fsync anyway.
+        for row in &rows {
+            diesel::insert_into(log::table).values(row).execute(tx)?;
         }
         diesel::update(head::table.filter(head::id.eq(1)))
             .set((head::seq.eq(seq), head::hash.eq(&prev)))
