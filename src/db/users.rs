@@ -97,16 +97,6 @@ pub fn list(conn: &mut DbConn) -> Result<Vec<UserRow>, DbError> {
         .load(conn)?)
 }
 
-/// A user's IP allowlist (comma-separated CIDR ranges; `None` = any address).
-pub fn allowed_cidrs(conn: &mut DbConn, user: UserId) -> Result<Option<String>, DbError> {
-    Ok(u::table
-        .filter(u::id.eq(user.get()))
-        .select(u::allowed_cidrs)
-        .first::<Option<String>>(conn)
-        .optional()?
-        .flatten())
-}
-
 /// Sets (or with `None` clears) a user's IP allowlist; it applies from their next request.
 /// Their id, or `None` if there is no such user.
 pub fn set_allowed_cidrs(
