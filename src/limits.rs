@@ -39,7 +39,7 @@ use std::time::Duration;
 use actix_web::body::EitherBody;
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::{web, HttpRequest, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
 use futures_util::future::LocalBoxFuture;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::HashMapStateStore;
@@ -227,7 +227,10 @@ impl Limits {
             let claims = state
                 .tokens
                 .validate(token, TokenType::Access, state.clock.now());
-            if let Some(user) = claims.ok().and_then(|c| c.user_id()) {
+            if let Some((claims, user)) = claims.ok().and_then(|c| c.user_id().map(|u| (c, u))) {
+                // Authentication reuses these claims instead of validating the token again.
+                req.extensions_mut()
+                    .insert(crate::auth::principal::ValidatedAccess(claims));
                 return Some(RateKey::User(user.get()));
             }
         } else if let Some(peer) = req.conn_data::<PeerIdentity>() {

@@ -3,7 +3,7 @@
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
 use super::jwt::{Claims, TokenType};
@@ -50,6 +50,11 @@ pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
     let token = token.trim();
     (!token.is_empty()).then_some(token)
 }
+
+/// Access-token claims already validated for this request (by the rate limiter), kept in
+/// the request's extensions so authentication does not verify the same token twice.
+#[derive(Debug, Clone)]
+pub struct ValidatedAccess(pub Claims);
 
 /// The database half of authenticating a user: is the session live and the user enabled?
 #[derive(Debug, Clone)]
@@ -104,10 +109,16 @@ impl PendingUser {
             }
             return Err(ApiError::Unauthorized(UNAUTHENTICATED));
         };
-        let claims = state
-            .tokens
-            .validate(token, TokenType::Access, state.clock.now())
-            .map_err(|_| ApiError::Unauthorized(UNAUTHENTICATED))?;
+        // The rate limiter may already have validated this request's token (it keys budgets
+        // by user); reuse its answer rather than verify the signature twice.
+        let validated = req.extensions_mut().remove::<ValidatedAccess>();
+        let claims = match validated {
+            Some(ValidatedAccess(claims)) => claims,
+            None => state
+                .tokens
+                .validate(token, TokenType::Access, state.clock.now())
+                .map_err(|_| ApiError::Unauthorized(UNAUTHENTICATED))?,
+        };
         let user = claims
             .user_id()
             .ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
