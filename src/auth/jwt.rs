@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixSeconds;
@@ -182,16 +182,12 @@ impl TokenKeys {
     }
 }
 
-/// The token's bytes, for callers that hold it as a secret.
-pub fn expose(token: &SecretString) -> &str {
-    token.expose_secret()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
     use base64::Engine;
+    use secrecy::ExposeSecret;
 
     fn keys() -> (Arc<Keyring>, TokenKeys) {
         let k = Arc::new(Keyring::generate());

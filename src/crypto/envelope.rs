@@ -231,23 +231,6 @@ pub fn rewrap_dek(
     wrap_dek(keyring, new_kek_version, &dek, aad)
 }
 
-/// Re-wraps the DEK under `new_kek_version` without touching the secret ciphertext.
-pub fn rewrap(
-    keyring: &Keyring,
-    aad: &Aad<'_>,
-    env: &Envelope,
-    new_kek_version: i32,
-) -> Result<Envelope, EnvelopeError> {
-    let dek = unwrap_dek(keyring, env, aad)?;
-    Ok(Envelope {
-        format: FORMAT_V1,
-        kek_version: new_kek_version,
-        wrapped_dek: wrap_dek(keyring, new_kek_version, &dek, aad)?,
-        ciphertext: env.ciphertext.clone(),
-        verifier: env.verifier.clone(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,7 +412,11 @@ mod tests {
         ))
         .unwrap();
         let env = seal(&one, &aad(), &secret("sk_live_canary_123")).unwrap();
-        let moved = rewrap(&two, &aad(), &env, 2).unwrap();
+        let moved = Envelope {
+            kek_version: 2,
+            wrapped_dek: rewrap_dek(&two, &aad(), &env, 2).unwrap(),
+            ..env.clone()
+        };
         assert_eq!(moved.kek_version, 2);
         assert_eq!(moved.ciphertext, env.ciphertext);
         assert_ne!(moved.wrapped_dek, env.wrapped_dek);

@@ -17,14 +17,15 @@ use crate::error::ApiError;
 use crate::routes::JsonObject;
 use crate::startup::AppState;
 
-struct Admin<'a> {
+/// An administrator's request: the role check (a refusal is recorded) and its audit events.
+pub(crate) struct Admin<'a> {
     state: &'a AppState,
     user: &'a AuthenticatedUser,
     meta: RequestMeta,
 }
 
 impl<'a> Admin<'a> {
-    async fn check(
+    pub(crate) async fn check(
         state: &'a AppState,
         user: &'a AuthenticatedUser,
         meta: RequestMeta,
@@ -50,7 +51,7 @@ impl<'a> Admin<'a> {
         )
     }
 
-    async fn done(&self, action: Action, target: Target) {
+    pub(crate) async fn done(&self, action: Action, target: Target) {
         self.state
             .audit
             .record_best_effort(self.event(action).target(target))

@@ -4,29 +4,14 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta};
+use crate::audit::{Action, RequestMeta, Target};
 use crate::auth::AuthenticatedUser;
 use crate::db::{credentials, keys};
-use crate::domain::Role;
 use crate::error::ApiError;
 use crate::rotation;
+use crate::routes::admin::Admin;
 use crate::routes::JsonObject;
 use crate::startup::AppState;
-
-async fn require_admin(
-    state: &AppState,
-    user: &AuthenticatedUser,
-    meta: &RequestMeta,
-    action: Action,
-) -> Result<(), ApiError> {
-    if user.role == Role::Admin {
-        return Ok(());
-    }
-    let ev = Event::new(state.clock.now_micros(), Actor::user(user), meta, action)
-        .outcome(Outcome::Denied, Some(Reason::RoleForbidden));
-    state.audit.record_best_effort(ev).await;
-    Err(ApiError::Forbidden("Only administrators may do this"))
-}
 
 /// The keyring and rotation status, as `GET /admin/keys/` and `hazina keys status` show it.
 pub fn status(
@@ -86,7 +71,7 @@ pub async fn show(
     user: AuthenticatedUser,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&state, &user, &meta, Action::KeysRead).await?;
+    Admin::check(&state, &user, meta, Action::KeysRead).await?;
     let keyring = state.keyring.clone();
     let body = state.db(move |c| status(c, &keyring)).await?;
     Ok(HttpResponse::Ok().json(body))
@@ -99,7 +84,7 @@ pub async fn rotate(
     user: AuthenticatedUser,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&state, &user, &meta, Action::KeysRotate).await?;
+    let admin = Admin::check(&state, &user, meta, Action::KeysRotate).await?;
     let keyring = state.keyring.clone();
     let version = web::block(move || keyring.add_version()).await?.map_err(|e| match e {
         crate::crypto::KeyringError::NotAFile => ApiError::Conflict(
@@ -113,13 +98,7 @@ pub async fn rotate(
     let rotation = state
         .db(move |c| keys::start_rotation(c, target, now))
         .await?;
-    let ev = Event::new(
-        state.clock.now_micros(),
-        Actor::user(&user),
-        &meta,
-        Action::KeysRotate,
-    );
-    state.audit.record_best_effort(ev).await;
+    admin.done(Action::KeysRotate, Target::default()).await;
     rotation::spawn(
         state.pool.clone(),
         state.keyring.clone(),
@@ -145,16 +124,10 @@ pub async fn retire(
     meta: RequestMeta,
     body: web::Json<JsonObject<RetireBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&state, &user, &meta, Action::KeysRetire).await?;
+    let admin = Admin::check(&state, &user, meta, Action::KeysRetire).await?;
     let version = body.into_inner().0.version;
     let outcome = retire_version(&state.pool, &state.keyring, version).await?;
-    let ev = Event::new(
-        state.clock.now_micros(),
-        Actor::user(&user),
-        &meta,
-        Action::KeysRetire,
-    );
-    state.audit.record_best_effort(ev).await;
+    admin.done(Action::KeysRetire, Target::default()).await;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": outcome })))
 }
 
