@@ -74,6 +74,9 @@ pub struct TlsSettings {
     pub client_ca: Option<ClientCa>,
     /// Refuse connections that present no client certificate (needs `client_ca`).
     pub require_client_cert: bool,
+    /// Certificate revocation lists for client certificates (`HAZINA_TLS_CLIENT_CRL`, PEM or
+    /// DER), re-read whenever the file changes; needs `client_ca`.
+    pub client_crl: Option<PathBuf>,
 }
 
 /// The CA bundle that signs client certificates (`HAZINA_TLS_CLIENT_CA`).
@@ -92,6 +95,7 @@ impl std::fmt::Debug for TlsSettings {
             .field("key", &"[elided]")
             .field("client_ca", &self.client_ca)
             .field("require_client_cert", &self.require_client_cert)
+            .field("client_crl", &self.client_crl)
             .finish()
     }
 }
@@ -137,6 +141,9 @@ pub struct AbuseSettings {
     pub login_backoff_seconds: u32,
     /// Addresses that may read `/metrics` without an admin token.
     pub metrics_allow_cidrs: Vec<ipnet::IpNet>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`HAZINA_TRUSTED_PROXIES`); by
+    /// default none, and the TCP peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for AbuseSettings {
@@ -151,6 +158,7 @@ impl Default for AbuseSettings {
                 .iter()
                 .filter_map(|c| c.parse().ok())
                 .collect(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -299,10 +307,14 @@ fn number(
     }
 }
 
-fn abuse_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AbuseSettings, ConfigError> {
-    let d = AbuseSettings::default();
-    let metrics_allow_cidrs = match get("HAZINA_METRICS_ALLOW_CIDRS") {
-        None => d.metrics_allow_cidrs,
+/// A comma-separated list of CIDR ranges (empty entries ignored); `default` when unset.
+fn cidr_list(
+    get: &impl Fn(&str) -> Option<String>,
+    setting: &'static str,
+    default: Vec<ipnet::IpNet>,
+) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    match get(setting) {
+        None => Ok(default),
         Some(list) => list
             .split(',')
             .map(str::trim)
@@ -310,13 +322,19 @@ fn abuse_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AbuseSettings
             .map(|c| {
                 c.parse::<ipnet::IpNet>().map_err(|_| {
                     bad(
-                        "HAZINA_METRICS_ALLOW_CIDRS",
+                        setting,
                         format!("`{c}` is not a CIDR range such as 127.0.0.1/32"),
                     )
                 })
             })
-            .collect::<Result<_, _>>()?,
-    };
+            .collect(),
+    }
+}
+
+fn abuse_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AbuseSettings, ConfigError> {
+    let d = AbuseSettings::default();
+    let metrics_allow_cidrs = cidr_list(get, "HAZINA_METRICS_ALLOW_CIDRS", d.metrics_allow_cidrs)?;
+    let trusted_proxies = cidr_list(get, "HAZINA_TRUSTED_PROXIES", d.trusted_proxies)?;
     Ok(AbuseSettings {
         rate_limit_per_minute: number(
             get,
@@ -349,6 +367,7 @@ fn abuse_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AbuseSettings
             1..=86_400,
         )?,
         metrics_allow_cidrs,
+        trusted_proxies,
     })
 }
 
@@ -363,6 +382,7 @@ fn tls_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsSetti
     let cert = path("HAZINA_TLS_CERT")?;
     let key = path("HAZINA_TLS_KEY")?;
     let client_ca = path("HAZINA_TLS_CLIENT_CA")?;
+    let client_crl = path("HAZINA_TLS_CLIENT_CRL")?;
     let require_client_cert = match get("HAZINA_TLS_REQUIRE_CLIENT_CERT") {
         None => false,
         Some(v) => parse_bool(&v)
@@ -398,6 +418,12 @@ fn tls_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsSetti
         }
         (None, None) => return Ok(None),
     };
+    if client_crl.is_some() && client_ca.is_none() {
+        return Err(bad(
+            "HAZINA_TLS_CLIENT_CRL",
+            "needs HAZINA_TLS_CLIENT_CA (the CA whose client certificates it revokes)",
+        ));
+    }
     if require_client_cert && client_ca.is_none() {
         return Err(bad(
             "HAZINA_TLS_REQUIRE_CLIENT_CERT",
@@ -423,8 +449,12 @@ fn tls_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsSetti
         key: Arc::new(key),
         client_ca,
         require_client_cert,
+        client_crl,
     };
     crate::tls::server_config(&settings).map_err(tls_bad)?;
+    if let Some(check) = crate::tls::CrlCheck::new(&settings).map_err(tls_bad)? {
+        check.load().map_err(tls_bad)?;
+    }
     Ok(Some(settings))
 }
 

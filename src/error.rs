@@ -126,6 +126,10 @@ impl From<ValidationError> for ApiError {
     }
 }
 
+/// The answer when a stored record fails its integrity check on a write.
+pub const TAMPERED: &str =
+    "A stored record failed its integrity check; nothing was changed (see the audit log)";
+
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
@@ -135,6 +139,31 @@ impl From<DbError> for ApiError {
             DbError::Pool(e) => ApiError::Unavailable(e.into()),
             DbError::Rejected(v) => ApiError::Invalid(v.0),
             DbError::Stale(current) => ApiError::PreconditionFailed(current),
+            k @ DbError::KeyState(_) => ApiError::Unavailable(k.into()),
+            DbError::Tampered(what) => {
+                tracing::error!(
+                    row = what,
+                    "a row failed its integrity check; nothing was changed"
+                );
+                ApiError::Conflict(TAMPERED.into())
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::db::key_versions::KeyStateError> for ApiError {
+    fn from(e: crate::db::key_versions::KeyStateError) -> Self {
+        use crate::db::key_versions::KeyStateError as K;
+        match e {
+            K::Conflict(m) => ApiError::Conflict(m),
+            K::Invalid(m) => ApiError::Invalid(m),
+            K::Keyring(crate::crypto::KeyringError::NotAFile) => ApiError::Conflict(
+                "The keyring comes from HAZINA_KEYRING_DATA: add a version there, restart every node, then resume with `hazina keys rotate --resume`"
+                    .into(),
+            ),
+            K::Db(db) => db.into(),
+            mismatch @ K::Mismatch(_) => ApiError::Unavailable(mismatch.into()),
             other => ApiError::internal(other),
         }
     }

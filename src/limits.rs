@@ -236,8 +236,7 @@ impl Limits {
         } else if let Some(peer) = req.conn_data::<PeerIdentity>() {
             return Some(RateKey::Service(peer.fingerprint.clone()));
         }
-        req.peer_addr()
-            .map(|a| RateKey::Address(address_key(a.ip())))
+        client_ip(req).map(|ip| RateKey::Address(address_key(ip)))
     }
 
     /// Counts `req` against the budget it spends. With every limit off, nothing is
@@ -483,6 +482,43 @@ where
             Ok(res.map_into_left_body())
         })
     }
+}
+
+/// The client's address. The TCP peer — unless the peer is one of `HAZINA_TRUSTED_PROXIES`:
+/// then `X-Forwarded-For` is read from the right (each proxy appends the address it received
+/// the request from), skipping trusted proxies, and the first address that is not one is the
+/// client. Everything left of it is the client's own claim and never believed; an entry that
+/// is not an address ends the walk at the last trusted hop. With no trusted proxies (the
+/// default) the header is ignored entirely.
+pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip().to_canonical();
+    let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() else {
+        return Some(peer);
+    };
+    let trusted = &state.config.abuse.trusted_proxies;
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut hops: Vec<&str> = Vec::new();
+    for value in req.headers().get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return Some(peer);
+        };
+        hops.extend(text.split(','));
+    }
+    let mut last_trusted = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+            return Some(last_trusted);
+        };
+        let ip = ip.to_canonical();
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+        last_trusted = ip;
+    }
+    Some(last_trusted)
 }
 
 #[cfg(test)]

@@ -72,6 +72,12 @@ enum ServicesCommand {
         #[arg(long)]
         name: String,
     },
+    /// Revoke one client certificate by its SHA-256 fingerprint: its next request, on any
+    /// node, is refused (403), whatever service it names.
+    RevokeCertificate {
+        #[arg(long)]
+        fingerprint: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,18 +197,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cidrs = hazina::routes::admin::parse_allowlist(&allow_cidr)?;
             let password = Password::parse(read_password()?)?;
             let hash = password::hash(password.secret())?;
-            let pool = startup::open_database(&config)?;
+            let vault = open_vault(&config)?;
+            let pool = vault.pool;
             let mut conn = pool.get()?;
             let now = Clock::System.now();
-            let created = diesel::Connection::transaction(&mut *conn, |tx| {
-                let id = db::users::create(tx, &username, &hash, role, now)?;
-                db::users::set_allowed_cidrs(tx, username.as_str(), cidrs.as_deref())?;
-                Ok::<_, db::DbError>(id)
-            });
+            // The user and its audit entry are one transaction.
+            let created = audit::chain::with_entry(
+                &mut conn,
+                |tx| {
+                    let cidrs = cidrs.as_deref();
+                    db::users::create(tx, &vault.keyring, &username, &hash, role, cidrs, now)
+                },
+                |id| Some(cli_event(Action::AdminUserCreate, Target::owner(id.get()))),
+            );
             drop(conn);
             match created {
                 Ok(id) => {
-                    audit_cli(&pool, Action::AdminUserCreate, Target::owner(id.get()))?;
                     println!(
                         "created {} `{}` (id {id})",
                         role.as_str(),
@@ -217,13 +227,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Users(UsersCommand::Disable { username }) => {
-            let pool = startup::open_database(&config)?;
+            let vault = open_vault(&config)?;
+            let pool = vault.pool;
             let mut conn = pool.get()?;
-            let Some(id) = db::users::disable(&mut conn, &username)? else {
+            let disabled = audit::chain::with_entry(
+                &mut conn,
+                |tx| db::users::disable(tx, &vault.keyring, &username),
+                |id| id.map(|id| cli_event(Action::AdminUserDisable, Target::owner(id))),
+            )?;
+            if disabled.is_none() {
                 bail!("no user named `{username}`");
-            };
-            drop(conn);
-            audit_cli(&pool, Action::AdminUserDisable, Target::owner(id))?;
+            }
             println!("disabled `{username}`; their sessions stop working on their next request");
             Ok(())
         }
@@ -241,18 +255,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Status) => keys_status(&config),
         Command::Keys(KeysCommand::Rotate { resume, batch }) => keys_rotate(&config, resume, batch),
         Command::Keys(KeysCommand::Retire { version }) => {
-            let keyring = existing_keyring(&config)?;
-            let pool = startup::open_database(&config)?;
-            let message = hazina::routes::keys::retire_blocking(&pool, &keyring, version)
-                .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
-            audit_cli(&pool, Action::KeysRetire, Target::default())?;
+            let vault = open_vault(&config)?;
+            let event = cli_event(Action::KeysRetire, Target::default());
+            let message = hazina::routes::keys::retire_blocking(
+                &vault.pool,
+                &vault.keyring,
+                version,
+                Clock::System.now(),
+                Some(&event),
+            )
+            .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
             println!("{message}");
             Ok(())
         }
         Command::Services(cmd) => services(&config, cmd),
         Command::Grants(cmd) => grants(&config, cmd),
         Command::Audit(AuditCommand::Verify) => {
-            let pool = startup::open_database(&config)?;
+            let pool = open_vault(&config)?.pool;
             let report = audit::chain::verify(&mut *pool.get()?)?;
             println!("{}", serde_json::to_string(&report)?);
             match report.first_bad_seq {
@@ -262,7 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(AuditCommand::Export { since }) => {
             let since = since.as_deref().map(parse_since).transpose()?;
-            let pool = startup::open_database(&config)?;
+            let pool = open_vault(&config)?.pool;
             let mut out = std::io::stdout().lock();
             let mut failed = None;
             audit::store::export(&mut *pool.get()?, since, |chunk| {
@@ -284,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
-    let pool = startup::open_database(config)?;
+    let startup::Vault { pool, keyring, .. } = open_vault(config)?;
     let now = Clock::System.now();
     match cmd {
         ServicesCommand::Create {
@@ -295,12 +314,20 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
             let name = ServiceName::parse(&name)?;
             let identity = ServiceIdentity::parse(&identity)?;
             let cidrs = hazina::routes::admin::parse_allowlist(&allow_cidr)?;
-            let created = db::services::create_service(
+            let created = audit::chain::with_entry(
                 &mut *pool.get()?,
-                name.as_str(),
-                identity.as_str(),
-                cidrs.as_deref(),
-                now,
+                |tx| {
+                    let (name, identity) = (name.as_str(), identity.as_str());
+                    db::services::create_service(
+                        tx,
+                        &keyring,
+                        name,
+                        identity,
+                        cidrs.as_deref(),
+                        now,
+                    )
+                },
+                |_| Some(cli_event(Action::AdminServiceCreate, Target::default())),
             );
             let row = match created {
                 Ok(row) => row,
@@ -309,7 +336,6 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            audit_cli(&pool, Action::AdminServiceCreate, Target::default())?;
             println!(
                 "created service `{}` (identity {}, id {})",
                 row.name, row.identity, row.id
@@ -323,18 +349,39 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
             }
         }
         ServicesCommand::Disable { name } => {
-            if db::services::disable_service(&mut *pool.get()?, &name)?.is_none() {
+            let disabled = audit::chain::with_entry(
+                &mut *pool.get()?,
+                |tx| db::services::disable_service(tx, &keyring, &name),
+                |row| {
+                    row.as_ref()
+                        .map(|_| cli_event(Action::AdminServiceDisable, Target::default()))
+                },
+            )?;
+            if disabled.is_none() {
                 bail!("no service named `{name}`");
             }
-            audit_cli(&pool, Action::AdminServiceDisable, Target::default())?;
             println!("disabled service `{name}`; its next request is refused");
+        }
+        ServicesCommand::RevokeCertificate { fingerprint } => {
+            let fingerprint = hazina::routes::admin::parse_fingerprint(&fingerprint)
+                .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+            let newly = audit::chain::with_entry(
+                &mut *pool.get()?,
+                |tx| db::services::revoke_certificate(tx, &fingerprint, now),
+                |newly| newly.then(|| cli_event(Action::AdminCertificateRevoke, Target::default())),
+            )?;
+            if newly {
+                println!("revoked certificate sha256:{fingerprint}; its next request is refused");
+            } else {
+                println!("certificate sha256:{fingerprint} was already revoked");
+            }
         }
     }
     Ok(())
 }
 
 fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
-    let pool = startup::open_database(config)?;
+    let startup::Vault { pool, keyring, .. } = open_vault(config)?;
     let now = Clock::System.now();
     match cmd {
         GrantsCommand::Create {
@@ -345,22 +392,17 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
         } => {
             let provider = provider.as_deref().map(Provider::parse).transpose()?;
             let environment = environment.as_deref().map(Environment::parse).transpose()?;
-            let created = hazina::routes::admin::grant_by_names(
+            use hazina::routes::admin::{grant_by_names, grant_target};
+            let created = audit::chain::with_entry(
                 &mut *pool.get()?,
-                &service,
-                &owner,
-                provider,
-                environment,
-                now,
+                |tx| grant_by_names(tx, &keyring, &service, &owner, provider, environment, now),
+                |made| {
+                    let (grant, owner_id) = made.as_ref().ok()?;
+                    let target = grant_target(grant, *owner_id);
+                    Some(cli_event(Action::AdminGrantCreate, target))
+                },
             )?;
-            let (grant, owner_id) = created.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let target = Target {
-                owner_id: Some(owner_id),
-                provider: grant.provider.clone(),
-                environment: grant.environment.clone(),
-                ..Target::default()
-            };
-            audit_cli(&pool, Action::AdminGrantCreate, target)?;
+            let (grant, _) = created.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "granted `{service}` read access to `{owner}`'s credentials (grant id {})",
                 grant.id
@@ -382,14 +424,17 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
             }
         }
         GrantsCommand::Revoke { id } => {
-            let Some(grant) = db::services::revoke_grant(&mut *pool.get()?, id, now)? else {
-                bail!("no live grant with id {id}");
-            };
-            audit_cli(
-                &pool,
-                Action::AdminGrantRevoke,
-                Target::owner(grant.owner_id),
+            let revoked = audit::chain::with_entry(
+                &mut *pool.get()?,
+                |tx| db::services::revoke_grant(tx, &keyring, id, now),
+                |grant| {
+                    let owner = grant.as_ref()?.owner_id;
+                    Some(cli_event(Action::AdminGrantRevoke, Target::owner(owner)))
+                },
             )?;
+            if revoked.is_none() {
+                bail!("no live grant with id {id}");
+            }
             println!("revoked grant {id}");
         }
     }
@@ -408,17 +453,15 @@ fn parse_since(raw: &str) -> anyhow::Result<i64> {
         .timestamp_micros())
 }
 
-/// Records an operator action taken through the command line.
-fn audit_cli(pool: &hazina::db::Pool, action: Action, target: Target) -> anyhow::Result<()> {
-    let event = Event::new(
+/// The audit entry of an operator action taken through the command line.
+fn cli_event(action: Action, target: Target) -> Event {
+    Event::new(
         Clock::System.now_micros(),
         Actor::system(),
         &RequestMeta::default(),
         action,
     )
-    .target(target);
-    audit::chain::append(&mut *pool.get()?, &[&event]).context("cannot write the audit entry")?;
-    Ok(())
+    .target(target)
 }
 
 fn read_password() -> anyhow::Result<SecretString> {
@@ -435,20 +478,14 @@ fn read_password() -> anyhow::Result<SecretString> {
     Ok(SecretString::from(trimmed))
 }
 
-/// The keyring named by the configuration, which must already exist.
-fn existing_keyring(config: &Config) -> anyhow::Result<Keyring> {
-    if let KeyringSource::File(path) = &config.keyring {
-        if !path.exists() {
-            bail!("no keyring at {} (run `hazina keys init`)", path.display());
-        }
-    }
-    Ok(startup::load_keyring(&config.keyring)?.0)
+/// The database and the keyring that belongs to it (refused when it does not match).
+fn open_vault(config: &Config) -> anyhow::Result<startup::Vault> {
+    startup::open_vault(config, &Clock::System)
 }
 
 fn keys_status(config: &Config) -> anyhow::Result<()> {
-    let keyring = existing_keyring(config)?;
-    let pool = startup::open_database(config)?;
-    let status = hazina::routes::keys::status(&mut *pool.get()?, &keyring)?;
+    let vault = open_vault(config)?;
+    let status = hazina::routes::keys::status(&mut *vault.pool.get()?, &vault.keyring)?;
     println!("active version: {}", status["active_version"]);
     for v in status["versions"].as_array().into_iter().flatten() {
         let mut notes = Vec::new();
@@ -467,8 +504,11 @@ fn keys_status(config: &Config) -> anyhow::Result<()> {
             format!(" ({})", notes.join(", "))
         };
         println!(
-            "version {}{notes}: {} stored keys, {} encryptions",
-            v["version"], v["stored_keys"], v["encryptions"]
+            "version {}{notes}: {} stored keys, {} encryptions, {}",
+            v["version"],
+            v["stored_keys"],
+            v["encryptions"],
+            v["state"].as_str().unwrap_or("not registered")
         );
     }
     if let Some(r) = status["rotation"].as_object() {
@@ -486,26 +526,29 @@ fn keys_status(config: &Config) -> anyhow::Result<()> {
 }
 
 fn keys_rotate(config: &Config, resume: bool, batch: i64) -> anyhow::Result<()> {
-    let keyring = existing_keyring(config)?;
-    let pool = startup::open_database(config)?;
-    let mut conn = pool.get()?;
+    use hazina::db::key_versions;
+    let vault = open_vault(config)?;
+    let (pool, keyring) = (&vault.pool, &vault.keyring);
     let now = Clock::System.now();
-    let target = if resume {
-        match hazina::db::keys::unfinished_rotation(&mut conn)? {
-            Some(r) => r.target_version,
-            None => keyring.active_version() as i32,
-        }
+    let rotation = if resume {
+        let event = cli_event(Action::KeysRotate, Target::default());
+        let resumed = key_versions::resume_rotation(&mut *pool.get()?, keyring, now, Some(&event))?;
+        let Some(r) = resumed else {
+            println!("nothing to resume: every stored key is under the active master-key version");
+            return Ok(());
+        };
+        r
     } else {
-        let v = keyring.add_version()?;
-        println!("added master-key version {v} (now active) to the keyring");
-        v as i32
+        // The new version, its state and the audit entry are one decision in the database.
+        let event = cli_event(Action::KeysRotate, Target::default());
+        let r = key_versions::begin_rotation(&mut *pool.get()?, keyring, now, Some(&event))?;
+        println!(
+            "added master-key version {} (now active) to the keyring",
+            r.target_version
+        );
+        r
     };
-    if !keyring.has_version(target as u32) {
-        bail!("the rotation targets master-key version {target}, which this keyring does not have");
-    }
-    let rotation = hazina::db::keys::start_rotation(&mut conn, target, now)?;
-    drop(conn);
-    audit_cli(&pool, Action::KeysRotate, Target::default())?;
+    let target = rotation.target_version;
     let mut conn = pool.get()?;
     let total = hazina::db::keys::remaining(&mut conn, target)?;
     let bar = indicatif::ProgressBar::new(total.max(0) as u64);
@@ -519,7 +562,7 @@ fn keys_rotate(config: &Config, resume: bool, batch: i64) -> anyhow::Result<()> 
     let started = std::time::Instant::now();
     let moved = hazina::db::keys::run_rotation(
         &mut conn,
-        &keyring,
+        keyring,
         &rotation,
         batch,
         || Clock::System.now(),
@@ -567,15 +610,6 @@ fn reexec_with_fixed_mmap_threshold() {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    if let KeyringSource::File(path) = &config.keyring {
-        if !path.exists() {
-            eprintln!(
-                "hazina: WARNING: no keyring at {}; creating a DEVELOPMENT keyring there. \
-                 Back it up: without it no stored key can ever be decrypted.",
-                path.display()
-            );
-        }
-    }
     let backend = config.database_url.backend();
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config, Clock::System)?;

@@ -12,8 +12,8 @@ use crate::audit::AuditLog;
 use crate::auth::jwt::TokenKeys;
 use crate::clock::Clock;
 use crate::config::{Config, KeyringSource};
-use crate::crypto::{Keyring, KeyringError};
-use crate::db::{self, DbConn, DbError, Pool};
+use crate::crypto::Keyring;
+use crate::db::{self, key_versions, DbConn, DbError, Pool};
 use crate::error::ApiError;
 use crate::routes;
 
@@ -58,14 +58,29 @@ pub enum KeyringOrigin {
     CreatedForDevelopment,
 }
 
-/// Loads the keyring; with a file source and no file, creates a development keyring (0600).
-pub fn load_keyring(source: &KeyringSource) -> Result<(Keyring, KeyringOrigin), KeyringError> {
+/// Loads the keyring. With a file source and no file, creates a development keyring (0600) —
+/// but only beside a database that holds no key: a missing keyring next to stored keys is a
+/// failed mount or a wrong path, and a fresh keyring there would seal new keys under a
+/// throwaway key while every existing one fails to open. Nothing is created then.
+pub fn load_keyring(
+    source: &KeyringSource,
+    pool: &Pool,
+) -> anyhow::Result<(Keyring, KeyringOrigin)> {
     match source {
         KeyringSource::Inline(data) => Ok((Keyring::from_secret(data)?, KeyringOrigin::Loaded)),
         KeyringSource::File(path) if path.exists() => {
             Ok((Keyring::load_file(path)?, KeyringOrigin::Loaded))
         }
         KeyringSource::File(path) => {
+            let mut conn = pool.get().context("cannot get a database connection")?;
+            if key_versions::holds_keys(&mut conn)? {
+                anyhow::bail!(
+                    "no keyring at {}, but this database holds keys sealed under one: mount the \
+                     keyring that belongs to this database (HAZINA_KEYRING); hazina will not \
+                     create a new keyring beside stored keys",
+                    path.display()
+                );
+            }
             Keyring::generate().write_new_file(path)?;
             // Loaded back from the file, so it follows later changes (rotations) to it.
             Ok((
@@ -82,6 +97,35 @@ pub fn open_database(config: &Config) -> anyhow::Result<Pool> {
     let mut conn = pool.get().context("cannot get a database connection")?;
     db::run_migrations(&mut conn)?;
     Ok(pool)
+}
+
+/// The database and the keyring that belongs to it: how `serve` and every CLI command start.
+/// A keyring that does not match the database's key check values is refused here, before
+/// anything reads or writes a key.
+pub struct Vault {
+    pub pool: Pool,
+    pub keyring: Arc<Keyring>,
+    pub origin: KeyringOrigin,
+}
+
+pub fn open_vault(config: &Config, clock: &Clock) -> anyhow::Result<Vault> {
+    let pool = open_database(config)?;
+    let (keyring, origin) = load_keyring(&config.keyring, &pool)?;
+    let checked = {
+        let mut conn = pool.get().context("cannot get a database connection")?;
+        key_versions::check_and_register(&mut conn, &keyring, clock.now())?
+    };
+    if let key_versions::Checked::Adopted(version) = checked {
+        tracing::warn!(
+            kek_version = version,
+            "adopted master-key version {version} from the keyring as the active version"
+        );
+    }
+    Ok(Vault {
+        pool,
+        keyring: Arc::new(keyring),
+        origin,
+    })
 }
 
 /// A zero core-file limit (soft and hard) and, on Linux, a non-dumpable process: a crash
@@ -114,7 +158,11 @@ impl Application {
     /// Everything but accepting connections: keyring, database, migrations, listener.
     pub fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         disable_core_dumps();
-        let (keyring, origin) = load_keyring(&config.keyring)?;
+        let Vault {
+            pool,
+            keyring,
+            origin,
+        } = open_vault(&config, &clock)?;
         if origin == KeyringOrigin::CreatedForDevelopment {
             if let KeyringSource::File(path) = &config.keyring {
                 tracing::warn!(
@@ -125,10 +173,8 @@ impl Application {
                 );
             }
         }
-        let keyring = Arc::new(keyring);
         let tokens =
             TokenKeys::from_keyring(keyring.clone()).context("cannot derive token keys")?;
-        let pool = open_database(&config)?;
         let audit = AuditLog::start(&config.database_url)?;
         crate::rotation::resume_if_unfinished(&pool, &keyring, &clock)?;
         crate::rotation::warn_about_wear(&pool, crate::rotation::DEFAULT_WEAR_WARNING)?;
@@ -154,6 +200,7 @@ impl Application {
                 crate::tls::server_config(settings).context("cannot configure TLS")?,
                 settings.client_ca.is_some(),
                 settings.require_client_cert,
+                crate::tls::CrlCheck::new(settings).context("cannot configure the client CRL")?,
             )),
         };
         let state = web::Data::new(AppState {
@@ -186,9 +233,12 @@ impl Application {
         });
         let mut server = match tls {
             // The peer's identity comes only from the verified certificate, via on_connect.
-            Some((tls_config, client_certificates, required)) => {
+            Some((tls_config, client_certificates, required, crl)) => {
+                if let Some(crl) = &crl {
+                    crl.load().context("cannot load the client CRL")?;
+                }
                 let server = server
-                    .on_connect(crate::tls::on_connect)
+                    .on_connect(crate::tls::on_connect(crl))
                     .listen_rustls_0_23(listener, tls_config)?;
                 tracing::info!(
                     port,

@@ -169,10 +169,15 @@ pub fn read_private_key(
 /// chain rustls verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
-    /// The leaf's first SAN URI, else its first DNS SAN, else `sha256:<fingerprint>`.
+    /// The leaf's first SAN URI, else its first DNS SAN, else `sha256:<fingerprint>`. The
+    /// three kinds cannot collide: a DNS name has no `:`, and a URI that reads like a
+    /// fingerprint (`sha256:…`) yields no identity at all.
     pub identity: String,
     /// Lowercase hex SHA-256 of the leaf certificate's DER.
     pub fingerprint: String,
+    /// `HAZINA_TLS_CLIENT_CRL` revokes this certificate: it identifies nobody (the request
+    /// is refused with 403 and audited, see `auth::principal`).
+    pub revoked: bool,
 }
 
 /// Why a verified certificate yields no identity (it is then treated as no certificate).
@@ -186,6 +191,8 @@ pub enum PeerIdentityError {
     BadSubjectAltNames,
     #[error("the leaf certificate's first URI or DNS name holds unprintable characters")]
     UnprintableName,
+    #[error("the leaf certificate's URI reads like a fingerprint identity (sha256:...)")]
+    LooksLikeFingerprint,
 }
 
 impl PeerIdentity {
@@ -219,6 +226,9 @@ impl PeerIdentity {
             _ => None,
         });
         let identity = match uri.or(dns) {
+            Some(name) if looks_like_fingerprint(name) => {
+                return Err(PeerIdentityError::LooksLikeFingerprint)
+            }
             Some(name) if is_printable(name) => name.to_owned(),
             Some(_) => return Err(PeerIdentityError::UnprintableName),
             None => format!("sha256:{fingerprint}"),
@@ -226,8 +236,15 @@ impl PeerIdentity {
         Ok(PeerIdentity {
             identity,
             fingerprint,
+            revoked: false,
         })
     }
+}
+
+/// Whether a certificate name could pass for a fingerprint identity (`sha256:`, any case).
+pub fn looks_like_fingerprint(name: &str) -> bool {
+    name.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sha256:"))
 }
 
 fn is_printable(name: &str) -> bool {
@@ -235,29 +252,159 @@ fn is_printable(name: &str) -> bool {
 }
 
 /// `HttpServer::on_connect` hook: after a TLS handshake that verified a client certificate,
-/// stores the peer's [`PeerIdentity`] in the connection's extensions. A plain-TCP connection,
-/// or one without a client certificate, gets nothing.
-pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
-    let Some(stream) = conn.downcast_ref::<TlsStream<TcpStream>>() else {
-        return;
-    };
-    let (_, session) = stream.get_ref();
-    let Some(chain) = session.peer_certificates() else {
-        return;
-    };
-    match PeerIdentity::from_chain(chain) {
-        Ok(peer) => {
-            tracing::debug!(
-                peer.identity = %peer.identity,
-                peer.fingerprint = %peer.fingerprint,
-                "client certificate verified"
-            );
-            ext.insert(peer);
+/// stores the peer's [`PeerIdentity`] in the connection's extensions (marked revoked when the
+/// CRL names it). A plain-TCP connection, or one without a client certificate, gets nothing.
+pub fn on_connect(
+    crl: Option<Arc<CrlCheck>>,
+) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
+    move |conn, ext| {
+        let Some(stream) = conn.downcast_ref::<TlsStream<TcpStream>>() else {
+            return;
+        };
+        let (_, session) = stream.get_ref();
+        let Some(chain) = session.peer_certificates() else {
+            return;
+        };
+        match PeerIdentity::from_chain(chain) {
+            Ok(mut peer) => {
+                peer.revoked = crl.as_ref().is_some_and(|crl| crl.revokes(chain));
+                tracing::debug!(
+                    peer.identity = %peer.identity,
+                    peer.fingerprint = %peer.fingerprint,
+                    peer.revoked = peer.revoked,
+                    "client certificate verified"
+                );
+                ext.insert(peer);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "a verified client certificate yields no identity; treating it as none"
+            ),
         }
-        Err(e) => tracing::warn!(
-            error = %e,
-            "a verified client certificate yields no identity; treating it as none"
-        ),
+    }
+}
+
+/// The client-certificate revocation check of `HAZINA_TLS_CLIENT_CRL`. The CRLs are checked
+/// by webpki (rustls's [`WebPkiClientVerifier`] with the CRLs, over the same CA, signatures
+/// included), never by us; the file is re-read whenever its modification time, size or inode
+/// changes, so a new CRL applies to the next connection without a restart. A CRL that can no
+/// longer be read or parsed keeps the last good one in force (and says so in the log).
+pub struct CrlCheck {
+    path: std::path::PathBuf,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    current: std::sync::Mutex<
+        Option<(
+            CrlStamp,
+            Arc<dyn rustls::server::danger::ClientCertVerifier>,
+        )>,
+    >,
+}
+
+type CrlStamp = (std::time::SystemTime, u64, u64);
+
+fn crl_stamp(path: &Path) -> Option<CrlStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+impl CrlCheck {
+    /// The check the settings ask for, if any (a CRL needs a client CA).
+    pub fn new(settings: &TlsSettings) -> Result<Option<Arc<Self>>, TlsError> {
+        let (Some(path), Some(ca)) = (&settings.client_crl, &settings.client_ca) else {
+            return Ok(None);
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in &ca.roots {
+            roots.add(cert.clone()).map_err(|e| {
+                tls_error(
+                    "HAZINA_TLS_CLIENT_CA",
+                    format!("unusable CA certificate: {e}"),
+                )
+            })?;
+        }
+        Ok(Some(Arc::new(CrlCheck {
+            path: path.clone(),
+            roots: Arc::new(roots),
+            provider: Arc::new(crypto_provider()),
+            current: std::sync::Mutex::new(None),
+        })))
+    }
+
+    /// Reads and parses the CRL file now (start-up refuses a bad one).
+    pub fn load(&self) -> Result<(), TlsError> {
+        let stamp = crl_stamp(&self.path);
+        let verifier = self.build()?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = stamp.map(|s| (s, verifier));
+        Ok(())
+    }
+
+    fn build(&self) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        use rustls::pki_types::CertificateRevocationListDer;
+        let setting = "HAZINA_TLS_CLIENT_CRL";
+        let bytes = std::fs::read(&self.path)
+            .map_err(|e| tls_error(setting, format!("cannot read {}: {e}", self.path.display())))?;
+        let crls: Vec<CertificateRevocationListDer<'static>> = if bytes.starts_with(b"-----BEGIN") {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| tls_error(setting, format!("not valid PEM: {e}")))?
+        } else {
+            vec![CertificateRevocationListDer::from(bytes)]
+        };
+        if crls.is_empty() {
+            return Err(tls_error(setting, "holds no certificate revocation list"));
+        }
+        WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+            .with_crls(crls)
+            // A CRL that does not cover a certificate's issuer leaves it unrevoked; the chain
+            // itself was verified at the handshake.
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| tls_error(setting, format!("cannot use it: {e}")))
+    }
+
+    /// The verifier for the CRL file as it is now (re-read if it changed).
+    fn verifier(&self) -> Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+        let stamp = crl_stamp(&self.path);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = match (&*current, stamp) {
+            (Some((loaded, _)), Some(now)) => *loaded != now,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if fresh {
+            match self.build() {
+                Ok(verifier) => {
+                    tracing::info!(path = %self.path.display(), "client CRL (re)loaded");
+                    *current = stamp.map(|s| (s, verifier));
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "the client CRL changed but cannot be used; the previous one stays in force"
+                ),
+            }
+        }
+        current.as_ref().map(|(_, v)| v.clone())
+    }
+
+    /// Whether the CRL revokes the leaf of this verified chain. A check that fails for any
+    /// other reason counts as revoked (fail closed).
+    pub fn revokes(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some(verifier) = self.verifier() else {
+            return false;
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        match verifier.verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now()) {
+            Ok(_) => false,
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "client certificate revocation check failed; refusing it");
+                true
+            }
+        }
     }
 }
 
@@ -438,6 +585,7 @@ mod tests {
                 roots: vec![ca.der()],
             }),
             require_client_cert: require,
+            client_crl: None,
         };
         Pki { ca, settings }
     }
@@ -454,7 +602,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = HttpServer::new(|| App::new().route("/", web::get().to(whoami)))
-            .on_connect(on_connect)
+            .on_connect(on_connect(None))
             .workers(1)
             .listen_rustls_0_23(listener, server_config(settings).unwrap())
             .unwrap()

@@ -160,6 +160,24 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
     })
 }
 
+/// Runs `change` and appends the entry `entry` makes of its result in the **same**
+/// transaction: an acknowledged change never lacks its audit entry, and no entry records a
+/// change that rolled back. `entry` answers `None` when there is nothing to record (say, the
+/// target did not exist).
+pub fn with_entry<T>(
+    conn: &mut DbConn,
+    change: impl FnOnce(&mut DbConn) -> Result<T, DbError>,
+    entry: impl FnOnce(&T) -> Option<Event>,
+) -> Result<T, DbError> {
+    conn.transaction(|tx| {
+        let out = change(tx)?;
+        if let Some(event) = entry(&out) {
+            append(tx, &[&event])?;
+        }
+        Ok(out)
+    })
+}
+
 /// The verifier's answer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Verification {

@@ -91,6 +91,8 @@ closed_enum! {
         AdminSessionsRevoke => "admin.sessions_revoke",
         UserAuthenticate => "user.authenticate",
         RateLimited => "request.rate_limited",
+        IntegrityViolation => "integrity.violation",
+        AdminCertificateRevoke => "admin.certificate_revoke",
     }
 }
 
@@ -120,6 +122,8 @@ closed_enum! {
         OutsideAllowlist => "outside_allowlist",
         RateLimited => "rate_limited",
         LockedOut => "locked_out",
+        RowTampered => "row_tampered",
+        CertificateRevoked => "certificate_revoked",
     }
 }
 
@@ -211,8 +215,8 @@ impl Target {
     }
 }
 
-/// Where a request came from: the TCP peer (never a forwarded-for header), its client
-/// certificate, and the request id.
+/// Where a request came from: the client's address (the TCP peer, or what a trusted proxy
+/// says: see [`crate::limits::client_ip`]), its client certificate, and the request id.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     pub source_ip: Option<IpAddr>,
@@ -223,7 +227,7 @@ pub struct RequestMeta {
 impl RequestMeta {
     pub fn of(req: &HttpRequest) -> Self {
         RequestMeta {
-            source_ip: req.peer_addr().map(|a| a.ip()),
+            source_ip: crate::limits::client_ip(req),
             cert_fingerprint: req
                 .conn_data::<crate::tls::PeerIdentity>()
                 .map(|p| p.fingerprint.clone()),

@@ -40,6 +40,10 @@ pub struct Claims {
     pub typ: TokenType,
     /// The session this token belongs to.
     pub sid: String,
+    /// The master-key version whose derived key signed this token (from the `kid`, not a
+    /// claim): the session check refuses it once that version is retired, on every node.
+    #[serde(skip)]
+    pub key_version: u32,
 }
 
 impl Claims {
@@ -87,6 +91,11 @@ impl TokenKeys {
     }
 
     fn pair(&self, version: u32) -> Option<(EncodingKey, DecodingKey)> {
+        // A version removed from the keyring (retired) signs and validates nothing, even if
+        // its keys are still cached.
+        if !self.keyring.has_version(version) {
+            return None;
+        }
         if let Some(p) = self.cache.read().ok()?.get(&version) {
             return Some(p.clone());
         }
@@ -124,6 +133,7 @@ impl TokenKeys {
             jti: jti.clone(),
             typ,
             sid: sid.into(),
+            key_version: 0,
         };
         let version = self.keyring.active_version();
         let (encoding, _) = self.pair(version).ok_or(TokenError::Invalid)?;
@@ -168,7 +178,8 @@ impl TokenKeys {
         v.leeway = LEEWAY as u64;
         let data =
             jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|_| TokenError::Invalid)?;
-        let c = data.claims;
+        let mut c = data.claims;
+        c.key_version = version;
         if now >= c.exp + LEEWAY || now + LEEWAY < c.nbf || now + LEEWAY < c.iat {
             return Err(TokenError::Expired);
         }

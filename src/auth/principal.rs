@@ -8,6 +8,7 @@ use futures_util::future::LocalBoxFuture;
 
 use super::jwt::{Claims, TokenType};
 use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta};
+use crate::db::services::FoundService;
 use crate::db::sessions;
 use crate::domain::{Role, UserId};
 use crate::error::ApiError;
@@ -17,6 +18,7 @@ use crate::tls::PeerIdentity;
 pub const UNAUTHENTICATED: &str = "Authentication credentials were not provided or are invalid";
 pub const SERVICE_FORBIDDEN: &str = "Services may only fetch the keys they are granted";
 pub const UNKNOWN_SERVICE: &str = "This client certificate is not a registered, enabled service";
+pub const REVOKED_CERTIFICATE: &str = "This client certificate has been revoked";
 pub const OUTSIDE_ALLOWLIST: &str = "Requests from this address are not allowed for this principal";
 
 /// A user authenticated by a live access token.
@@ -61,6 +63,7 @@ pub struct ValidatedAccess(pub Claims);
 pub struct SessionProbe {
     user: UserId,
     sid: String,
+    key_version: u32,
 }
 
 impl SessionProbe {
@@ -68,9 +71,10 @@ impl SessionProbe {
     pub fn confirm(
         &self,
         conn: &mut crate::db::DbConn,
+        keyring: &crate::crypto::Keyring,
         now: i64,
     ) -> Result<Option<sessions::LiveSession>, crate::db::DbError> {
-        sessions::live(conn, &self.sid, self.user, now)
+        sessions::live(conn, keyring, &self.sid, self.user, self.key_version, now)
     }
 }
 
@@ -142,6 +146,7 @@ impl PendingUser {
         SessionProbe {
             user: self.user,
             sid: self.claims.sid.clone(),
+            key_version: self.claims.key_version,
         }
     }
 
@@ -153,9 +158,26 @@ impl PendingUser {
         live: Option<sessions::LiveSession>,
     ) -> Result<AuthenticatedUser, ApiError> {
         let live = live.ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
+        if !live.intact {
+            // The user's row was edited outside hazina: its role, hash or flags mean nothing.
+            let ev = Event::new(
+                state.clock.now_micros(),
+                Actor {
+                    kind: crate::audit::ActorKind::User,
+                    id: Some(self.user.get()),
+                    name: Some(live.username.clone()),
+                },
+                &RequestMeta::of(&self.req),
+                Action::IntegrityViolation,
+            )
+            .target(crate::audit::Target::owner(self.user.get()))
+            .outcome(Outcome::Denied, Some(Reason::RowTampered));
+            state.audit.record_best_effort(ev).await;
+            return Err(ApiError::Unauthorized(UNAUTHENTICATED));
+        }
         if !allowed(
             live.allowed_cidrs.as_deref(),
-            self.req.peer_addr().map(|a| a.ip()),
+            crate::limits::client_ip(&self.req),
         ) {
             let actor = Actor {
                 kind: crate::audit::ActorKind::User,
@@ -193,7 +215,8 @@ impl FromRequest for AuthenticatedUser {
             let (pending, state) = PendingUser::from_request(&req).await?;
             let now = state.clock.now();
             let probe = pending.probe();
-            let live = state.db(move |c| probe.confirm(c, now)).await?;
+            let keyring = state.keyring.clone();
+            let live = state.db(move |c| probe.confirm(c, &keyring, now)).await?;
             pending.finish(&state, live).await
         })
     }
@@ -229,16 +252,19 @@ impl FromRequest for AuthenticatedService {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let peer = req.conn_data::<PeerIdentity>().cloned();
-        let ip = req.peer_addr().map(|a| a.ip());
+        let ip = crate::limits::client_ip(req);
         let meta = RequestMeta::of(req);
         Box::pin(async move {
             let state = state
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
             let peer = peer.ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
             let identity = peer.identity.clone();
-            let by_fingerprint = format!("sha256:{}", peer.fingerprint);
+            let fingerprint = peer.fingerprint.clone();
+            let keyring = state.keyring.clone();
             let found = state
-                .db(move |c| crate::db::services::find_enabled(c, &identity, &by_fingerprint))
+                .db(move |c| {
+                    crate::db::services::find_enabled_intact(c, &keyring, &identity, &fingerprint)
+                })
                 .await?;
             let denied = |actor: Actor, reason: Reason| {
                 Event::new(
@@ -248,6 +274,36 @@ impl FromRequest for AuthenticatedService {
                     Action::ServiceAuthenticate,
                 )
                 .outcome(Outcome::Denied, Some(reason))
+            };
+            if peer.revoked || matches!(found, FoundService::Revoked) {
+                // Revoked by the CRL or by `services revoke-certificate`: nobody, whatever
+                // service the certificate names (recorded by fingerprint in the meta).
+                state
+                    .audit
+                    .record_best_effort(denied(Actor::anonymous(), Reason::CertificateRevoked))
+                    .await;
+                return Err(ApiError::Forbidden(REVOKED_CERTIFICATE));
+            }
+            let found = match found {
+                FoundService::Revoked => None,
+                FoundService::Enabled(service) => Some(service),
+                FoundService::Tampered(row) => {
+                    // The row this certificate matched was edited outside hazina.
+                    let ev = Event::new(
+                        state.clock.now_micros(),
+                        Actor {
+                            kind: crate::audit::ActorKind::Service,
+                            id: Some(row.id),
+                            name: Some(row.name),
+                        },
+                        &meta,
+                        Action::IntegrityViolation,
+                    )
+                    .outcome(Outcome::Denied, Some(Reason::RowTampered));
+                    state.audit.record_best_effort(ev).await;
+                    return Err(ApiError::Forbidden(UNKNOWN_SERVICE));
+                }
+                FoundService::None => None,
             };
             let Some(service) = found else {
                 // The certificate is recorded by fingerprint (in the entry's meta).

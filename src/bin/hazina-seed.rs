@@ -53,8 +53,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     config::load_dotenv()?;
     let config = Config::from_env()?;
-    let (keyring, _) = startup::load_keyring(&config.keyring)?;
-    let pool = startup::open_database(&config)?;
+    let startup::Vault { pool, keyring, .. } = startup::open_vault(&config, &Clock::System)?;
     let mut pooled = pool.get()?;
     let conn: &mut DbConn = &mut pooled;
     let pw = SecretString::from(
@@ -69,7 +68,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         conn.transaction::<_, db::DbError, _>(|tx| {
             for i in chunk {
                 let name = Username::parse(&format!("{}{i:06}", args.prefix))?;
-                owner_ids.push(db::users::create(tx, &name, &hash, Role::User, now)?.get());
+                owner_ids.push(
+                    db::users::create(tx, &keyring, &name, &hash, Role::User, None, now)?.get(),
+                );
             }
             Ok(())
         })?;
@@ -84,7 +85,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         })
         .take(args.credentials)
         .collect();
-    let kek_version = keyring.active_version() as i32;
+    let kek_version = db::key_versions::sealing_version(conn, &keyring)?;
     for chunk in slots.chunks(CHUNK) {
         let mut creds = Vec::with_capacity(chunk.len());
         let mut versions = Vec::with_capacity(chunk.len());
@@ -98,7 +99,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 environment: env,
                 version: 1,
             };
-            let sealed = envelope::seal(&keyring, &aad, &secret)?;
+            let sealed = envelope::seal_under(&keyring, kek_version, &aad, &secret)?;
             creds.push((
                 c::id.eq(id),
                 c::owner_id.eq(*owner),

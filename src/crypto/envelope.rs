@@ -165,7 +165,9 @@ fn verifier_mac(dek: &Dek, aad: &Aad<'_>) -> Hmac<Sha256> {
     mac
 }
 
-/// Seals `secret` for `aad` under the keyring's active master key.
+/// Seals `secret` for `aad` under the keyring's active master key (tests, benchmarks and the
+/// seeding tool; the vault itself seals under the version its database names active, with
+/// [`seal_under`]).
 pub fn seal(
     keyring: &Keyring,
     aad: &Aad<'_>,
@@ -173,6 +175,16 @@ pub fn seal(
 ) -> Result<Envelope, EnvelopeError> {
     let kek_version =
         i32::try_from(keyring.active_version()).map_err(|_| EnvelopeError::Malformed)?;
+    seal_under(keyring, kek_version, aad, secret)
+}
+
+/// Seals `secret` for `aad`, wrapping its fresh DEK under master-key version `kek_version`.
+pub fn seal_under(
+    keyring: &Keyring,
+    kek_version: i32,
+    aad: &Aad<'_>,
+    secret: &SecretString,
+) -> Result<Envelope, EnvelopeError> {
     let mut dek: Dek = Zeroizing::new([0u8; KEY_LEN]);
     OsRng.fill_bytes(dek.as_mut());
     let plaintext = secret.expose_secret().as_bytes();
@@ -217,6 +229,11 @@ pub fn verify(
     let mut mac = verifier_mac(&dek, aad);
     mac.update(candidate.expose_secret().as_bytes());
     Ok(mac.verify_slice(&env.verifier).is_ok())
+}
+
+/// Whether the keyring opens the wrapped DEK of `env` (the DEK itself is wiped at once).
+pub fn check_dek(keyring: &Keyring, aad: &Aad<'_>, env: &Envelope) -> Result<(), EnvelopeError> {
+    unwrap_dek(keyring, env, aad).map(drop)
 }
 
 /// The DEK of `env` wrapped under `new_kek_version` instead: only the wrapped key is read

@@ -12,7 +12,6 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -27,6 +26,9 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 pub const KEY_LEN: usize = 32;
+
+/// The HKDF label of the keyring check values (see [`Keyring::check_value`]).
+const CHECK_VALUE_PURPOSE: &str = "hazina/keyring/check-value/v1";
 
 /// One master key. Its bytes are wiped on drop and never printed.
 pub struct MasterKey(Zeroizing<[u8; KEY_LEN]>);
@@ -94,14 +96,13 @@ struct Versions {
 /// Versioned master keys; exactly one is active for new writes.
 ///
 /// A keyring loaded from a file follows that file: when the file changes (a version added by
-/// `hazina keys rotate`, one retired), the next lookup of an unknown version, and a check at
-/// most once a second on the write path, reload it — so a running server learns about a
+/// `hazina keys rotate`, one retired), the next lookup of an unknown version, and every read
+/// of the active version, reload it — so a running server learns about a
 /// rotation made by the CLI without a restart, and never misses a version a row needs.
 pub struct Keyring {
     versions: RwLock<Versions>,
     file: Option<PathBuf>,
-    loaded_mtime: Mutex<Option<SystemTime>>,
-    last_check: AtomicI64,
+    loaded_mtime: Mutex<Option<Stamp>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -115,8 +116,14 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
-fn mtime(path: &Path) -> Option<SystemTime> {
-    fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What tells a changed keyring file apart cheaply: modification time, size and inode (every
+/// rewrite is a new file renamed over the old one).
+type Stamp = (SystemTime, u64, u64);
+
+fn mtime(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 impl Keyring {
@@ -126,7 +133,6 @@ impl Keyring {
             versions: RwLock::new(versions),
             file,
             loaded_mtime: Mutex::new(loaded),
-            last_check: AtomicI64::new(0),
         }
     }
 
@@ -165,13 +171,39 @@ impl Keyring {
         write_file(&self.read(), path, false)
     }
 
+    /// The active version, after following the file if it changed (one `stat`): the callers
+    /// are writers and token issuers, never the reveal path, and must not act on a version
+    /// another process has already moved past.
     pub fn active_version(&self) -> u32 {
-        self.refresh_at_most_every_second();
+        self.reload_if_changed();
         self.read().active
     }
 
     pub fn versions(&self) -> Vec<u32> {
         self.read().keys.keys().copied().collect()
+    }
+
+    /// The highest version this keyring holds.
+    pub fn newest_version(&self) -> u32 {
+        self.read().keys.keys().max().copied().unwrap_or(0)
+    }
+
+    /// Whether the keyring comes from a file (and so can be rotated in place).
+    pub fn is_file_backed(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// The check value of master-key version `version`: HMAC-SHA-256, under a key derived
+    /// from that version, of a fixed string naming the version. Stored in the database, it
+    /// proves that a keyring is the one the database was sealed under, and reveals nothing
+    /// of the key.
+    pub fn check_value(&self, version: u32) -> Option<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        let key = self.derive(version, CHECK_VALUE_PURPOSE)?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).ok()?;
+        mac.update(b"hazina keyring check value\0");
+        mac.update(&version.to_be_bytes());
+        Some(mac.finalize().into_bytes().into())
     }
 
     pub fn has_version(&self, version: u32) -> bool {
@@ -185,7 +217,14 @@ impl Keyring {
         if let Some(k) = copy(&self.read()) {
             return Some(k);
         }
-        self.reload_if_changed();
+        // File timestamps are coarse (a few milliseconds): a version written by another
+        // process within the same tick as the last reload leaves the stamp unchanged, so a
+        // version still unknown after the cheap check is worth one real read of the file.
+        if !self.reload_if_changed() && self.file.is_some() {
+            if let Err(e) = self.reload_now() {
+                tracing::error!(error = %e, "cannot re-read the keyring file");
+            }
+        }
         copy(&self.read())
     }
 
@@ -197,22 +236,6 @@ impl Keyring {
         let mut out = Zeroizing::new([0u8; KEY_LEN]);
         hk.expand(purpose.as_bytes(), out.as_mut()).ok()?;
         Some(out)
-    }
-
-    fn refresh_at_most_every_second(&self) {
-        if self.file.is_none() {
-            return;
-        }
-        let now = chrono::Utc::now().timestamp();
-        let last = self.last_check.load(Ordering::Relaxed);
-        if now > last
-            && self
-                .last_check
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.reload_if_changed();
-        }
     }
 
     /// Re-reads the keyring file if it changed since it was loaded. A file that became
@@ -240,11 +263,28 @@ impl Keyring {
         }
     }
 
+    /// Re-reads the keyring file now, whatever its modification time says. Callers that are
+    /// about to rewrite the file do this inside the database's key lock, so they never write
+    /// back a stale copy that drops a version another process added.
+    pub fn reload_now(&self) -> Result<(), KeyringError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let mut loaded = self.loaded_mtime.lock().unwrap_or_else(|p| p.into_inner());
+        let current = mtime(path);
+        *self.write() = read_file(path)?;
+        *loaded = current;
+        Ok(())
+    }
+
     /// Adds a fresh random version, makes it active, and rewrites the keyring file
     /// atomically (a 0600 temporary file renamed over it). File-backed keyrings only.
+    ///
+    /// Only `db::keys` calls this, inside the database's key lock and after
+    /// [`reload_now`](Self::reload_now): the database decides, the file follows.
     pub fn add_version(&self) -> Result<u32, KeyringError> {
         let path = self.file.clone().ok_or(KeyringError::NotAFile)?;
-        self.reload_if_changed();
+        self.reload_now()?;
         let mut v = self.write();
         let next = v.keys.keys().max().copied().unwrap_or(0) + 1;
         v.keys.insert(next, MasterKey::generate());
@@ -259,11 +299,36 @@ impl Keyring {
         Ok(next)
     }
 
+    /// Takes back a version [`add_version`](Self::add_version) just added, when the database
+    /// decision it was written for did not commit: the key goes, and the version active
+    /// before becomes active again. Nothing can have been sealed under it.
+    pub fn undo_add(&self, version: u32, previous_active: u32) -> Result<(), KeyringError> {
+        let path = self.file.clone().ok_or(KeyringError::NotAFile)?;
+        self.reload_now()?;
+        let mut v = self.write();
+        if v.active != version || !v.keys.contains_key(&previous_active) {
+            return Err(KeyringError::Malformed(
+                "the keyring changed since the version was added",
+            ));
+        }
+        let Some(removed) = v.keys.remove(&version) else {
+            return Err(KeyringError::Malformed("no such key version"));
+        };
+        v.active = previous_active;
+        if let Err(e) = write_file(&v, &path, true) {
+            v.keys.insert(version, removed);
+            v.active = version;
+            return Err(e);
+        }
+        *self.loaded_mtime.lock().unwrap_or_else(|p| p.into_inner()) = mtime(&path);
+        Ok(())
+    }
+
     /// Removes a version from the keyring file. The caller must first have proven that no
     /// stored row depends on it; the active version can never be retired.
     pub fn retire(&self, version: u32) -> Result<(), KeyringError> {
         let path = self.file.clone().ok_or(KeyringError::NotAFile)?;
-        self.reload_if_changed();
+        self.reload_now()?;
         let mut v = self.write();
         if v.active == version {
             return Err(KeyringError::Malformed(
@@ -348,7 +413,11 @@ fn write_file(v: &Versions, path: &Path, replace: bool) -> Result<(), KeyringErr
     );
     let target = if replace {
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp-{}", std::process::id()));
+        tmp.push(format!(
+            ".tmp-{}-{:016x}",
+            std::process::id(),
+            OsRng.next_u64()
+        ));
         PathBuf::from(tmp)
     } else {
         path.to_owned()

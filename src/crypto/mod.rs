@@ -20,6 +20,7 @@
 
 pub mod envelope;
 pub mod keyring;
+pub mod rowmac;
 
 pub use envelope::{Aad, Envelope, EnvelopeError};
 pub use keyring::{Keyring, KeyringError};

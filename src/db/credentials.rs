@@ -92,14 +92,13 @@ struct NewCredentialRow<'a> {
     updated_at: i64,
 }
 
-/// What a create needs; the envelope was sealed for version 1 of exactly this row.
+/// What a create needs; `seal` seals version 1 for exactly this row.
 pub struct NewCredential<'a> {
     pub id: CredentialId,
     pub owner: UserId,
     pub provider: &'a str,
     pub environment: &'a str,
     pub api_key: &'a str,
-    pub envelope: Envelope,
 }
 
 /// Rows not deleted, of this owner, with this id.
@@ -170,6 +169,7 @@ pub fn get_current(
 pub fn create(
     conn: &mut DbConn,
     new: NewCredential<'_>,
+    seal: &Seal<'_>,
     now: UnixSeconds,
 ) -> Result<CredentialRow, DbError> {
     conn.transaction(|tx| {
@@ -189,7 +189,8 @@ pub fn create(
         let row = owned!(new.owner, new.id)
             .select(CredentialRow::as_select())
             .first(tx)?;
-        insert_version(tx, VersionRow::new(&row, new.envelope, now, new.owner))?;
+        let envelope = seal(tx, &row)?;
+        insert_version(tx, VersionRow::new(&row, envelope, now, new.owner))?;
         Ok(row)
     })
 }
@@ -201,8 +202,10 @@ pub struct MetadataUpdate<'a> {
     pub environment: Option<&'a str>,
 }
 
-/// Re-seals a version for the row it will belong to: `(previous version, new row) → envelope`.
-pub type Reseal<'a> = dyn Fn(&VersionRow, &CredentialRow) -> Result<Envelope, DbError> + 'a;
+/// Re-seals a version for the row it will belong to: `(transaction, (row before, its current
+/// version), row after) → envelope`.
+pub type Reseal<'a> = dyn Fn(&mut DbConn, (&CredentialRow, &VersionRow), &CredentialRow) -> Result<Envelope, DbError>
+    + 'a;
 
 pub fn update_metadata(
     conn: &mut DbConn,
@@ -233,7 +236,7 @@ pub fn update_metadata(
                     .execute(tx)?;
                 let after = reload(tx, owner, id)?;
                 let previous = version(tx, before.id, before.current_version)?;
-                let envelope = reseal(&previous, &after)?;
+                let envelope = reseal(tx, (&before, &previous), &after)?;
                 insert_version(tx, VersionRow::new(&after, envelope, now, owner))?;
                 Ok(Some(after))
             }
@@ -242,13 +245,13 @@ pub fn update_metadata(
     })
 }
 
-/// Writes a new version of the private key. The version number is taken inside the
-/// transaction after the row is locked, so concurrent rotations form a gap-free sequence.
-/// `seal` is called with the row as it will be (its `current_version` is the new version).
-/// Re-seals a new version for the row as it will be (its `current_version` is the new
-/// version), with the connection of the enclosing transaction for any extra reads.
+/// Seals a new version for the row as it will be (its `current_version` is the new version),
+/// with the connection of the enclosing transaction: the master-key version to wrap under is
+/// read there (see `key_versions::sealing_version`), as are any extra rows.
 pub type Seal<'a> = dyn Fn(&mut DbConn, &CredentialRow) -> Result<Envelope, DbError> + 'a;
 
+/// Writes a new version of the private key. The version number is taken inside the
+/// transaction after the row is locked, so concurrent rotations form a gap-free sequence.
 pub fn add_version(
     conn: &mut DbConn,
     owner: UserId,

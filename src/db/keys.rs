@@ -104,31 +104,22 @@ pub fn start_rotation(
     })
 }
 
-/// Stored key versions not yet under `target`.
+/// Stored key versions still under a version older than `target`.
 pub fn remaining(conn: &mut DbConn, target: i32) -> Result<i64, DbError> {
     Ok(cv::table
-        .filter(cv::kek_version.ne(target))
+        .filter(cv::kek_version.lt(target))
         .count()
         .get_result(conn)?)
 }
 
 type RewrapRow = (i64, i32, String, i32, Vec<u8>, i64, String);
 
-/// Up to `limit` stored versions under a master key below (or above) `target`, with what
-/// their associated data needs. A range on the `kek_version` index: only rows still to move.
-fn load_batch(
-    conn: &mut DbConn,
-    target: i32,
-    below: bool,
-    limit: i64,
-) -> Result<Vec<RewrapRow>, DbError> {
-    let query = cv::table.inner_join(c::table).into_boxed();
-    let query = if below {
-        query.filter(cv::kek_version.lt(target))
-    } else {
-        query.filter(cv::kek_version.gt(target))
-    };
-    Ok(query
+/// Up to `limit` stored versions under a master key older than `target`, with what their
+/// associated data needs. A range on the `kek_version` index: only rows still to move.
+fn load_batch(conn: &mut DbConn, target: i32, limit: i64) -> Result<Vec<RewrapRow>, DbError> {
+    Ok(cv::table
+        .inner_join(c::table)
+        .filter(cv::kek_version.lt(target))
         .limit(limit)
         .select((
             cv::credential_id,
@@ -142,8 +133,24 @@ fn load_batch(
         .load(conn)?)
 }
 
+/// The first statement of every rotation batch: the rotation row is the lock (concurrent
+/// rewrappers — several nodes, the CLI — take turns, and SQLite takes its write lock before
+/// reading). `false` when the rotation finished or was superseded by a newer one: stop.
+fn lock_live_rotation(tx: &mut DbConn, rotation: &RotationRow) -> Result<bool, DbError> {
+    let live = diesel::update(
+        r::table
+            .filter(r::id.eq(rotation.id))
+            .filter(r::finished_at.is_null()),
+    )
+    .set(r::rows_rewrapped.eq(r::rows_rewrapped))
+    .execute(tx)?;
+    Ok(live == 1)
+}
+
 /// Re-wraps up to `batch` data keys under `target` in one transaction; the number moved (0
-/// when the rotation is complete). Never decrypts a secret.
+/// when the rotation is complete, or when a later rotation superseded this one). Never
+/// decrypts a secret, and only ever moves a row to a newer version: rows move one way, so
+/// two rotations can never pass rows back and forth (nor wear a key out doing it).
 pub fn rewrap_batch(
     conn: &mut DbConn,
     keyring: &Keyring,
@@ -152,19 +159,13 @@ pub fn rewrap_batch(
 ) -> Result<usize, DbError> {
     let target = rotation.target_version;
     conn.transaction(|tx| {
-        // The rotation row is the lock: concurrent rewrappers (several nodes, the CLI) take
-        // turns, and SQLite takes its write lock before reading.
-        diesel::update(r::table.filter(r::id.eq(rotation.id)))
-            .set(r::rows_rewrapped.eq(r::rows_rewrapped))
-            .execute(tx)?;
-        // Walk the kek_version index by range (below the target, then above it): each batch
-        // reads only rows still to move, so a rotation is linear in the row count. (`!=` and
-        // an ORDER BY would re-scan every row already moved, batch after batch.) Order does
-        // not matter: each row is moved by a compare-and-swap on its old version.
-        let mut rows = load_batch(tx, target, true, batch)?;
-        if (rows.len() as i64) < batch {
-            rows.extend(load_batch(tx, target, false, batch - rows.len() as i64)?);
+        if !lock_live_rotation(tx, rotation)? {
+            return Ok(0);
         }
+        // Walk the kek_version index by range: each batch reads only rows still to move, so a
+        // rotation is linear in the row count. Each row is moved by a compare-and-swap on its
+        // old version.
+        let rows = load_batch(tx, target, batch)?;
         let mut moved = 0usize;
         for (credential_id, version, environment, old_kek, wrapped_dek, owner_id, provider) in rows
         {
@@ -236,6 +237,41 @@ pub fn run_rotation(
         total += moved as u64;
         progress(total);
     }
+    resign_authorization_rows(conn, keyring, rotation, batch)?;
     finish_rotation(conn, rotation.id, now())?;
     Ok(total)
+}
+
+/// Re-signs the MACs of users, services and grants under the rotation's target, in bounded
+/// batches (each its own transaction, each first checking the rotation is still the live
+/// one), so the old version can be retired. Rows that fail their integrity check are left
+/// as they are: a rotation never launders a tampered row.
+fn resign_authorization_rows(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    rotation: &RotationRow,
+    batch: i64,
+) -> Result<(), DbError> {
+    type Step = fn(&mut DbConn, &Keyring, i32, i64, i64) -> Result<Option<i64>, DbError>;
+    let steps: [Step; 3] = [
+        super::users::resign_batch,
+        super::services::resign_services_batch,
+        super::services::resign_grants_batch,
+    ];
+    for step in steps {
+        let mut after = i64::MIN;
+        loop {
+            let last = conn.transaction(|tx| {
+                if !lock_live_rotation(tx, rotation)? {
+                    return Ok(None);
+                }
+                step(tx, keyring, rotation.target_version, after, batch)
+            })?;
+            match last {
+                Some(id) => after = id,
+                None => break,
+            }
+        }
+    }
+    Ok(())
 }

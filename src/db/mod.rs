@@ -10,6 +10,7 @@
 //! PostgreSQL row locks serialise concurrent writers to one row.
 
 pub mod credentials;
+pub mod key_versions;
 pub mod keys;
 pub mod schema;
 pub mod services;
@@ -70,6 +71,11 @@ pub fn establish(url: &DatabaseUrl) -> Result<DbConn, ConnectError> {
         }
         DatabaseUrl::Postgres(secret) => {
             use secrecy::ExposeSecret;
+            // Initialise OpenSSL (libpq's TLS) before libpq does, without its atexit clean-up:
+            // a process that exits while another thread still holds a connection (a server's
+            // audit writer or rotation, a test binary's last node) must not have OpenSSL torn
+            // down under that thread, which crashes the exit.
+            openssl_sys::init();
             let mut c = PgConnection::establish(secret.expose_secret()).map_err(|e| {
                 // libpq messages name host and port, never the password.
                 ConnectError(format!(
@@ -186,6 +192,14 @@ pub enum DbError {
     /// written. Holds the current version.
     #[error("stale version; current is {0}")]
     Stale(i32),
+    /// The master-key states forbid sealing now (no single active version, or one the
+    /// keyring does not name active): nothing was written.
+    #[error("master-key state: {0}")]
+    KeyState(&'static str),
+    /// A row failed its integrity check (its MAC does not verify: edited outside hazina).
+    /// Nothing was written and nothing was obeyed.
+    #[error("a {0} row failed its integrity check")]
+    Tampered(&'static str),
     /// A domain rule refused the change inside the transaction (nothing was written).
     #[error("rejected: {0}")]
     Rejected(#[from] crate::domain::ValidationError),

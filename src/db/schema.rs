@@ -10,6 +10,8 @@ diesel::table! {
         is_disabled -> Bool,
         created_at -> BigInt,
         allowed_cidrs -> Nullable<Text>,
+        mac -> Nullable<Binary>,
+        mac_version -> Nullable<Integer>,
     }
 }
 
@@ -92,6 +94,8 @@ diesel::table! {
         is_enabled -> Bool,
         allowed_cidrs -> Nullable<Text>,
         created_at -> BigInt,
+        mac -> Nullable<Binary>,
+        mac_version -> Nullable<Integer>,
     }
 }
 
@@ -104,6 +108,8 @@ diesel::table! {
         environment -> Nullable<Text>,
         created_at -> BigInt,
         revoked_at -> Nullable<BigInt>,
+        mac -> Nullable<Binary>,
+        mac_version -> Nullable<Integer>,
     }
 }
 
@@ -121,6 +127,30 @@ diesel::table! {
     key_wear (kek_version) {
         kek_version -> Integer,
         encryptions -> BigInt,
+    }
+}
+
+diesel::table! {
+    key_versions (version) {
+        version -> Integer,
+        check_value -> Binary,
+        state -> Text,
+        created_at -> BigInt,
+        retired_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    key_lock (id) {
+        id -> Integer,
+        generation -> BigInt,
+    }
+}
+
+diesel::table! {
+    revoked_certificates (fingerprint) {
+        fingerprint -> Text,
+        revoked_at -> BigInt,
     }
 }
 
@@ -148,5 +178,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     services,
     grants,
     key_rotations,
-    key_wear
+    key_wear,
+    key_versions,
+    key_lock
 );

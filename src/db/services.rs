@@ -1,5 +1,7 @@
 //! Services and grants. A service reads a credential only through a live grant, and that
-//! check is inside the SQL that fetches the credential: never fetch-then-check.
+//! check is inside the SQL that fetches the credential: never fetch-then-check. Service and
+//! grant rows carry MACs (`crypto::rowmac`): a service row or grant edited or inserted in the
+//! database is refused on use and never re-signed by a later change.
 
 use diesel::prelude::*;
 
@@ -7,8 +9,10 @@ use super::credentials::{CredentialRow, VersionRow};
 use super::schema::{
     credential_versions as cv, credentials as c, grants as g, services as s, users as u,
 };
+use super::users::{resign_each, sign};
 use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
+use crate::crypto::{rowmac, Keyring};
 use crate::domain::CredentialId;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -20,6 +24,30 @@ pub struct ServiceRow {
     pub is_enabled: bool,
     pub allowed_cidrs: Option<String>,
     pub created_at: i64,
+    pub mac: Option<Vec<u8>>,
+    pub mac_version: Option<i32>,
+}
+
+impl ServiceRow {
+    fn mac_row(&self) -> rowmac::Row<'_> {
+        rowmac::Row::Service {
+            id: self.id,
+            name: &self.name,
+            identity: &self.identity,
+            is_enabled: self.is_enabled,
+            allowed_cidrs: self.allowed_cidrs.as_deref(),
+        }
+    }
+
+    /// Whether the row is as hazina last wrote it (its MAC verifies).
+    pub fn intact(&self, keyring: &Keyring) -> bool {
+        rowmac::verify(
+            keyring,
+            self.mac_version,
+            self.mac.as_deref(),
+            &self.mac_row(),
+        )
+    }
 }
 
 #[derive(Insertable)]
@@ -31,16 +59,29 @@ struct NewServiceRow<'a> {
     is_enabled: bool,
     allowed_cidrs: Option<&'a str>,
     created_at: i64,
+    mac: Vec<u8>,
+    mac_version: i32,
 }
 
 pub fn create_service(
     conn: &mut DbConn,
+    keyring: &Keyring,
     name: &str,
     identity: &str,
     allowed_cidrs: Option<&str>,
     now: UnixSeconds,
 ) -> Result<ServiceRow, DbError> {
     let id = crate::domain::UserId::generate().get();
+    let (mac, mac_version) = sign(
+        keyring,
+        &rowmac::Row::Service {
+            id,
+            name,
+            identity,
+            is_enabled: true,
+            allowed_cidrs,
+        },
+    )?;
     diesel::insert_into(s::table)
         .values(NewServiceRow {
             id,
@@ -49,6 +90,8 @@ pub fn create_service(
             is_enabled: true,
             allowed_cidrs,
             created_at: now,
+            mac,
+            mac_version,
         })
         .execute(conn)?;
     Ok(s::table
@@ -62,6 +105,36 @@ pub fn list_services(conn: &mut DbConn) -> Result<Vec<ServiceRow>, DbError> {
         .order(s::name.asc())
         .select(ServiceRow::as_select())
         .load(conn)?)
+}
+
+/// What a certificate's identity resolves to.
+#[derive(Debug, Clone)]
+pub enum FoundService {
+    Enabled(ServiceRow),
+    /// The certificate's fingerprint was revoked (`services revoke-certificate`).
+    Revoked,
+    /// A row matched but failed its integrity check: refused (and audited by the caller).
+    Tampered(ServiceRow),
+    None,
+}
+
+/// The enabled service a verified certificate names (see [`find_enabled`]), with its row's
+/// integrity checked.
+pub fn find_enabled_intact(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    identity: &str,
+    fingerprint: &str,
+) -> Result<FoundService, DbError> {
+    if is_revoked(conn, fingerprint)? {
+        return Ok(FoundService::Revoked);
+    }
+    let fingerprint_identity = format!("sha256:{fingerprint}");
+    Ok(match find_enabled(conn, identity, &fingerprint_identity)? {
+        Some(row) if row.intact(keyring) => FoundService::Enabled(row),
+        Some(row) => FoundService::Tampered(row),
+        None => FoundService::None,
+    })
 }
 
 /// The enabled service a verified certificate names: by its identity (SAN URI or DNS name)
@@ -94,16 +167,41 @@ pub fn find_by_name(conn: &mut DbConn, name: &str) -> Result<Option<ServiceRow>,
 }
 
 /// Disables a service; its next request is refused. `None` if there is no such service.
-pub fn disable_service(conn: &mut DbConn, name: &str) -> Result<Option<ServiceRow>, DbError> {
+pub fn disable_service(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    name: &str,
+) -> Result<Option<ServiceRow>, DbError> {
     conn.transaction(|tx| {
+        // The write first, so SQLite takes its write lock before it reads.
         let n = diesel::update(s::table.filter(s::name.eq(name)))
-            .set(s::is_enabled.eq(false))
+            .set(s::id.eq(s::id))
             .execute(tx)?;
         if n == 0 {
             return Ok(None);
         }
+        let Some(mut row) = find_by_name(tx, name)? else {
+            return Ok(None);
+        };
+        if !row.intact(keyring) {
+            return Err(DbError::Tampered("service"));
+        }
+        row.is_enabled = false;
+        rewrite_service(tx, keyring, &row)?;
         find_by_name(tx, name)
     })
+}
+
+fn rewrite_service(tx: &mut DbConn, keyring: &Keyring, row: &ServiceRow) -> Result<(), DbError> {
+    let (mac, mac_version) = sign(keyring, &row.mac_row())?;
+    diesel::update(s::table.filter(s::id.eq(row.id)))
+        .set((
+            s::is_enabled.eq(row.is_enabled),
+            s::mac.eq(Some(mac)),
+            s::mac_version.eq(Some(mac_version)),
+        ))
+        .execute(tx)?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -116,6 +214,31 @@ pub struct GrantRow {
     pub environment: Option<String>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    pub mac: Option<Vec<u8>>,
+    pub mac_version: Option<i32>,
+}
+
+impl GrantRow {
+    fn mac_row(&self) -> rowmac::Row<'_> {
+        rowmac::Row::Grant {
+            id: self.id,
+            service_id: self.service_id,
+            owner_id: self.owner_id,
+            provider: self.provider.as_deref(),
+            environment: self.environment.as_deref(),
+            revoked_at: self.revoked_at,
+        }
+    }
+
+    /// Whether the row is as hazina last wrote it (its MAC verifies).
+    pub fn intact(&self, keyring: &Keyring) -> bool {
+        rowmac::verify(
+            keyring,
+            self.mac_version,
+            self.mac.as_deref(),
+            &self.mac_row(),
+        )
+    }
 }
 
 #[derive(Insertable)]
@@ -128,10 +251,13 @@ struct NewGrantRow<'a> {
     environment: Option<&'a str>,
     created_at: i64,
     revoked_at: Option<i64>,
+    mac: Vec<u8>,
+    mac_version: i32,
 }
 
 pub fn create_grant(
     conn: &mut DbConn,
+    keyring: &Keyring,
     service_id: i64,
     owner_id: i64,
     provider: Option<&str>,
@@ -139,6 +265,17 @@ pub fn create_grant(
     now: UnixSeconds,
 ) -> Result<GrantRow, DbError> {
     let id = crate::domain::UserId::generate().get();
+    let (mac, mac_version) = sign(
+        keyring,
+        &rowmac::Row::Grant {
+            id,
+            service_id,
+            owner_id,
+            provider,
+            environment,
+            revoked_at: None,
+        },
+    )?;
     diesel::insert_into(g::table)
         .values(NewGrantRow {
             id,
@@ -148,6 +285,8 @@ pub fn create_grant(
             environment,
             created_at: now,
             revoked_at: None,
+            mac,
+            mac_version,
         })
         .execute(conn)?;
     Ok(g::table
@@ -169,24 +308,87 @@ pub fn list_grants(conn: &mut DbConn) -> Result<Vec<(GrantRow, String, String)>,
 /// Revokes a live grant; it stops working on the next request. `None` if no live grant.
 pub fn revoke_grant(
     conn: &mut DbConn,
+    keyring: &Keyring,
     id: i64,
     now: UnixSeconds,
 ) -> Result<Option<GrantRow>, DbError> {
     conn.transaction(|tx| {
+        // The write first, so SQLite takes its write lock before it reads.
         let n = diesel::update(
             g::table
                 .filter(g::id.eq(id))
                 .filter(g::revoked_at.is_null()),
         )
-        .set(g::revoked_at.eq(Some(now)))
+        .set(g::id.eq(g::id))
         .execute(tx)?;
         if n == 0 {
             return Ok(None);
         }
+        let mut row: GrantRow = g::table.find(id).select(GrantRow::as_select()).first(tx)?;
+        // A tampered grant is revoked all the same (revoking only ever takes access away),
+        // but only a genuine one is re-signed.
+        let genuine = row.intact(keyring);
+        row.revoked_at = Some(now);
+        let (mac, mac_version) = if genuine {
+            let (mac, v) = sign(keyring, &row.mac_row())?;
+            (Some(mac), Some(v))
+        } else {
+            tracing::error!(
+                grant_id = id,
+                "revoking a grant that failed its integrity check"
+            );
+            (None, None)
+        };
+        diesel::update(g::table.filter(g::id.eq(id)))
+            .set((
+                g::revoked_at.eq(row.revoked_at),
+                g::mac.eq(mac),
+                g::mac_version.eq(mac_version),
+            ))
+            .execute(tx)?;
         Ok(Some(
             g::table.find(id).select(GrantRow::as_select()).first(tx)?,
         ))
     })
+}
+
+/// What a service's grant-scoped read found.
+#[derive(Debug)]
+pub enum Granted {
+    Found(CredentialRow, VersionRow),
+    /// The SQL matched, but no matching grant passed its integrity check: refused, and
+    /// answered like a missing id (the caller audits the tampering).
+    Tampered(CredentialRow),
+    None,
+}
+
+/// Keeps `found` only if one of the live grants of `service_id` that covers it is intact.
+fn with_intact_grant(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    service_id: i64,
+    found: Option<(CredentialRow, VersionRow)>,
+) -> Result<Granted, DbError> {
+    let Some((row, version)) = found else {
+        return Ok(Granted::None);
+    };
+    let grants: Vec<GrantRow> = g::table
+        .filter(g::service_id.eq(service_id))
+        .filter(g::revoked_at.is_null())
+        .filter(g::owner_id.eq(row.owner_id))
+        .filter(g::provider.is_null().or(g::provider.eq(&row.provider)))
+        .filter(
+            g::environment
+                .is_null()
+                .or(g::environment.eq(&row.environment)),
+        )
+        .select(GrantRow::as_select())
+        .load(conn)?;
+    if grants.iter().any(|g| g.intact(keyring)) {
+        Ok(Granted::Found(row, version))
+    } else {
+        Ok(Granted::Tampered(row))
+    }
 }
 
 /// Credentials a service may read: active, not deleted, covered by one of its live grants.
@@ -222,25 +424,28 @@ macro_rules! granted {
 /// The credential `id` with its current envelope, if `service_id` holds a grant for it.
 pub fn granted_by_id(
     conn: &mut DbConn,
+    keyring: &Keyring,
     service_id: i64,
     id: CredentialId,
-) -> Result<Option<(CredentialRow, VersionRow)>, DbError> {
-    Ok(granted!(service_id)
+) -> Result<Granted, DbError> {
+    let found = granted!(service_id)
         .filter(c::id.eq(id.get()))
         .select((CredentialRow::as_select(), VersionRow::as_select()))
         .first(conn)
-        .optional()?)
+        .optional()?;
+    with_intact_grant(conn, keyring, service_id, found)
 }
 
 /// The owner's credential for `provider` and `environment`, if `service_id` holds a grant.
 pub fn granted_by_owner(
     conn: &mut DbConn,
+    keyring: &Keyring,
     service_id: i64,
     owner_username: &str,
     provider: &str,
     environment: &str,
-) -> Result<Option<(CredentialRow, VersionRow)>, DbError> {
-    Ok(granted!(service_id)
+) -> Result<Granted, DbError> {
+    let found = granted!(service_id)
         .filter(c::provider.eq(provider))
         .filter(c::environment.eq(environment))
         .filter(
@@ -252,5 +457,139 @@ pub fn granted_by_owner(
         )
         .select((CredentialRow::as_select(), VersionRow::as_select()))
         .first(conn)
-        .optional()?)
+        .optional()?;
+    with_intact_grant(conn, keyring, service_id, found)
+}
+
+fn set_grant_mac(tx: &mut DbConn, keyring: &Keyring, row: &GrantRow) -> Result<(), DbError> {
+    let (mac, mac_version) = sign(keyring, &row.mac_row())?;
+    diesel::update(g::table.filter(g::id.eq(row.id)))
+        .set((g::mac.eq(Some(mac)), g::mac_version.eq(Some(mac_version))))
+        .execute(tx)?;
+    Ok(())
+}
+
+/// Re-signs, under `target`, up to `limit` services whose MAC was made under an older version
+/// and whose id is above `after`; a row that fails its integrity check is left as it is. The
+/// last id looked at, or `None` when there is nothing left.
+pub fn resign_services_batch(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    target: i32,
+    after: i64,
+    limit: i64,
+) -> Result<Option<i64>, DbError> {
+    let rows: Vec<ServiceRow> = s::table
+        .filter(s::mac_version.lt(target))
+        .filter(s::id.gt(after))
+        .order(s::id.asc())
+        .limit(limit)
+        .select(ServiceRow::as_select())
+        .load(tx)?;
+    resign_each(
+        tx,
+        keyring,
+        &rows,
+        "service",
+        |r| r.id,
+        ServiceRow::intact,
+        rewrite_service,
+    )
+}
+
+/// As [`resign_services_batch`], for grants.
+pub fn resign_grants_batch(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    target: i32,
+    after: i64,
+    limit: i64,
+) -> Result<Option<i64>, DbError> {
+    let rows: Vec<GrantRow> = g::table
+        .filter(g::mac_version.lt(target))
+        .filter(g::id.gt(after))
+        .order(g::id.asc())
+        .limit(limit)
+        .select(GrantRow::as_select())
+        .load(tx)?;
+    resign_each(
+        tx,
+        keyring,
+        &rows,
+        "grant",
+        |r| r.id,
+        GrantRow::intact,
+        set_grant_mac,
+    )
+}
+
+/// Signs every service and grant that has no MAC yet: run once, when a database from before
+/// row MACs first meets its keyring (see `key_versions`).
+pub fn sign_unsigned(tx: &mut DbConn, keyring: &Keyring) -> Result<usize, DbError> {
+    let services: Vec<ServiceRow> = s::table
+        .filter(s::mac.is_null())
+        .select(ServiceRow::as_select())
+        .load(tx)?;
+    for row in &services {
+        rewrite_service(tx, keyring, row)?;
+    }
+    let grants: Vec<GrantRow> = g::table
+        .filter(g::mac.is_null())
+        .select(GrantRow::as_select())
+        .load(tx)?;
+    for row in &grants {
+        set_grant_mac(tx, keyring, row)?;
+    }
+    Ok(services.len() + grants.len())
+}
+
+/// Rows of the authorization tables whose MAC depends on master-key version `version`.
+pub fn signed_under(conn: &mut DbConn, version: i32) -> Result<i64, DbError> {
+    let users: i64 = u::table
+        .filter(u::mac_version.eq(version))
+        .count()
+        .get_result(conn)?;
+    let services: i64 = s::table
+        .filter(s::mac_version.eq(version))
+        .count()
+        .get_result(conn)?;
+    let grants: i64 = g::table
+        .filter(g::mac_version.eq(version))
+        .count()
+        .get_result(conn)?;
+    Ok(users + services + grants)
+}
+
+/// Whether the certificate with this fingerprint (lowercase hex SHA-256) was revoked.
+pub fn is_revoked(conn: &mut DbConn, fingerprint: &str) -> Result<bool, DbError> {
+    use super::schema::revoked_certificates as r;
+    Ok(diesel::select(diesel::dsl::exists(
+        r::table.filter(r::fingerprint.eq(fingerprint)),
+    ))
+    .get_result(conn)?)
+}
+
+/// Revokes the certificate with this fingerprint; `false` if it was revoked already.
+pub fn revoke_certificate(
+    conn: &mut DbConn,
+    fingerprint: &str,
+    now: UnixSeconds,
+) -> Result<bool, DbError> {
+    let inserted = diesel::sql_query(
+        "INSERT INTO revoked_certificates (fingerprint, revoked_at) VALUES ($1, $2) \
+         ON CONFLICT (fingerprint) DO NOTHING",
+    )
+    .bind::<diesel::sql_types::Text, _>(fingerprint)
+    .bind::<diesel::sql_types::BigInt, _>(now)
+    .execute(conn)?;
+    Ok(inserted == 1)
+}
+
+/// Every revoked certificate: (fingerprint, revoked at).
+pub fn revoked_certificates(conn: &mut DbConn) -> Result<Vec<(String, i64)>, DbError> {
+    use super::schema::revoked_certificates as r;
+    Ok(r::table
+        .order(r::revoked_at.asc())
+        .select((r::fingerprint, r::revoked_at))
+        .load(conn)?)
 }

@@ -8,9 +8,10 @@
 //! guesser may hold an account of their own) and is forgotten [`FORGET_AFTER_SECONDS`] after
 //! its last failure, like every row.
 //!
-//! The check before a password is verified and the count after it are separate statements:
-//! attempts already in flight when a subject reaches its limit still finish. The per-address
-//! rate limit and the cost of argon2id bound how many that can be.
+//! Atomic: [`admit`] checks the block and counts the attempt in one transaction **before**
+//! the password is hashed (the attempt counts as a failure until [`succeeded`] takes it
+//! back), so any number of concurrent attempts for one account get at most its limit of
+//! password checks per block, on every node.
 
 use diesel::prelude::*;
 
@@ -41,49 +42,52 @@ pub fn block_seconds(failures: i64, max_failures: u32, backoff: i64) -> i64 {
         .clamp(1, MAX_BLOCK_SECONDS.max(backoff))
 }
 
-/// The latest time until which any of `subjects` is blocked, if one is blocked at `now`.
-pub fn blocked_until(
-    conn: &mut DbConn,
-    subjects: &[&str],
-    now: UnixSeconds,
-) -> Result<Option<UnixSeconds>, DbError> {
-    let until: Vec<Option<i64>> = t::table
-        .filter(t::subject.eq_any(subjects))
-        .filter(t::blocked_until.gt(now))
-        .select(t::blocked_until)
-        .load(conn)?;
-    Ok(until.into_iter().flatten().max())
+/// What [`admit`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The attempt may check its password; it has been counted. `blocked` lists the subjects
+    /// whose limit this attempt reached (their block starts now); `undo` is what
+    /// [`succeeded`] needs to take the attempt back.
+    Admitted {
+        blocked: Vec<(String, UnixSeconds)>,
+        undo: Undo,
+    },
+    /// A subject is blocked until then: refused, nothing counted, nothing hashed.
+    Blocked(UnixSeconds),
 }
 
-/// Counts one failure against each limit's subject. Returns the subjects that this failure
-/// blocked, with the time each block ends.
-pub fn record_failure(
+/// How to take an admitted attempt back: each subject with the block it had before.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Undo(Vec<(String, Option<UnixSeconds>)>);
+
+/// Checks and counts one login attempt against every limit's subject, in one transaction.
+pub fn admit(
     conn: &mut DbConn,
     limits: &[Limit<'_>],
     backoff: i64,
     now: UnixSeconds,
-) -> Result<Vec<(String, UnixSeconds)>, DbError> {
+) -> Result<Admission, DbError> {
     // Two nodes may both insert a subject's first row; the loser retries and then updates.
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match conn.transaction(|tx| record_failure_tx(tx, limits, backoff, now)) {
+        match conn.transaction(|tx| admit_tx(tx, limits, backoff, now)) {
             Err(DbError::Conflict) if attempts < 3 => continue,
             other => return other,
         }
     }
 }
 
-fn record_failure_tx(
+fn admit_tx(
     tx: &mut DbConn,
     limits: &[Limit<'_>],
     backoff: i64,
     now: UnixSeconds,
-) -> Result<Vec<(String, UnixSeconds)>, DbError> {
-    let mut blocked = Vec::new();
+) -> Result<Admission, DbError> {
+    // Writes first: SQLite takes its write lock at once, PostgreSQL locks each row, so
+    // concurrent attempts for one subject take turns through the check and the count.
     for limit in limits {
         let subject = limit.subject;
-        // Writes first: SQLite takes its write lock at once, PostgreSQL locks the row.
         diesel::update(
             t::table
                 .filter(t::subject.eq(subject))
@@ -91,19 +95,39 @@ fn record_failure_tx(
         )
         .set((t::failures.eq(0), t::blocked_until.eq(None::<i64>)))
         .execute(tx)?;
-        let updated = diesel::update(t::table.filter(t::subject.eq(subject)))
-            .set((t::failures.eq(t::failures + 1), t::last_failure_at.eq(now)))
+        let locked = diesel::update(t::table.filter(t::subject.eq(subject)))
+            .set(t::last_failure_at.eq(t::last_failure_at))
             .execute(tx)?;
-        if updated == 0 {
+        if locked == 0 {
             diesel::insert_into(t::table)
                 .values((
                     t::subject.eq(subject),
-                    t::failures.eq(1_i64),
+                    t::failures.eq(0_i64),
                     t::last_failure_at.eq(now),
                     t::blocked_until.eq(None::<i64>),
                 ))
                 .execute(tx)?;
         }
+    }
+    let subjects: Vec<&str> = limits.iter().map(|l| l.subject).collect();
+    let rows: Vec<(String, Option<i64>)> = t::table
+        .filter(t::subject.eq_any(&subjects))
+        .select((t::subject, t::blocked_until))
+        .load(tx)?;
+    if let Some(until) = rows
+        .iter()
+        .filter_map(|(_, b)| *b)
+        .filter(|b| *b > now)
+        .max()
+    {
+        return Ok(Admission::Blocked(until));
+    }
+    let mut blocked = Vec::new();
+    for limit in limits {
+        let subject = limit.subject;
+        diesel::update(t::table.filter(t::subject.eq(subject)))
+            .set((t::failures.eq(t::failures + 1), t::last_failure_at.eq(now)))
+            .execute(tx)?;
         let failures: i64 = t::table
             .filter(t::subject.eq(subject))
             .select(t::failures)
@@ -116,13 +140,35 @@ fn record_failure_tx(
             blocked.push((subject.to_owned(), until));
         }
     }
-    Ok(blocked)
+    Ok(Admission::Admitted {
+        blocked,
+        undo: Undo(rows),
+    })
 }
 
-/// A successful login: the account's failures are forgiven.
-pub fn clear(conn: &mut DbConn, subject: &str) -> Result<(), DbError> {
-    diesel::delete(t::table.filter(t::subject.eq(subject))).execute(conn)?;
-    Ok(())
+/// A successful login takes its attempt back: the account's failures are forgiven (its row
+/// goes), and each other subject loses the count and any block this attempt started (an
+/// address's earlier failures stay: a guesser may hold an account of their own).
+pub fn succeeded(conn: &mut DbConn, account: &str, undo: &Undo) -> Result<(), DbError> {
+    conn.transaction(|tx| {
+        for (subject, before) in &undo.0 {
+            if subject == account {
+                diesel::delete(t::table.filter(t::subject.eq(subject))).execute(tx)?;
+                continue;
+            }
+            diesel::update(
+                t::table
+                    .filter(t::subject.eq(subject))
+                    .filter(t::failures.gt(0)),
+            )
+            .set((
+                t::failures.eq(t::failures - 1),
+                t::blocked_until.eq(*before),
+            ))
+            .execute(tx)?;
+        }
+        Ok(())
+    })
 }
 
 /// Deletes rows whose last failure is older than [`FORGET_AFTER_SECONDS`] and that block

@@ -1,10 +1,13 @@
-//! Users repository.
+//! Users repository. A user's role, password hash, disabled flag and allowlist are covered by
+//! the row's MAC (`crypto::rowmac`): every change verifies the MAC it replaces, and every use
+//! checks it (see [`UserRow::intact`]).
 
 use diesel::prelude::*;
 
 use super::schema::users as u;
 use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
+use crate::crypto::{rowmac, Keyring};
 use crate::domain::{Role, UserId, Username};
 
 #[derive(Clone, Queryable, Selectable)]
@@ -16,6 +19,41 @@ pub struct UserRow {
     pub role: String,
     pub is_disabled: bool,
     pub created_at: i64,
+    pub allowed_cidrs: Option<String>,
+    pub mac: Option<Vec<u8>>,
+    pub mac_version: Option<i32>,
+}
+
+impl UserRow {
+    fn mac_row(&self) -> rowmac::Row<'_> {
+        rowmac::Row::User {
+            id: self.id,
+            username: &self.username,
+            password_hash: &self.password_hash,
+            role: &self.role,
+            is_disabled: self.is_disabled,
+            allowed_cidrs: self.allowed_cidrs.as_deref(),
+        }
+    }
+
+    /// Whether the row is as hazina last wrote it (its MAC verifies).
+    pub fn intact(&self, keyring: &Keyring) -> bool {
+        rowmac::verify(
+            keyring,
+            self.mac_version,
+            self.mac.as_deref(),
+            &self.mac_row(),
+        )
+    }
+}
+
+/// The MAC of a row's authorization fields under the active master-key version.
+pub(crate) fn sign(keyring: &Keyring, row: &rowmac::Row<'_>) -> Result<(Vec<u8>, i32), DbError> {
+    let version = keyring.active_version();
+    let mac = rowmac::sign(keyring, version, row).ok_or(DbError::KeyState(
+        "the keyring lacks its own active master-key version",
+    ))?;
+    Ok((mac, version as i32))
 }
 
 impl std::fmt::Debug for UserRow {
@@ -38,17 +76,33 @@ struct NewUserRow<'a> {
     role: &'a str,
     is_disabled: bool,
     created_at: i64,
+    allowed_cidrs: Option<&'a str>,
+    mac: Vec<u8>,
+    mac_version: i32,
 }
 
-/// Creates a user; `Conflict` when the username is taken.
+/// Creates a user (with an allowlist, or none); `Conflict` when the username is taken.
 pub fn create(
     conn: &mut DbConn,
+    keyring: &Keyring,
     username: &Username,
     password_hash: &str,
     role: Role,
+    allowed_cidrs: Option<&str>,
     now: UnixSeconds,
 ) -> Result<UserId, DbError> {
     let id = UserId::generate();
+    let (mac, mac_version) = sign(
+        keyring,
+        &rowmac::Row::User {
+            id: id.get(),
+            username: username.as_str(),
+            password_hash,
+            role: role.as_str(),
+            is_disabled: false,
+            allowed_cidrs,
+        },
+    )?;
     diesel::insert_into(u::table)
         .values(NewUserRow {
             id: id.get(),
@@ -57,9 +111,145 @@ pub fn create(
             role: role.as_str(),
             is_disabled: false,
             created_at: now,
+            allowed_cidrs,
+            mac,
+            mac_version,
         })
         .execute(conn)?;
     Ok(id)
+}
+
+/// Locks the user's row (a write first, so SQLite takes its write lock and PostgreSQL locks
+/// the row), reads it and checks its MAC: `None` if there is no such user, `Tampered` if the
+/// row was edited outside hazina (it is then left as it is, never re-signed).
+fn lock_intact(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    username: &str,
+) -> Result<Option<UserRow>, DbError> {
+    let n = diesel::update(u::table.filter(u::username.eq(username)))
+        .set(u::id.eq(u::id))
+        .execute(tx)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let row = u::table
+        .filter(u::username.eq(username))
+        .select(UserRow::as_select())
+        .first(tx)?;
+    if !row.intact(keyring) {
+        return Err(DbError::Tampered("user"));
+    }
+    Ok(Some(row))
+}
+
+/// Writes a changed row's authorization fields with a fresh MAC.
+fn rewrite(tx: &mut DbConn, keyring: &Keyring, row: &UserRow) -> Result<(), DbError> {
+    let (mac, mac_version) = sign(keyring, &row.mac_row())?;
+    diesel::update(u::table.filter(u::id.eq(row.id)))
+        .set((
+            u::password_hash.eq(&row.password_hash),
+            u::role.eq(&row.role),
+            u::is_disabled.eq(row.is_disabled),
+            u::allowed_cidrs.eq(row.allowed_cidrs.as_deref()),
+            u::mac.eq(Some(mac)),
+            u::mac_version.eq(Some(mac_version)),
+        ))
+        .execute(tx)?;
+    Ok(())
+}
+
+/// Changes one user's row with `change`, inside a transaction, verifying the MAC it replaces.
+/// The user's id, or `None` if there is no such user.
+pub fn change(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    username: &str,
+    change: impl FnOnce(&mut UserRow),
+) -> Result<Option<i64>, DbError> {
+    conn.transaction(|tx| {
+        let Some(mut row) = lock_intact(tx, keyring, username)? else {
+            return Ok(None);
+        };
+        change(&mut row);
+        rewrite(tx, keyring, &row)?;
+        Ok(Some(row.id))
+    })
+}
+
+/// Re-signs, under `target`, up to `limit` users whose MAC was made under an older version
+/// and whose id is above `after`; a row whose MAC does not verify is left as it is (and
+/// logged). The last id looked at, or `None` when there is nothing left.
+pub fn resign_batch(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    target: i32,
+    after: i64,
+    limit: i64,
+) -> Result<Option<i64>, DbError> {
+    let rows: Vec<UserRow> = u::table
+        .filter(u::mac_version.lt(target))
+        .filter(u::id.gt(after))
+        .order(u::id.asc())
+        .limit(limit)
+        .select(UserRow::as_select())
+        .load(tx)?;
+    resign_each(
+        tx,
+        keyring,
+        &rows,
+        "user",
+        |r| r.id,
+        UserRow::intact,
+        rewrite,
+    )
+}
+
+/// Re-signs each intact row of `rows` with `rewrite`; a row that fails its integrity check
+/// is left as it is (and logged), so a rotation never launders a tampered row. The last id
+/// looked at, or `None` when `rows` is empty.
+pub(crate) fn resign_each<R>(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    rows: &[R],
+    kind: &'static str,
+    id: impl Fn(&R) -> i64,
+    intact: impl Fn(&R, &Keyring) -> bool,
+    rewrite: impl Fn(&mut DbConn, &Keyring, &R) -> Result<(), DbError>,
+) -> Result<Option<i64>, DbError> {
+    for row in rows {
+        if intact(row, keyring) {
+            rewrite(tx, keyring, row)?;
+        } else {
+            tracing::error!(
+                row = kind,
+                id = id(row),
+                "a row failed its integrity check: left unsigned"
+            );
+        }
+    }
+    Ok(rows.last().map(id))
+}
+
+/// Signs every user row that has no MAC yet: run once, when a database from before row MACs
+/// first meets its keyring (see `key_versions`).
+pub fn sign_unsigned(tx: &mut DbConn, keyring: &Keyring) -> Result<usize, DbError> {
+    let rows: Vec<UserRow> = u::table
+        .filter(u::mac.is_null())
+        .select(UserRow::as_select())
+        .load(tx)?;
+    for row in &rows {
+        rewrite(tx, keyring, row)?;
+    }
+    Ok(rows.len())
+}
+
+pub fn find_by_id(conn: &mut DbConn, id: i64) -> Result<Option<UserRow>, DbError> {
+    Ok(u::table
+        .filter(u::id.eq(id))
+        .select(UserRow::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 pub fn find_by_username(conn: &mut DbConn, username: &str) -> Result<Option<UserRow>, DbError> {
@@ -72,21 +262,12 @@ pub fn find_by_username(conn: &mut DbConn, username: &str) -> Result<Option<User
 
 /// Disables a user; their tokens stop working on the next request. Their id, or `None` if
 /// there is no such user.
-pub fn disable(conn: &mut DbConn, username: &str) -> Result<Option<i64>, DbError> {
-    conn.transaction(|tx| {
-        let n = diesel::update(u::table.filter(u::username.eq(username)))
-            .set(u::is_disabled.eq(true))
-            .execute(tx)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(Some(
-            u::table
-                .filter(u::username.eq(username))
-                .select(u::id)
-                .first(tx)?,
-        ))
-    })
+pub fn disable(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    username: &str,
+) -> Result<Option<i64>, DbError> {
+    change(conn, keyring, username, |row| row.is_disabled = true)
 }
 
 /// Every user, by name (administration).
@@ -101,22 +282,12 @@ pub fn list(conn: &mut DbConn) -> Result<Vec<UserRow>, DbError> {
 /// Their id, or `None` if there is no such user.
 pub fn set_allowed_cidrs(
     conn: &mut DbConn,
+    keyring: &Keyring,
     username: &str,
     cidrs: Option<&str>,
 ) -> Result<Option<i64>, DbError> {
-    conn.transaction(|tx| {
-        let n = diesel::update(u::table.filter(u::username.eq(username)))
-            .set(u::allowed_cidrs.eq(cidrs))
-            .execute(tx)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(Some(
-            u::table
-                .filter(u::username.eq(username))
-                .select(u::id)
-                .first(tx)?,
-        ))
+    change(conn, keyring, username, |row| {
+        row.allowed_cidrs = cidrs.map(str::to_owned)
     })
 }
 

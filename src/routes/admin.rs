@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
+use crate::audit::{chain, Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
 use crate::auth::{password, AuthenticatedUser};
 use crate::clock::rfc3339;
 use crate::db::services::{self as repo, GrantRow, ServiceRow};
@@ -42,20 +42,13 @@ impl<'a> Admin<'a> {
         Ok(admin)
     }
 
-    fn event(&self, action: Action) -> Event {
+    pub(crate) fn event(&self, action: Action) -> Event {
         Event::new(
             self.state.clock.now_micros(),
             Actor::user(self.user),
             &self.meta,
             action,
         )
-    }
-
-    pub(crate) async fn done(&self, action: Action, target: Target) {
-        self.state
-            .audit
-            .record_best_effort(self.event(action).target(target))
-            .await;
     }
 }
 
@@ -108,13 +101,18 @@ pub async fn create_user(
         .map_err(ApiError::internal)?;
     let now = state.clock.now();
     let name = username.clone();
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminUserCreate);
     let id = state
-        .db(move |c| users::create(c, &name, &hash, role, now))
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| users::create(tx, &keyring, &name, &hash, role, None, now),
+                |id| Some(entry.target(Target::owner(id.get()))),
+            )
+        })
         .await
         .map_err(conflict("A user with this username"))?;
-    admin
-        .done(Action::AdminUserCreate, Target::owner(id.get()))
-        .await;
     Ok(HttpResponse::Created().json(UserView {
         id: id.get(),
         username: username.as_str().into(),
@@ -152,13 +150,18 @@ pub async fn disable_user(
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminUserDisable).await?;
     let username = path.into_inner();
-    let id = state
-        .db(move |c| users::disable(c, &username))
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminUserDisable);
+    state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| users::disable(tx, &keyring, &username),
+                |id| id.map(|id| entry.target(Target::owner(id))),
+            )
+        })
         .await?
         .ok_or_else(|| ApiError::NotFound("No such user"))?;
-    admin
-        .done(Action::AdminUserDisable, Target::owner(id))
-        .await;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "message": "User disabled; their sessions no longer work" })))
 }
@@ -184,13 +187,18 @@ pub async fn set_user_allowlist(
     let cidrs = parse_allowlist(&body.into_inner().0.allowed_cidrs)?;
     let stored = cidrs.clone();
     let name = username.clone();
-    let id = state
-        .db(move |c| users::set_allowed_cidrs(c, &name, stored.as_deref()))
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminUserAllowlist);
+    state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| users::set_allowed_cidrs(tx, &keyring, &name, stored.as_deref()),
+                |id| id.map(|id| entry.target(Target::owner(id))),
+            )
+        })
         .await?
         .ok_or_else(|| ApiError::NotFound("No such user"))?;
-    admin
-        .done(Action::AdminUserAllowlist, Target::owner(id))
-        .await;
     let allowed: Vec<&str> = cidrs.as_deref().map_or(vec![], |l| l.split(',').collect());
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "username": username,
@@ -209,13 +217,17 @@ pub async fn revoke_user_sessions(
     let admin = Admin::check(&state, &user, meta, Action::AdminSessionsRevoke).await?;
     let username = path.into_inner();
     let now = state.clock.now();
-    let (id, ended) = state
-        .db(move |c| users::end_sessions(c, &username, now))
+    let entry = admin.event(Action::AdminSessionsRevoke);
+    let (_, ended) = state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| users::end_sessions(tx, &username, now),
+                |found| found.map(|(id, _)| entry.target(Target::owner(id))),
+            )
+        })
         .await?
         .ok_or_else(|| ApiError::NotFound("No such user"))?;
-    admin
-        .done(Action::AdminSessionsRevoke, Target::owner(id))
-        .await;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "message": "Sessions revoked",
         "revoked": ended,
@@ -297,15 +309,21 @@ pub async fn create_service(
     let identity = ServiceIdentity::parse(&body.identity)?;
     let cidrs = parse_allowlist(body.allowed_cidrs.as_deref().unwrap_or_default())?;
     let now = state.clock.now();
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminServiceCreate);
     let row = state
         .db(move |c| {
-            repo::create_service(c, name.as_str(), identity.as_str(), cidrs.as_deref(), now)
+            chain::with_entry(
+                c,
+                |tx| {
+                    let (name, identity) = (name.as_str(), identity.as_str());
+                    repo::create_service(tx, &keyring, name, identity, cidrs.as_deref(), now)
+                },
+                |_| Some(entry),
+            )
         })
         .await
         .map_err(conflict("A service with this name or identity"))?;
-    admin
-        .done(Action::AdminServiceCreate, Target::default())
-        .await;
     Ok(HttpResponse::Created().json(ServiceView::from(row)))
 }
 
@@ -327,14 +345,96 @@ pub async fn disable_service(
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminServiceDisable).await?;
     let name = path.into_inner();
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminServiceDisable);
     let row = state
-        .db(move |c| repo::disable_service(c, &name))
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| repo::disable_service(tx, &keyring, &name),
+                |row| row.as_ref().map(|_| entry),
+            )
+        })
         .await?
         .ok_or_else(|| ApiError::NotFound("No such service"))?;
-    admin
-        .done(Action::AdminServiceDisable, Target::default())
-        .await;
     Ok(HttpResponse::Ok().json(ServiceView::from(row)))
+}
+
+// ----- revoked client certificates ------------------------------------------------------
+
+/// A client certificate's fingerprint as an operator writes it: 64 hex digits (any case),
+/// optionally `sha256:`-prefixed or colon-separated; stored lowercase without separators.
+pub fn parse_fingerprint(raw: &str) -> Result<String, ApiError> {
+    let raw = raw.trim();
+    let hex_part = if crate::tls::looks_like_fingerprint(raw) {
+        &raw[7..]
+    } else {
+        raw
+    };
+    let digits: String = hex_part.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::Invalid(
+            "fingerprint must be the certificate's SHA-256: 64 hex digits".into(),
+        ));
+    }
+    Ok(digits.to_ascii_lowercase())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCertificateBody {
+    fingerprint: String,
+}
+
+#[derive(Serialize)]
+struct RevokedCertificateView {
+    fingerprint: String,
+    revoked_at: String,
+}
+
+/// Revokes one client certificate by fingerprint: every later request it makes answers 403,
+/// on every node, whatever service it names. Idempotent; audited in the same transaction.
+pub async fn revoke_certificate(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    body: web::Json<JsonObject<RevokeCertificateBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminCertificateRevoke).await?;
+    let fingerprint = parse_fingerprint(&body.into_inner().0.fingerprint)?;
+    let now = state.clock.now();
+    let entry = admin.event(Action::AdminCertificateRevoke);
+    let stored = fingerprint.clone();
+    state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| repo::revoke_certificate(tx, &stored, now),
+                |newly| newly.then_some(entry),
+            )
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(RevokedCertificateView {
+        fingerprint,
+        revoked_at: rfc3339(now),
+    }))
+}
+
+pub async fn list_revoked_certificates(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    Admin::check(&state, &user, meta, Action::AdminRead).await?;
+    let rows = state.db(repo::revoked_certificates).await?;
+    let views: Vec<RevokedCertificateView> = rows
+        .into_iter()
+        .map(|(fingerprint, at)| RevokedCertificateView {
+            fingerprint,
+            revoked_at: rfc3339(at),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
 }
 
 // ----- grants -------------------------------------------------------------------------
@@ -373,9 +473,20 @@ pub struct CreateGrantBody {
     environment: Option<String>,
 }
 
+/// What a grant's audit entry names.
+pub fn grant_target(grant: &GrantRow, owner_id: i64) -> Target {
+    Target {
+        owner_id: Some(owner_id),
+        provider: grant.provider.clone(),
+        environment: grant.environment.clone(),
+        ..Target::default()
+    }
+}
+
 /// Creates a grant by names; shared by the API and the CLI.
 pub fn grant_by_names(
     c: &mut crate::db::DbConn,
+    keyring: &crate::crypto::Keyring,
     service: &str,
     owner: &str,
     provider: Option<Provider>,
@@ -388,8 +499,16 @@ pub fn grant_by_names(
     let Some(owner) = users::find_by_username(c, owner)? else {
         return Ok(Err("No such owner"));
     };
+    // Never grant to (or over) a row that was edited outside hazina.
+    if !svc.intact(keyring) {
+        return Err(DbError::Tampered("service"));
+    }
+    if !owner.intact(keyring) {
+        return Err(DbError::Tampered("user"));
+    }
     let grant = repo::create_grant(
         c,
+        keyring,
         svc.id,
         owner.id,
         provider.map(Provider::as_str),
@@ -415,18 +534,22 @@ pub async fn create_grant(
         .transpose()?;
     let (service, owner) = (body.service.clone(), body.owner.clone());
     let now = state.clock.now();
-    let (grant, owner_id) = state
-        .db(move |c| grant_by_names(c, &service, &owner, provider, environment, now))
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminGrantCreate);
+    let (grant, _) = state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| grant_by_names(tx, &keyring, &service, &owner, provider, environment, now),
+                |made| {
+                    let (grant, owner_id) = made.as_ref().ok()?;
+                    Some(entry.target(grant_target(grant, *owner_id)))
+                },
+            )
+        })
         .await
         .map_err(conflict("A live grant with this scope"))?
         .map_err(ApiError::NotFound)?;
-    let target = Target {
-        owner_id: Some(owner_id),
-        provider: grant.provider.clone(),
-        environment: grant.environment.clone(),
-        ..Target::default()
-    };
-    admin.done(Action::AdminGrantCreate, target).await;
     Ok(HttpResponse::Created().json(grant_view(grant, body.service, body.owner)))
 }
 
@@ -455,12 +578,21 @@ pub async fn revoke_grant(
         .parse()
         .map_err(|_| ApiError::NotFound("No such live grant"))?;
     let now = state.clock.now();
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminGrantRevoke);
     let grant = state
-        .db(move |c| repo::revoke_grant(c, id, now))
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| repo::revoke_grant(tx, &keyring, id, now),
+                |grant| {
+                    grant
+                        .as_ref()
+                        .map(|g| entry.target(Target::owner(g.owner_id)))
+                },
+            )
+        })
         .await?
         .ok_or(ApiError::NotFound("No such live grant"))?;
-    admin
-        .done(Action::AdminGrantRevoke, Target::owner(grant.owner_id))
-        .await;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Grant revoked", "id": grant.id })))
 }

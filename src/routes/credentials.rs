@@ -5,7 +5,7 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
+use crate::audit::{chain, Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
 use crate::auth::principal::{bearer_token, PendingUser};
 use crate::auth::{AuthenticatedService, AuthenticatedUser, Caller};
 use crate::clock::rfc3339;
@@ -131,10 +131,10 @@ impl<'a> Trail<'a> {
         }
     }
 
-    /// A change that has taken effect: recorded; a failed write is logged and counted.
-    async fn changed(&self, action: Action, row: &CredentialRow) {
-        let ev = self.event(action).target(Target::credential(row));
-        self.state.audit.record_best_effort(ev).await;
+    /// The audit entry of a change, made now and completed with its target by
+    /// [`entry_of`] inside the change's own transaction.
+    fn change(&self, action: Action) -> Event {
+        self.event(action)
     }
 
     /// Fail closed: the caller gets nothing unless this entry is durably committed.
@@ -148,15 +148,46 @@ impl<'a> Trail<'a> {
     }
 }
 
-/// The binding of a stored version: its row's identity and the version's own environment.
+/// The binding a stored version must open under: its row's owner, id, provider and
+/// **environment** (never the version's own environment column). A version sealed for another
+/// environment, or a row whose owner, provider or environment was edited in the database,
+/// fails authentication: an edited row opens nothing.
 fn aad_of<'a>(row: &'a CredentialRow, version: &'a VersionRow) -> Aad<'a> {
     Aad {
         owner_id: row.owner_id,
         credential_id: row.id,
         provider: &row.provider,
-        environment: &version.environment,
+        environment: &row.environment,
         version: version.version,
     }
+}
+
+/// The entry `base` records for a change to `row` (none when nothing was changed).
+fn entry_of(base: Event, row: Option<&CredentialRow>) -> Option<Event> {
+    row.map(|row| base.target(Target::credential(row)))
+}
+
+/// The audit entry of a stored version that did not open: a failed authentication means the
+/// row or its envelope was edited outside hazina (tampering); anything else is a storage
+/// failure (a missing master-key version, a malformed blob).
+fn open_failed(
+    trail: &Trail<'_>,
+    action: Action,
+    row: &CredentialRow,
+    error: &envelope::EnvelopeError,
+) -> Event {
+    let (action, outcome, reason) = match error {
+        envelope::EnvelopeError::Authentication => (
+            Action::IntegrityViolation,
+            Outcome::Denied,
+            Reason::RowTampered,
+        ),
+        _ => (action, Outcome::Error, Reason::StorageFailure),
+    };
+    trail
+        .event(action)
+        .target(Target::credential(row))
+        .outcome(outcome, Some(reason))
 }
 
 /// The binding a new version of `row` gets (its current version and environment).
@@ -168,6 +199,23 @@ fn aad_for_row(row: &CredentialRow) -> Aad<'_> {
         environment: &row.environment,
         version: row.current_version,
     }
+}
+
+/// Seals `secret` as the new version of `row`, under the master-key version the database
+/// names active (read in the caller's transaction `tx`).
+fn seal_new_version(
+    tx: &mut crate::db::DbConn,
+    keyring: &crate::crypto::Keyring,
+    row: &CredentialRow,
+    secret: &SecretString,
+) -> Result<crate::crypto::Envelope, DbError> {
+    let kek_version = crate::db::key_versions::sealing_version(tx, keyring)?;
+    Ok(envelope::seal_under(
+        keyring,
+        kek_version,
+        &aad_for_row(row),
+        secret,
+    )?)
 }
 
 /// `If-Match: "<version>"` (optimistic concurrency on writes). Absent → `None`; a value that
@@ -251,29 +299,25 @@ pub async fn create(
     provider.check_key_environment(api_key.as_str(), environment)?;
 
     let id = CredentialId::generate();
-    let aad = Aad {
-        owner_id: owner.get(),
-        credential_id: id.get(),
-        provider: provider.as_str(),
-        environment: environment.as_str(),
-        version: 1,
-    };
-    let sealed = envelope::seal(&state.keyring, &aad, key.secret()).map_err(ApiError::internal)?;
-    drop(key);
     let now = state.clock.now();
+    let keyring = state.keyring.clone();
+    let entry = trail.change(Action::CredentialCreate);
     let row = state
         .db(move |c| {
-            repo::create(
+            let seal = |tx: &mut crate::db::DbConn, row: &CredentialRow| {
+                seal_new_version(tx, &keyring, row, key.secret())
+            };
+            let new = NewCredential {
+                id,
+                owner,
+                provider: provider.as_str(),
+                environment: environment.as_str(),
+                api_key: api_key.as_str(),
+            };
+            chain::with_entry(
                 c,
-                NewCredential {
-                    id,
-                    owner,
-                    provider: provider.as_str(),
-                    environment: environment.as_str(),
-                    api_key: api_key.as_str(),
-                    envelope: sealed,
-                },
-                now,
+                |tx| repo::create(tx, new, &seal, now),
+                |row| entry_of(entry, Some(row)),
             )
         })
         .await
@@ -285,7 +329,6 @@ pub async fn create(
             )),
             other => other,
         })?;
-    trail.changed(Action::CredentialCreate, &row).await;
     Ok(HttpResponse::Created().json(view(row)?))
 }
 
@@ -340,21 +383,28 @@ pub async fn update(
         .transpose()?;
     let keyring = state.keyring.clone();
     let now = state.clock.now();
+    let entry = trail.change(ACTION);
     let updated = state
         .db(move |c| {
             // A new environment changes the binding, so the secret is re-sealed as a new
             // version; the provider's own key format must agree with the new environment.
-            let reseal = |previous: &VersionRow, after: &CredentialRow| {
+            let reseal = |tx: &mut crate::db::DbConn,
+                          (before, previous): (&CredentialRow, &VersionRow),
+                          after: &CredentialRow| {
                 let secret =
-                    envelope::open(&keyring, &aad_of(after, previous), &previous.envelope())?;
+                    envelope::open(&keyring, &aad_of(before, previous), &previous.envelope())?;
                 check_key_matches(after, &secret)?;
-                Ok(envelope::seal(&keyring, &aad_for_row(after), &secret)?)
+                seal_new_version(tx, &keyring, after, &secret)
             };
             let update = MetadataUpdate {
                 api_key: api_key.as_ref().map(ApiKey::as_str),
                 environment: environment.map(Environment::as_str),
             };
-            repo::update_metadata(c, owner, id, update, if_match.0, &reseal, now)
+            chain::with_entry(
+                c,
+                |tx| repo::update_metadata(tx, owner, id, update, if_match.0, &reseal, now),
+                |row| entry_of(entry, row.as_ref()),
+            )
         })
         .await
         .map_err(|e| match e {
@@ -366,7 +416,6 @@ pub async fn update(
     let Some(row) = updated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    trail.changed(ACTION, &row).await;
     Ok(HttpResponse::Ok().json(view(row)?))
 }
 
@@ -382,13 +431,19 @@ pub async fn delete(
     let owner = trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
     let now = state.clock.now();
+    let entry = trail.change(ACTION);
     let Some(row) = state
-        .db(move |c| repo::delete(c, owner, id, if_match.0, now))
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| repo::delete(tx, owner, id, if_match.0, now),
+                |row| entry_of(entry, row.as_ref()),
+            )
+        })
         .await?
     else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    trail.changed(ACTION, &row).await;
     let provider = provider_of(&row)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "message": format!(
@@ -421,12 +476,20 @@ async fn write_new_version(
     actor: UserId,
     expected: Option<i32>,
     source: NewKey,
+    entry: Event,
 ) -> Result<Option<CredentialRow>, ApiError> {
     let keyring = state.keyring.clone();
     let now = state.clock.now();
     state
         .db(move |c| {
             let seal = |tx: &mut crate::db::DbConn, row: &CredentialRow| {
+                // The row must be as hazina wrote it before a new key is sealed to its
+                // binding: its current version opens under the row's owner, provider and
+                // environment, or nothing is written (an environment flipped in the database
+                // must not make the next key sandbox-readable).
+                let current = repo::version(tx, row.id, row.current_version - 1)?;
+                envelope::check_dek(&keyring, &aad_of(row, &current), &current.envelope())
+                    .map_err(|_| DbError::Tampered("credential"))?;
                 let opened;
                 let key = match &source {
                     NewKey::Given(key) => key.secret(),
@@ -439,15 +502,24 @@ async fn write_new_version(
                             }
                             other => other?,
                         };
+                        if earlier.environment != row.environment {
+                            return Err(DbError::Rejected(crate::domain::ValidationError(
+                                "That version was sealed for the other environment and cannot be restored here".into(),
+                            )));
+                        }
                         opened =
                             envelope::open(&keyring, &aad_of(row, &earlier), &earlier.envelope())?;
                         &opened
                     }
                 };
                 check_key_matches(row, key)?;
-                Ok(envelope::seal(&keyring, &aad_for_row(row), key)?)
+                seal_new_version(tx, &keyring, row, key)
             };
-            repo::add_version(c, owner, id, actor, expected, &seal, now)
+            chain::with_entry(
+                c,
+                |tx| repo::add_version(tx, owner, id, actor, expected, &seal, now),
+                |row| entry_of(entry, row.as_ref()),
+            )
         })
         .await
 }
@@ -465,12 +537,19 @@ pub async fn rotate(
     let owner = trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
     let key = PrivateKey::parse(body.into_inner().0.private_key)?;
-    let rotated =
-        write_new_version(&state, owner, id, user.id, if_match.0, NewKey::Given(key)).await?;
+    let rotated = write_new_version(
+        &state,
+        owner,
+        id,
+        user.id,
+        if_match.0,
+        NewKey::Given(key),
+        trail.change(ACTION),
+    )
+    .await?;
     let Some(row) = rotated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    trail.changed(ACTION, &row).await;
     Ok(with_etag(row.current_version).json(serde_json::json!({
         "message": "Private key updated successfully",
         "credentials": view(row)?,
@@ -510,12 +589,12 @@ pub async fn rollback(
         user.id,
         if_match.0,
         NewKey::FromVersion(version),
+        trail.change(ACTION),
     )
     .await?;
     let Some(row) = rolled else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    trail.changed(ACTION, &row).await;
     Ok(with_etag(row.current_version).json(serde_json::json!({
         "message": format!("Private key rolled back to version {version}"),
         "credentials": view(row)?,
@@ -610,12 +689,19 @@ pub async fn admin_rotate(
     let trail = Trail::new(&state, &user, meta);
     let (owner, id) = admin_owner_of(&trail, ACTION, &path).await?;
     let key = PrivateKey::parse(body.into_inner().0.private_key)?;
-    let rotated =
-        write_new_version(&state, owner, id, user.id, if_match.0, NewKey::Given(key)).await?;
+    let rotated = write_new_version(
+        &state,
+        owner,
+        id,
+        user.id,
+        if_match.0,
+        NewKey::Given(key),
+        trail.change(ACTION),
+    )
+    .await?;
     let Some(row) = rotated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    trail.changed(ACTION, &row).await;
     Ok(with_etag(row.current_version).json(serde_json::json!({
         "message": "Private key updated successfully",
         "credentials": view(row)?,
@@ -663,9 +749,11 @@ pub async fn reveal(
         let trail = Trail::service(&state, &service, meta);
         let id = trail.id(ACTION, &path).await?;
         let service_id = service.id;
+        let keyring = state.keyring.clone();
         let found = state
-            .db(move |c| services::granted_by_id(c, service_id, id))
+            .db(move |c| services::granted_by_id(c, &keyring, service_id, id))
             .await?;
+        let found = through_intact_grant(&state, &trail, found).await;
         return release(&state, &trail, Some(id), found).await;
     }
     let requested = CredentialId::parse(&path);
@@ -705,9 +793,10 @@ where
     let probe = pending.probe();
     let owner = pending.user_id();
     let now = state.clock.now();
+    let keyring = state.keyring.clone();
     let (live, found) = state
         .db(move |c| {
-            let live = probe.confirm(c, now)?;
+            let live = probe.confirm(c, &keyring, now)?;
             let found = match live {
                 Some(_) => query(c, owner)?,
                 None => None,
@@ -746,10 +835,12 @@ pub async fn lookup(
         return Err(trail.not_found(Action::CredentialReveal, None).await);
     };
     let service_id = service.id;
+    let keyring = state.keyring.clone();
     let found = state
         .db(move |c| {
             services::granted_by_owner(
                 c,
+                &keyring,
                 service_id,
                 owner.as_str(),
                 provider.as_str(),
@@ -757,7 +848,30 @@ pub async fn lookup(
             )
         })
         .await?;
+    let found = through_intact_grant(&state, &trail, found).await;
     release(&state, &trail, None, found).await
+}
+
+/// What a grant-scoped read found, once its grant passed its integrity check. A grant edited
+/// or planted in the database opens nothing: the tampering is audited and the caller gets
+/// exactly what a missing id gets.
+async fn through_intact_grant(
+    state: &AppState,
+    trail: &Trail<'_>,
+    found: services::Granted,
+) -> Option<(CredentialRow, VersionRow)> {
+    match found {
+        services::Granted::Found(row, version) => Some((row, version)),
+        services::Granted::Tampered(row) => {
+            let ev = trail
+                .event(Action::IntegrityViolation)
+                .target(Target::credential(&row))
+                .outcome(Outcome::Denied, Some(Reason::RowTampered));
+            state.audit.record_best_effort(ev).await;
+            None
+        }
+        services::Granted::None => None,
+    }
 }
 
 /// Opens the found key and hands it out, fail closed: the key leaves only once its audit
@@ -777,11 +891,10 @@ async fn release(
     {
         Ok(secret) => secret,
         Err(e) => {
-            let ev = trail
-                .event(ACTION)
-                .target(Target::credential(&row))
-                .outcome(Outcome::Error, Some(Reason::StorageFailure));
-            state.audit.record_best_effort(ev).await;
+            state
+                .audit
+                .record_best_effort(open_failed(trail, ACTION, &row, &e))
+                .await;
             return Err(ApiError::internal(e));
         }
     };
@@ -865,13 +978,19 @@ pub async fn toggle_status(
     let owner = trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
     let now = state.clock.now();
+    let entry = trail.change(ACTION);
     let Some(row) = state
-        .db(move |c| repo::toggle_active(c, owner, id, if_match.0, now))
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| repo::toggle_active(tx, owner, id, if_match.0, now),
+                |row| entry_of(entry, row.as_ref()),
+            )
+        })
         .await?
     else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    trail.changed(ACTION, &row).await;
     let provider = provider_of(&row)?;
     let state_word = if row.is_active {
         "activated"

@@ -2,7 +2,6 @@
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use diesel::connection::SimpleConnection;
 
 use crate::auth::principal::{bearer_token, UNAUTHENTICATED};
 use crate::auth::AuthenticatedUser;
@@ -17,9 +16,20 @@ pub async fn healthz() -> HttpResponse {
 
 /// The database answers and the keyring is loaded.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state
-        .db(|c| c.batch_execute("SELECT 1").map_err(Into::into))
+    // The keyring must still match the database (a keyring file swapped under a running
+    // server, or key states edited in the database, make this node unready).
+    let keyring = state.keyring.clone();
+    let keys = state
+        .db(move |c| {
+            // Follow the file first, so a keyring swapped under us is what gets checked.
+            keyring.reload_if_changed();
+            let rows = crate::db::key_versions::load(c)?;
+            Ok(crate::db::key_versions::verify(&rows, &keyring).map_err(|e| e.to_string()))
+        })
         .await?;
+    if let Err(mismatch) = keys {
+        return Err(ApiError::Unavailable(anyhow::anyhow!(mismatch)));
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "status": "ready",
         "keyring_active_version": state.keyring.active_version(),

@@ -4,9 +4,9 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use crate::audit::{Action, RequestMeta, Target};
+use crate::audit::{Action, RequestMeta};
 use crate::auth::AuthenticatedUser;
-use crate::db::{credentials, keys};
+use crate::db::{credentials, key_versions, keys, DbError};
 use crate::error::ApiError;
 use crate::rotation;
 use crate::routes::admin::Admin;
@@ -21,11 +21,25 @@ pub fn status(
     let counts = credentials::count_by_kek_version(conn)?;
     let wear = keys::wear(conn)?;
     let latest = keys::latest_rotation(conn)?;
-    let active = keyring.active_version();
+    let registered = key_versions::load(conn)?;
+    let state_of = |v: i32| {
+        registered
+            .iter()
+            .find(|r| r.version == v)
+            .map(|r| r.state.clone())
+    };
+    let active = registered
+        .iter()
+        .find(|r| r.state == key_versions::ACTIVE)
+        .map_or(keyring.active_version() as i32, |r| r.version);
     let mut known: Vec<i32> = keyring.versions().into_iter().map(|v| v as i32).collect();
-    for (v, _) in &counts {
-        if !known.contains(v) {
-            known.push(*v);
+    for v in counts
+        .iter()
+        .map(|(v, _)| *v)
+        .chain(registered.iter().map(|r| r.version))
+    {
+        if !known.contains(&v) {
+            known.push(v);
         }
     }
     known.sort_unstable();
@@ -36,7 +50,8 @@ pub fn status(
             let encryptions = wear.iter().find(|(k, _)| k == v).map_or(0, |(_, n)| *n);
             serde_json::json!({
                 "version": v,
-                "active": *v as u32 == active,
+                "active": *v == active,
+                "state": state_of(*v),
                 "in_keyring": keyring.has_version(*v as u32),
                 "stored_keys": rows,
                 "encryptions": encryptions,
@@ -78,33 +93,34 @@ pub async fn show(
 }
 
 /// Adds a master-key version, makes it active, and re-wraps every data key under it in the
-/// background while the vault keeps serving. `202` with the rotation to watch.
+/// background while the vault keeps serving. `202` with the rotation to watch. The decision
+/// and its audit entry are one transaction under the database's key lock (see
+/// `db::key_versions`), so concurrent rotations on any node take turns.
 pub async fn rotate(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::KeysRotate).await?;
-    let keyring = state.keyring.clone();
-    let version = web::block(move || keyring.add_version()).await?.map_err(|e| match e {
-        crate::crypto::KeyringError::NotAFile => ApiError::Conflict(
-            "The keyring comes from HAZINA_KEYRING_DATA: add a version there, restart every node, then resume with `hazina keys rotate --resume`"
-                .into(),
-        ),
-        other => ApiError::internal(other),
-    })?;
-    let now = state.clock.now();
-    let target = version as i32;
-    let rotation = state
-        .db(move |c| keys::start_rotation(c, target, now))
-        .await?;
-    admin.done(Action::KeysRotate, Target::default()).await;
+    let event = admin.event(Action::KeysRotate);
+    let (pool, keyring, now) = (state.pool.clone(), state.keyring.clone(), state.clock.now());
+    let rotation = web::block(move || -> Result<_, ApiError> {
+        let mut conn = pool.get().map_err(DbError::from)?;
+        Ok(key_versions::begin_rotation(
+            &mut conn,
+            &keyring,
+            now,
+            Some(&event),
+        )?)
+    })
+    .await??;
     rotation::spawn(
         state.pool.clone(),
         state.keyring.clone(),
         rotation.clone(),
         state.clock.clone(),
     );
+    let version = rotation.target_version;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "message": format!("Master key version {version} is active; re-wrapping stored keys in the background"),
         "rotation": { "id": rotation.id, "target_version": rotation.target_version },
@@ -125,54 +141,25 @@ pub async fn retire(
     body: web::Json<JsonObject<RetireBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::KeysRetire).await?;
+    let event = admin.event(Action::KeysRetire);
     let version = body.into_inner().0.version;
-    let outcome = retire_version(&state.pool, &state.keyring, version).await?;
-    admin.done(Action::KeysRetire, Target::default()).await;
+    let (pool, keyring, now) = (state.pool.clone(), state.keyring.clone(), state.clock.now());
+    let outcome =
+        web::block(move || retire_blocking(&pool, &keyring, version, now, Some(&event))).await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": outcome })))
 }
 
-async fn retire_version(
-    pool: &crate::db::Pool,
-    keyring: &std::sync::Arc<crate::crypto::Keyring>,
-    version: i32,
-) -> Result<String, ApiError> {
-    let pool = pool.clone();
-    let keyring = keyring.clone();
-    web::block(move || retire_blocking(&pool, &keyring, version)).await?
-}
-
 /// The retire rule, shared by the API and the CLI: refused for the active version, an unknown
-/// one, or one that any stored key still depends on.
+/// one, or one that any stored key still depends on (see `db::key_versions::retire`).
 pub fn retire_blocking(
     pool: &crate::db::Pool,
     keyring: &crate::crypto::Keyring,
     version: i32,
+    now: crate::clock::UnixSeconds,
+    audit: Option<&crate::audit::Event>,
 ) -> Result<String, ApiError> {
-    let v = u32::try_from(version)
-        .map_err(|_| ApiError::Invalid("No such master-key version".into()))?;
-    if !keyring.has_version(v) {
-        return Err(ApiError::Invalid("No such master-key version".into()));
-    }
-    if keyring.active_version() == v {
-        return Err(ApiError::Conflict(
-            "The active master-key version cannot be retired".into(),
-        ));
-    }
-    let mut conn = pool.get().map_err(|e| ApiError::Unavailable(e.into()))?;
-    let dependent = credentials::count_by_kek_version(&mut conn)?
-        .into_iter()
-        .find(|(k, _)| *k == version)
-        .map_or(0, |(_, n)| n);
-    if dependent > 0 {
-        return Err(ApiError::Conflict(format!(
-            "Master-key version {version} still protects {dependent} stored keys; finish a rotation first"
-        )));
-    }
-    keyring.retire(v).map_err(|e| match e {
-        crate::crypto::KeyringError::NotAFile => ApiError::Conflict(
-            "The keyring comes from HAZINA_KEYRING_DATA: remove the version there".into(),
-        ),
-        other => ApiError::internal(other),
-    })?;
-    Ok(format!("Master-key version {version} retired"))
+    let mut conn = pool.get().map_err(DbError::from)?;
+    Ok(key_versions::retire(
+        &mut conn, keyring, version, now, audit,
+    )?)
 }

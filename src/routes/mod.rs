@@ -66,6 +66,8 @@ route_table! {
     get    "/admin/services/" => admin::list_services,
     post   "/admin/services/" => admin::create_service,
     post   "/admin/services/{name}/disable/" => admin::disable_service,
+    get    "/admin/certificates/revoked/" => admin::list_revoked_certificates,
+    post   "/admin/certificates/revoked/" => admin::revoke_certificate,
     get    "/admin/keys/" => keys::show,
     post   "/admin/keys/rotate/" => keys::rotate,
     post   "/admin/keys/retire/" => keys::retire,

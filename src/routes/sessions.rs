@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::audit::{Action, Actor, ActorKind, Event, Outcome, Reason, RequestMeta, Target};
 use crate::auth::jwt::{self, TokenType};
+use crate::auth::principal::{allowed, OUTSIDE_ALLOWLIST};
 use crate::auth::{password, AuthenticatedUser};
 use crate::clock::UnixSeconds;
 use crate::db::sessions::{self as repo, Refresh};
@@ -105,71 +106,23 @@ impl Subjects {
             address: ip.map(|ip| format!("address:{}", crate::limits::address_key(ip))),
         })
     }
-
-    fn all(&self) -> Vec<String> {
-        std::iter::once(self.account.clone())
-            .chain(self.address.clone())
-            .collect()
-    }
 }
 
 /// Keys the throttle's account subjects (a fixed label, never caller data).
 const THROTTLE_PURPOSE: &str = "hazina/login-throttle/v1";
 
-/// Answers 429 while the account or the address is locked out, before any password is
-/// looked at, identically for known and unknown names. Such attempts are audited at most
-/// once per subject per minute, and do not extend the lockout.
-async fn refuse_if_locked(
+/// Admits one login attempt through the throttle (see [`crate::db::throttle`]): the check
+/// and the count are one transaction, before the password is hashed, so concurrent guesses
+/// at one account get no more password checks than its limit. A blocked attempt answers 429
+/// whatever the password, identically for known and unknown names, and is audited at most
+/// once per subject per minute. What [`throttle::succeeded`] needs to take the attempt back.
+async fn admit_attempt(
     state: &AppState,
     meta: &RequestMeta,
     subjects: &Subjects,
     username: &str,
     now: UnixSeconds,
-) -> Result<(), ApiError> {
-    let all = subjects.all();
-    let blocked = state
-        .db(move |c| {
-            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-            throttle::blocked_until(c, &refs, now)
-        })
-        .await?;
-    let Some(until) = blocked else {
-        return Ok(());
-    };
-    state.metrics.login_throttled();
-    if state
-        .limits
-        .once_per_minute(format!("login:{}", subjects.account))
-    {
-        // The audit entry names the account when it exists (the answer never does).
-        let name = username.to_owned();
-        let user = match Username::parse(&name) {
-            Ok(_) => state.db(move |c| users::find_by_username(c, &name)).await?,
-            Err(_) => None,
-        };
-        let (actor, target) = match &user {
-            Some(u) => (user_actor(u.id, Some(&u.username)), Target::owner(u.id)),
-            None => (Actor::anonymous(), Target::default()),
-        };
-        audit(state, meta, actor, Action::Login, |e| {
-            e.target(target)
-                .outcome(Outcome::Denied, Some(Reason::LockedOut))
-        })
-        .await;
-    }
-    Err(ApiError::TooManyRequests {
-        message: LOCKED_OUT,
-        retry_after: u64::try_from(until - now).unwrap_or(1),
-    })
-}
-
-/// Counts a failed attempt against the account and the address; starts a lockout when one
-/// reaches its limit. Occasionally sweeps rows nobody has failed on for a day.
-async fn count_failure(
-    state: &AppState,
-    subjects: &Subjects,
-    now: UnixSeconds,
-) -> Result<(), ApiError> {
+) -> Result<throttle::Undo, ApiError> {
     let abuse = &state.config.abuse;
     let mut limits = vec![(subjects.account.clone(), abuse.login_max_failures_account)];
     if let Some(address) = &subjects.address {
@@ -177,7 +130,7 @@ async fn count_failure(
     }
     let backoff = i64::from(abuse.login_backoff_seconds);
     let sweep = state.limits.login_cleanup_due(now);
-    let blocked = state
+    let admission = state
         .db(move |c| {
             let limits: Vec<throttle::Limit<'_>> = limits
                 .iter()
@@ -186,13 +139,19 @@ async fn count_failure(
                     max_failures: *max_failures,
                 })
                 .collect();
-            let blocked = throttle::record_failure(c, &limits, backoff, now)?;
+            let admission = throttle::admit(c, &limits, backoff, now)?;
             if sweep {
                 throttle::forget_stale(c, now)?;
             }
-            Ok(blocked)
+            Ok(admission)
         })
         .await?;
+    let (blocked, undo) = match admission {
+        throttle::Admission::Admitted { blocked, undo } => (blocked, undo),
+        throttle::Admission::Blocked(until) => {
+            return Err(refuse_locked(state, meta, subjects, username, now, until).await)
+        }
+    };
     for (subject, until) in blocked {
         let kind = if subject.starts_with("account:") {
             LockoutSubject::Account
@@ -210,7 +169,47 @@ async fn count_failure(
             "failed logins: lockout started"
         );
     }
-    Ok(())
+    Ok(undo)
+}
+
+/// The answer to an attempt while locked out (audited at most once per subject per minute;
+/// the entry names the account when it exists, the answer never does).
+async fn refuse_locked(
+    state: &AppState,
+    meta: &RequestMeta,
+    subjects: &Subjects,
+    username: &str,
+    now: UnixSeconds,
+    until: UnixSeconds,
+) -> ApiError {
+    state.metrics.login_throttled();
+    if state
+        .limits
+        .once_per_minute(format!("login:{}", subjects.account))
+    {
+        let name = username.to_owned();
+        let user = match Username::parse(&name) {
+            Ok(_) => state
+                .db(move |c| users::find_by_username(c, &name))
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => None,
+        };
+        let (actor, target) = match &user {
+            Some(u) => (user_actor(u.id, Some(&u.username)), Target::owner(u.id)),
+            None => (Actor::anonymous(), Target::default()),
+        };
+        audit(state, meta, actor, Action::Login, |e| {
+            e.target(target)
+                .outcome(Outcome::Denied, Some(Reason::LockedOut))
+        })
+        .await;
+    }
+    ApiError::TooManyRequests {
+        message: LOCKED_OUT,
+        retry_after: u64::try_from(until - now).unwrap_or(1),
+    }
 }
 
 pub async fn login(
@@ -221,7 +220,7 @@ pub async fn login(
     let LoginBody { username, password } = body.into_inner().0;
     let now = state.clock.now();
     let subjects = Subjects::of(&state, &username, meta.source_ip)?;
-    refuse_if_locked(&state, &meta, &subjects, &username, now).await?;
+    let undo = admit_attempt(&state, &meta, &subjects, &username, now).await?;
     // The attempted name is recorded only when it is a real account: a name that matches
     // nobody may be a password typed into the wrong field.
     let unknown = |e: Event| e.outcome(Outcome::Denied, Some(Reason::UnknownUser));
@@ -234,21 +233,35 @@ pub async fn login(
             .hasher
             .run(move || password::verify(&password, None))
             .await;
-        count_failure(&state, &subjects, now).await?;
         audit(&state, &meta, Actor::anonymous(), Action::Login, unknown).await;
         return Err(ApiError::Unauthorized(BAD_LOGIN));
     }
     let user = state
         .db(move |c| users::find_by_username(c, &username))
         .await?;
+    // A row edited outside hazina (a planted password hash, a role, a cleared flag) is never
+    // believed: the attempt fails like a wrong password, and the tampering is audited.
+    let tampered = user.as_ref().is_some_and(|u| !u.intact(&state.keyring));
     // Unknown users cost one argon2id evaluation too (against a dummy hash).
-    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let stored = user
+        .as_ref()
+        .filter(|_| !tampered)
+        .map(|u| u.password_hash.clone());
     let matches = state
         .hasher
         .run(move || password::verify(&password, stored.as_deref()))
         .await
         .map_err(|e| ApiError::Unavailable(e.into()))?;
     let user = match user {
+        Some(u) if tampered => {
+            let actor = user_actor(u.id, Some(&u.username));
+            audit(&state, &meta, actor, Action::IntegrityViolation, |e| {
+                e.target(Target::owner(u.id))
+                    .outcome(Outcome::Denied, Some(Reason::RowTampered))
+            })
+            .await;
+            return Err(ApiError::Unauthorized(BAD_LOGIN));
+        }
         Some(u) if matches && !u.is_disabled => u,
         Some(u) => {
             let reason = if matches {
@@ -256,7 +269,6 @@ pub async fn login(
             } else {
                 Reason::BadPassword
             };
-            count_failure(&state, &subjects, now).await?;
             let actor = user_actor(u.id, Some(&u.username));
             audit(&state, &meta, actor, Action::Login, |e| {
                 e.target(Target::owner(u.id))
@@ -266,11 +278,20 @@ pub async fn login(
             return Err(ApiError::Unauthorized(BAD_LOGIN));
         }
         None => {
-            count_failure(&state, &subjects, now).await?;
             audit(&state, &meta, Actor::anonymous(), Action::Login, unknown).await;
             return Err(ApiError::Unauthorized(BAD_LOGIN));
         }
     };
+    // The user's IP allowlist applies to signing in too, not only to the requests after.
+    if !allowed(user.allowed_cidrs.as_deref(), meta.source_ip) {
+        let actor = user_actor(user.id, Some(&user.username));
+        audit(&state, &meta, actor, Action::Login, |e| {
+            e.target(Target::owner(user.id))
+                .outcome(Outcome::Denied, Some(Reason::OutsideAllowlist))
+        })
+        .await;
+        return Err(ApiError::Forbidden(OUTSIDE_ALLOWLIST));
+    }
     let user_id = UserId::from_db(user.id);
     let sid = uuid::Uuid::new_v4().to_string();
     let (body, refresh_jti) = token_pair(&state, user_id, &sid, now)?;
@@ -278,7 +299,7 @@ pub async fn login(
     let account = subjects.account;
     state
         .db(move |c| {
-            throttle::clear(c, &account)?;
+            throttle::succeeded(c, &account, &undo)?;
             repo::create(c, &sid, user_id, &refresh_jti, now, now + jwt::REFRESH_TTL)
         })
         .await?;
@@ -313,9 +334,27 @@ pub async fn refresh(
         .await;
         return Err(ApiError::Unauthorized(BAD_REFRESH));
     };
+    // The user's IP allowlist applies to refreshing too: checked before the token is spent.
+    let account = state.db(move |c| users::find_by_id(c, user.get())).await?;
+    if let Some(account) = account.filter(|a| !allowed(a.allowed_cidrs.as_deref(), meta.source_ip))
+    {
+        let actor = user_actor(account.id, Some(&account.username));
+        audit(&state, &meta, actor, Action::Refresh, |e| {
+            e.target(Target::owner(account.id))
+                .outcome(Outcome::Denied, Some(Reason::OutsideAllowlist))
+        })
+        .await;
+        return Err(ApiError::Forbidden(OUTSIDE_ALLOWLIST));
+    }
     let (pair, next_jti) = token_pair(&state, user, &claims.sid, now)?;
     let (outcome, username) = state
-        .db(move |c| repo::rotate_refresh(c, &claims.sid, user, &claims.jti, &next_jti, now))
+        .db({
+            let keyring = state.keyring.clone();
+            move |c| {
+                let presented = (claims.jti.as_str(), claims.key_version);
+                repo::rotate_refresh(c, &keyring, &claims.sid, user, presented, &next_jti, now)
+            }
+        })
         .await?;
     let actor = user_actor(user.get(), username.as_deref());
     let target = Target::owner(user.get());
@@ -329,6 +368,22 @@ pub async fn refresh(
             audit(&state, &meta, actor, Action::RefreshReuse, |e| {
                 e.target(target)
                     .outcome(Outcome::Denied, Some(Reason::TokenReused))
+            })
+            .await;
+            Err(ApiError::Unauthorized(BAD_REFRESH))
+        }
+        Refresh::Tampered => {
+            audit(&state, &meta, actor, Action::IntegrityViolation, |e| {
+                e.target(target)
+                    .outcome(Outcome::Denied, Some(Reason::RowTampered))
+            })
+            .await;
+            Err(ApiError::Unauthorized(BAD_REFRESH))
+        }
+        Refresh::KeyRetired => {
+            audit(&state, &meta, actor, Action::Refresh, |e| {
+                e.target(target)
+                    .outcome(Outcome::Denied, Some(Reason::TokenInvalid))
             })
             .await;
             Err(ApiError::Unauthorized(BAD_REFRESH))

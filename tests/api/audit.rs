@@ -1217,21 +1217,6 @@ async fn a_deleted_last_entry_is_named_at_the_head() {
 // ---------------------------------------------------------------------------------------
 // Fail closed.
 
-fn refuse_audit_writes(app: &TestApp) {
-    app.sql(match backend() {
-        Backend::Sqlite => {
-            "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log
-             BEGIN SELECT RAISE(ABORT, 'audit disabled'); END;"
-        }
-        Backend::Postgres => {
-            "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN RAISE EXCEPTION 'audit disabled'; END $$;
-             CREATE TRIGGER no_audit BEFORE INSERT ON audit_log
-               FOR EACH ROW EXECUTE FUNCTION no_audit();"
-        }
-    });
-}
-
 fn accept_audit_writes(app: &TestApp) {
     app.sql(match backend() {
         Backend::Sqlite => "DROP TRIGGER no_audit;",

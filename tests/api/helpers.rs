@@ -206,6 +206,11 @@ pub fn node_config(db: &TestDatabase, dir: &std::path::Path, settings: &[(&str, 
     Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration is valid")
 }
 
+/// Starts hazina on an existing test database (e.g. one arranged at an older schema).
+pub async fn start_on(db: Arc<TestDatabase>, dir: Arc<tempfile::TempDir>) -> TestApp {
+    start_node(db, dir, &[]).await
+}
+
 async fn start_node(
     db: Arc<TestDatabase>,
     dir: Arc<tempfile::TempDir>,
@@ -306,9 +311,11 @@ impl TestApp {
         let mut conn = self.conn();
         let id = db::users::create(
             &mut conn,
+            &self.state.keyring,
             &Username::parse(username).unwrap(),
             &hash,
             role,
+            None,
             self.clock.now(),
         )
         .unwrap();
@@ -442,3 +449,20 @@ pub async fn assert_json_4xx(res: Response) -> Value {
 }
 
 pub const NOT_FOUND: &str = "Payment credentials not found or access denied";
+
+/// Makes every insert into the audit log fail (a trigger), to prove what is refused or
+/// rolled back when no entry can be written.
+pub fn refuse_audit_writes(app: &TestApp) {
+    app.sql(match backend() {
+        Backend::Sqlite => {
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log
+             BEGIN SELECT RAISE(ABORT, 'audit disabled'); END;"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'audit disabled'; END $$;
+             CREATE TRIGGER no_audit BEFORE INSERT ON audit_log
+               FOR EACH ROW EXECUTE FUNCTION no_audit();"
+        }
+    });
+}

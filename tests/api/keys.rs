@@ -77,6 +77,11 @@ fn stored(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
+/// Decides a rotation (a new active version, recorded in the database) without running it.
+fn begin_rotation(app: &TestApp) -> keys::RotationRow {
+    hazina::db::key_versions::begin_rotation(&mut app.conn(), &app.state.keyring, 0, None).unwrap()
+}
+
 fn kek_counts(app: &TestApp) -> Vec<(i32, i64)> {
     hazina::db::credentials::count_by_kek_version(&mut app.conn()).unwrap()
 }
@@ -161,8 +166,7 @@ async fn the_cli_rotation_reports_progress_and_never_touches_the_secret_cipherte
 async fn reveals_running_during_a_rotation_all_succeed() {
     let app = spawn_app().await;
     let creds = seed(&app, 20).await;
-    let target = app.state.keyring.add_version().unwrap() as i32;
-    let rotation = keys::start_rotation(&mut app.conn(), target, 0).unwrap();
+    let rotation = begin_rotation(&app);
 
     // Rewrap one row per transaction on a blocking thread while reveals run.
     let pool = app.state.pool.clone();
@@ -196,8 +200,7 @@ async fn reveals_running_during_a_rotation_all_succeed() {
 async fn a_rotation_stopped_between_batches_leaves_every_row_openable_and_resumes() {
     let app = spawn_app().await;
     let creds = seed(&app, 10).await;
-    let target = app.state.keyring.add_version().unwrap() as i32;
-    let rotation = keys::start_rotation(&mut app.conn(), target, 0).unwrap();
+    let rotation = begin_rotation(&app);
 
     // Two batches commit, then the "process" stops.
     for _ in 0..2 {
@@ -272,8 +275,14 @@ async fn a_killed_cli_rotation_resumes_and_finishes_with_every_row_openable() {
 async fn retiring_a_version_still_in_use_is_refused_and_an_unused_one_is_retired() {
     let app = spawn_app().await;
     let admin = app.user_with_role(Role::Admin).await;
-    let creds = seed(&app, 3).await;
-    app.state.keyring.add_version().unwrap();
+    let owner = app.user().await;
+    let mut creds = Vec::new();
+    for (provider, env) in [("mpesa", "live"), ("jpay", "sandbox"), ("pagamio", "live")] {
+        let key = format!("retire-key-{provider}-{env}-0001");
+        let created = app.create_credential(&owner, provider, env, &key).await;
+        creds.push((owner.access.clone(), created["id"].as_i64().unwrap(), key));
+    }
+    begin_rotation(&app);
 
     let res = app
         .post(
@@ -314,6 +323,23 @@ async fn retiring_a_version_still_in_use_is_refused_and_an_unused_one_is_retired
         .await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(app.state.keyring.versions(), vec![2]);
+    // Tokens signed under the retired version stop working; a fresh session opens every key.
+    let (old_token, id, _) = &creds[0];
+    assert_eq!(
+        reveal(&app, old_token, *id).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let fresh: Value = app
+        .login(&owner.username, PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = fresh["access_token"].as_str().unwrap();
+    let creds: Vec<_> = creds
+        .into_iter()
+        .map(|(_, id, key)| (token.to_owned(), id, key))
+        .collect();
     assert_all_reveal(&app, &creds).await;
 }
 

@@ -8,6 +8,7 @@ mod audit;
 mod backends;
 mod credentials;
 mod hostile;
+mod integrity;
 mod keys;
 mod multinode;
 mod openapi;

@@ -960,6 +960,9 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
     let keys = api.get("/admin/keys/", ad, 200).await;
     api.post("/admin/keys/retire/", ad, json!({ "version": 1 }), 200)
         .await;
+    // Tokens signed under the retired version are refused from now on: a fresh session.
+    let (admin, _) = api.login_as(Role::Admin).await;
+    let ad = admin.as_str();
     assert_eq!(history["versions"].as_array().unwrap().len(), 2);
     assert_eq!(rolled["credentials"]["version"], 3);
     assert_eq!(keys["active_version"], 2);
@@ -971,6 +974,16 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
     let disabled = api
         .post_empty("/admin/services/billing/disable/", ad, 200)
         .await;
+    let fingerprint = "ab".repeat(32);
+    api.post(
+        "/admin/certificates/revoked/",
+        ad,
+        json!({ "fingerprint": fingerprint }),
+        200,
+    )
+    .await;
+    let revoked_certs = api.get("/admin/certificates/revoked/", ad, 200).await;
+    assert_eq!(revoked_certs[0]["fingerprint"], fingerprint);
     api.put(
         "/admin/users/merchant-two/allowlist/",
         ad,

@@ -153,6 +153,58 @@ impl TestPki {
         }
     }
 
+    /// A certificate revocation list signed by the test CA, revoking `revoked`, as PEM.
+    pub fn crl_pem(&self, revoked: &[&ClientIdentity], number: u64) -> String {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
+            SerialNumber,
+        };
+        let revoked_certs = revoked
+            .iter()
+            .map(|id| {
+                let (_, cert) = x509_parser::parse_x509_certificate(id.cert.as_ref()).unwrap();
+                RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.tbs_certificate.raw_serial()),
+                    revocation_time: date_time_ymd(2025, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                }
+            })
+            .collect();
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2025, 1, 1),
+            next_update: date_time_ymd(2035, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.ca)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    /// A client certificate signed by the test CA whose only SAN is the URI `uri`.
+    pub fn client_with_uri(&self, uri: &str, file: &str) -> ClientIdentity {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, file);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let cert_path = self.dir.path().join(format!("{file}.pem"));
+        let key_path = self.dir.path().join(format!("{file}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        write_private(&key_path, &key.serialize_pem());
+        ClientIdentity {
+            cert: cert.der().clone(),
+            key_der: key.serialize_der(),
+            cert_path,
+            key_path,
+        }
+    }
+
     /// An HTTPS client that trusts only the test CA and presents `identity`, if any.
     pub fn https_client(&self, identity: Option<&ClientIdentity>) -> reqwest::Client {
         let mut roots = rustls::RootCertStore::empty();

@@ -202,9 +202,11 @@ async fn passwords_and_tokens_never_appear_in_the_logs() {
     let hash = password::hash(&SecretString::from(secret_password.clone())).unwrap();
     db::users::create(
         &mut app.conn(),
+        &app.state.keyring,
         &Username::parse(&username).unwrap(),
         &hash,
         Role::User,
+        None,
         app.clock.now(),
     )
     .unwrap();

@@ -1986,3 +1986,286 @@ async fn cli_errors_exit_non_zero_with_one_line() {
         json!([])
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// A database writer without the keyring is never obeyed (SPEC §11, issue 11).
+
+fn tampering_count(app: &TestApp) -> usize {
+    app.sql_lines(
+        "SELECT CAST(seq AS TEXT) AS line FROM audit_log \
+         WHERE action = 'integrity.violation' AND reason = 'row_tampered'",
+    )
+    .len()
+}
+
+#[tokio::test]
+async fn a_grant_planted_in_the_database_opens_nothing_and_is_audited() {
+    let v = Vault::new().await;
+    let billing = v.register_billing().await;
+    let id = v.credential(&v.merchant, "mpesa", "live").await;
+    v.app.sql_execute(&format!(
+        "INSERT INTO grants (id, service_id, owner_id, provider, environment, created_at) \
+         VALUES (4242, {}, {}, NULL, NULL, 0)",
+        billing["id"], v.merchant.id
+    ));
+    let client = v.billing();
+    let (status, bytes) = status_and_bytes(v.reveal(&client, id).await).await;
+    assert_eq!(
+        (status, bytes),
+        v.missing(&client).await,
+        "a planted grant was obeyed"
+    );
+    assert!(tampering_count(&v.app) >= 1);
+}
+
+#[tokio::test]
+async fn a_grant_widened_in_the_database_opens_nothing() {
+    let v = Vault::new().await;
+    v.register_billing().await;
+    let grant = v
+        .grant("billing", &v.merchant, Some("mpesa"), Some("sandbox"))
+        .await;
+    let live = v.credential(&v.merchant, "mpesa", "live").await;
+    let sandbox = v.credential(&v.merchant, "mpesa", "sandbox").await;
+    let client = v.billing();
+    assert_eq!(v.reveal(&client, sandbox).await.status(), StatusCode::OK);
+    v.app.sql_execute(&format!(
+        "UPDATE grants SET environment = NULL WHERE id = {}",
+        grant["id"]
+    ));
+    let (status, bytes) = status_and_bytes(v.reveal(&client, live).await).await;
+    assert_eq!(
+        (status, bytes),
+        v.missing(&client).await,
+        "a widened grant was obeyed"
+    );
+    // The edited grant opens nothing at all now, not even what it covered before.
+    assert_ne!(v.reveal(&client, sandbox).await.status(), StatusCode::OK);
+    assert!(tampering_count(&v.app) >= 1);
+}
+
+#[tokio::test]
+async fn a_live_credential_flipped_to_sandbox_in_the_database_reveals_nothing() {
+    let v = Vault::new().await;
+    v.register_billing().await;
+    v.grant("billing", &v.merchant, None, Some("sandbox")).await;
+    let live = v.credential(&v.merchant, "jpay", "live").await;
+    let live_key = key_of(&v.merchant, "jpay", "live");
+    v.app.sql_execute(&format!(
+        "UPDATE credentials SET environment = 'sandbox' WHERE id = {live}"
+    ));
+    let client = v.billing();
+    for res in [
+        v.reveal(&client, live).await,
+        v.lookup(&client, &v.merchant.username, "jpay", "sandbox")
+            .await,
+    ] {
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "the live key went to a sandbox service"
+        );
+        assert!(!text.contains(&live_key), "{text}");
+    }
+    assert!(tampering_count(&v.app) >= 1);
+}
+
+#[tokio::test]
+async fn a_service_identity_or_flag_edited_in_the_database_is_refused_and_audited() {
+    let v = Vault::new().await;
+    let ops = v
+        .register(json!({ "name": "ops", "identity": "spiffe://payments/ops" }))
+        .await;
+    v.grant("ops", &v.merchant, None, None).await;
+    let id = v.credential(&v.merchant, "pagamio", "live").await;
+    // The billing certificate's identity written over another service's row.
+    v.app.sql_execute(&format!(
+        "UPDATE services SET identity = '{SERVICE_URI}' WHERE id = {}",
+        ops["id"]
+    ));
+    let client = v.billing();
+    let res = v.reveal(&client, id).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::FORBIDDEN,
+        "an edited identity was obeyed"
+    );
+    assert_error(res, StatusCode::FORBIDDEN, UNKNOWN_SERVICE).await;
+    assert!(tampering_count(&v.app) >= 1);
+
+    // A disabled service switched back on in the database stays off.
+    let v = Vault::new().await;
+    v.billing_granted_the_merchant().await;
+    let id = v.credential(&v.merchant, "pagamio", "live").await;
+    let client = v.billing();
+    assert_eq!(v.reveal(&client, id).await.status(), StatusCode::OK);
+    let res = v
+        .app
+        .post_empty("/admin/services/billing/disable/", &v.admin.access)
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    v.app.sql_execute(&format!(
+        "UPDATE services SET is_enabled = {} WHERE name = 'billing'",
+        match backend() {
+            Backend::Sqlite => "1",
+            Backend::Postgres => "true",
+        }
+    ));
+    assert_eq!(
+        v.reveal(&client, id).await.status(),
+        StatusCode::FORBIDDEN,
+        "a re-enabled service was obeyed"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Certificate revocation and identity kinds (SPEC §11, issue 11).
+
+const REVOKED: &str = "This client certificate has been revoked";
+
+#[tokio::test]
+async fn a_certificate_revoked_with_the_cli_or_the_api_is_refused_on_its_next_request() {
+    let v = Vault::new().await;
+    v.billing_granted_the_merchant().await;
+    let id = v.credential(&v.merchant, "mpesa", "live").await;
+    let cert = v.pki.client(ClientCert::Valid);
+    let client = v.pki.https_client(Some(&cert));
+    assert_eq!(v.reveal(&client, id).await.status(), StatusCode::OK);
+
+    let fp = fingerprint(&cert);
+    let out = hazina(
+        &v.app,
+        &[
+            "services",
+            "revoke-certificate",
+            "--fingerprint",
+            &format!("sha256:{fp}"),
+        ],
+    )
+    .await;
+    succeeded(&out);
+    assert_error(v.reveal(&client, id).await, StatusCode::FORBIDDEN, REVOKED).await;
+    assert_error(
+        v.lookup(&client, &v.merchant.username, "mpesa", "live")
+            .await,
+        StatusCode::FORBIDDEN,
+        REVOKED,
+    )
+    .await;
+    let refused = v.app.sql_lines(
+        "SELECT COALESCE(cert_fingerprint, '-') AS line FROM audit_log \
+         WHERE reason = 'certificate_revoked'",
+    );
+    assert!(refused.contains(&fp), "{refused:?}");
+
+    // Another certificate of the same service keeps working; the API revokes it too.
+    let other = v.pki.client_with_uri(SERVICE_URI, "second-billing");
+    let second = v.pki.https_client(Some(&other));
+    assert_eq!(v.reveal(&second, id).await.status(), StatusCode::OK);
+    let res = v
+        .admin_post(
+            "/admin/certificates/revoked/",
+            json!({ "fingerprint": fingerprint(&other).to_uppercase() }),
+        )
+        .await;
+    let body = body_of(res, StatusCode::OK).await;
+    assert_eq!(body["fingerprint"], fingerprint(&other));
+    assert_error(v.reveal(&second, id).await, StatusCode::FORBIDDEN, REVOKED).await;
+    let listed = body_of(
+        v.app
+            .get("/admin/certificates/revoked/", &v.admin.access)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    // Bad fingerprints are a 400, never a 5xx.
+    for bad in ["", "sha256:", "abc", &"g".repeat(64)] {
+        let res = v
+            .admin_post(
+                "/admin/certificates/revoked/",
+                json!({ "fingerprint": bad }),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_in_the_client_crl_is_refused_and_a_new_crl_applies_without_a_restart() {
+    let pki = TestPki::new();
+    let crl_path = pki.dir.path().join("clients.crl");
+    let revoked = pki.client(ClientCert::Valid);
+    std::fs::write(&crl_path, pki.crl_pem(&[], 1)).unwrap();
+    let crl = crl_path.display().to_string();
+    let app = spawn_tls_app_with(
+        &pki,
+        ClientCerts::Optional,
+        &[("HAZINA_TLS_CLIENT_CRL", crl.as_str())],
+    )
+    .await;
+    let admin = app.user_with_role(Role::Admin).await;
+    let merchant = app.user().await;
+    let body = json!({ "name": "billing", "identity": SERVICE_URI });
+    assert_eq!(
+        app.post("/admin/services/", &admin.access, &body)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let grant = json!({ "service": "billing", "owner": merchant.username });
+    assert_eq!(
+        app.post("/admin/grants/", &admin.access, &grant)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let created = app
+        .create_credential(&merchant, "jpay", "live", "jpay-live-secret-0001")
+        .await;
+    let path = reveal_path(created["id"].as_i64().unwrap());
+    // A fresh client (new connection) per request: the CRL is checked per connection.
+    let reveal = || async {
+        let client = pki.https_client(Some(&revoked));
+        client.get(app.url(&path)).send().await.unwrap()
+    };
+    assert_eq!(reveal().await.status(), StatusCode::OK);
+
+    // The CA revokes the certificate: the next connection is refused, no restart.
+    std::fs::write(&crl_path, pki.crl_pem(&[&revoked], 2)).unwrap();
+    let res = reveal().await;
+    assert_error(res, StatusCode::FORBIDDEN, REVOKED).await;
+
+    // A CRL file that turns unusable keeps the last good one in force.
+    std::fs::write(&crl_path, "not a CRL").unwrap();
+    assert_eq!(reveal().await.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_uri_that_reads_like_another_services_fingerprint_identifies_nobody() {
+    let v = Vault::new().await;
+    // `ops` is registered by its certificate's fingerprint.
+    let ops_cert = v.pki.client(ClientCert::NoSan);
+    let ops_fp = fingerprint(&ops_cert);
+    v.register(json!({ "name": "ops", "identity": format!("sha256:{ops_fp}") }))
+        .await;
+    v.grant("ops", &v.merchant, None, None).await;
+    let id = v.credential(&v.merchant, "kopokopo", "live").await;
+    let ops = v.pki.https_client(Some(&ops_cert));
+    assert_eq!(v.reveal(&ops, id).await.status(), StatusCode::OK);
+
+    // Another certificate whose URI SAN spells `ops`'s fingerprint identity is not `ops`.
+    let forged = v
+        .pki
+        .client_with_uri(&format!("sha256:{ops_fp}"), "looks-like-ops");
+    let client = v.pki.https_client(Some(&forged));
+    let res = v.reveal(&client, id).await;
+    assert_ne!(
+        res.status(),
+        StatusCode::OK,
+        "a look-alike URI was taken for a fingerprint"
+    );
+    assert!(res.status().is_client_error());
+}
