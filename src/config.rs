@@ -115,6 +115,9 @@ pub struct Config {
     pub bind: String,
     pub keyring: KeyringSource,
     pub owner_reveal: bool,
+    /// The audit log's origin in its checkpoints (`HAZINA_AUDIT_ORIGIN`); `None` = the random
+    /// name fixed in the database at the first start.
+    pub audit_origin: Option<String>,
     pub max_body_bytes: usize,
     pub workers: Option<usize>,
     pub db_pool_size: u32,
@@ -230,6 +233,23 @@ impl Config {
             }
         };
 
+        let audit_origin = match get("HAZINA_AUDIT_ORIGIN") {
+            None => None,
+            Some(v) => {
+                let ok = !v.is_empty()
+                    && v.len() <= 200
+                    && v.chars().all(|c| c.is_ascii_graphic() && c != '+');
+                if !ok {
+                    return Err(bad(
+                        "HAZINA_AUDIT_ORIGIN",
+                        "must be 1 to 200 printable characters, with no space or `+` \
+                         (a schema-less URL such as vault.example.com/audit)",
+                    ));
+                }
+                Some(v)
+            }
+        };
+
         let max_body_bytes = match get("HAZINA_MAX_BODY_BYTES") {
             None => 64 * 1024,
             Some(v) => v
@@ -271,6 +291,7 @@ impl Config {
             bind,
             keyring,
             owner_reveal,
+            audit_origin,
             max_body_bytes,
             workers,
             db_pool_size,

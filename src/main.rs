@@ -104,8 +104,24 @@ enum GrantsCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain; exits non-zero and names the first bad sequence number if broken.
-    Verify,
+    /// Check the hash chain (and each given signed checkpoint: that the log still extends
+    /// it); exits non-zero and says what is wrong if anything is.
+    Verify {
+        /// A signed checkpoint file, as `hazina audit checkpoint` wrote it (repeatable).
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<std::path::PathBuf>,
+        /// Verify this export (`hazina audit export`) instead of the database: no database
+        /// and no keyring are used (needs --public-key).
+        #[arg(long, requires = "public_key")]
+        export: Option<std::path::PathBuf>,
+        /// The checkpoints' verifier key (`hazina audit public-key`), or a file holding it.
+        #[arg(long, requires = "export")]
+        public_key: Option<String>,
+    },
+    /// Sign and print a checkpoint of the whole log (C2SP tlog-checkpoint, signed note).
+    Checkpoint,
+    /// Print the checkpoints' signed-note verifier key.
+    PublicKey,
     /// Write the log as JSON Lines to standard output, ending with the chain head.
     Export {
         /// Only entries at or after this time (RFC 3339, or Unix seconds).
@@ -270,14 +286,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Services(cmd) => services(&config, cmd),
         Command::Grants(cmd) => grants(&config, cmd),
-        Command::Audit(AuditCommand::Verify) => {
-            let pool = open_vault(&config)?.pool;
-            let report = audit::chain::verify(&mut *pool.get()?)?;
+        Command::Audit(AuditCommand::Verify {
+            checkpoints,
+            export: Some(export),
+            public_key: Some(key),
+        }) => verify_export_offline(&export, &key, &checkpoints),
+        Command::Audit(AuditCommand::Verify { checkpoints, .. }) => {
+            let vault = open_vault(&config)?;
+            let mut conn = vault.pool.get()?;
+            let notes = checkpoints
+                .iter()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read checkpoint {}", path.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let report = audit::chain::verify(&mut conn)?;
             println!("{}", serde_json::to_string(&report)?);
-            match report.first_bad_seq {
-                None => Ok(()),
-                Some(seq) => bail!("the audit chain is broken: first bad sequence number {seq}"),
+            let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
+            let signers = audit::checkpoint::signers(&mut conn, &vault.keyring, &origin)?;
+            let mut problems = Vec::new();
+            for (path, note) in checkpoints.iter().zip(&notes) {
+                let verdict = audit::checkpoint::check(&mut conn, &signers, &origin, note)?;
+                if let Some(problem) = verdict.problem {
+                    problems.push(format!("checkpoint {}: {problem}", path.display()));
+                }
             }
+            if let Some(seq) = report.first_bad_seq {
+                problems.insert(
+                    0,
+                    format!("the audit chain is broken: first bad sequence number {seq}"),
+                );
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                bail!("{}", problems.join("; "))
+            }
+        }
+        Command::Audit(AuditCommand::Checkpoint) => {
+            let vault = open_vault(&config)?;
+            let mut conn = vault.pool.get()?;
+            let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
+            let note = audit::checkpoint::sign_current(&mut conn, &vault.keyring, &origin)?;
+            print!("{note}");
+            Ok(())
+        }
+        Command::Audit(AuditCommand::PublicKey) => {
+            let vault = open_vault(&config)?;
+            let mut conn = vault.pool.get()?;
+            let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
+            let signers = audit::checkpoint::signers(&mut conn, &vault.keyring, &origin)?;
+            let (_, signer) = signers
+                .first()
+                .context("no master-key version signs checkpoints")?;
+            println!("{}", signer.verifier_key());
+            Ok(())
         }
         Command::Audit(AuditCommand::Export { since }) => {
             let since = since.as_deref().map(parse_since).transpose()?;
@@ -476,6 +540,52 @@ fn read_password() -> anyhow::Result<SecretString> {
         bail!("no password on standard input");
     }
     Ok(SecretString::from(trimmed))
+}
+
+/// `audit verify --export`: an export checked against signed checkpoints, with no database
+/// and no keyring.
+fn verify_export_offline(
+    export: &std::path::Path,
+    key: &str,
+    checkpoints: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    let key = match audit::checkpoint::Verifier::parse(key) {
+        Some(k) => k,
+        None => {
+            let text = std::fs::read_to_string(key).with_context(|| {
+                format!("--public-key is neither a verifier key nor a readable file: {key}")
+            })?;
+            audit::checkpoint::Verifier::parse(&text)
+                .context("--public-key does not hold a signed-note verifier key")?
+        }
+    };
+    let text = std::fs::read_to_string(export)
+        .with_context(|| format!("cannot read the export {}", export.display()))?;
+    let notes = checkpoints
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read checkpoint {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = audit::offline::verify_export(&text, &key, &notes);
+    println!("{}", serde_json::to_string(&report)?);
+    let mut problems = Vec::new();
+    if let Some(seq) = report.first_bad_seq {
+        problems.push(format!(
+            "the export's chain is broken: first bad sequence number {seq}"
+        ));
+    }
+    for (path, verdict) in checkpoints.iter().zip(&report.checkpoints) {
+        if let Some(problem) = &verdict.problem {
+            problems.push(format!("checkpoint {}: {problem}", path.display()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", problems.join("; "))
+    }
 }
 
 /// The database and the keyring that belongs to it (refused when it does not match).

@@ -31,6 +31,11 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// argon2 runs here, never on the workers or the database threads.
     pub hasher: crate::auth::password::HashPool,
+    /// The audit log's origin (the first line of its checkpoints).
+    pub audit_origin: String,
+    /// Set when the checkpoint signer found the log no longer extends the last checkpoint it
+    /// signed: `/readyz` fails from then on (an operator must look).
+    pub checkpoint_alarm: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -113,6 +118,13 @@ pub fn open_vault(config: &Config, clock: &Clock) -> anyhow::Result<Vault> {
     let (keyring, origin) = load_keyring(&config.keyring, &pool)?;
     let checked = {
         let mut conn = pool.get().context("cannot get a database connection")?;
+        let built = crate::audit::merkle::build_missing(&mut conn)?;
+        if built > 0 {
+            tracing::info!(
+                entries = built,
+                "built the audit Merkle tree over existing entries"
+            );
+        }
         key_versions::check_and_register(&mut conn, &keyring, clock.now())?
     };
     if let key_versions::Checked::Adopted(version) = checked {
@@ -175,6 +187,10 @@ impl Application {
         }
         let tokens =
             TokenKeys::from_keyring(keyring.clone()).context("cannot derive token keys")?;
+        let audit_origin = crate::audit::checkpoint::origin(
+            &mut *pool.get().context("cannot get a database connection")?,
+            config.audit_origin.as_deref(),
+        )?;
         let audit = AuditLog::start(&config.database_url)?;
         crate::rotation::resume_if_unfinished(&pool, &keyring, &clock)?;
         crate::rotation::warn_about_wear(&pool, crate::rotation::DEFAULT_WEAR_WARNING)?;
@@ -213,6 +229,8 @@ impl Application {
             config,
             audit,
             hasher,
+            audit_origin,
+            checkpoint_alarm: std::sync::atomic::AtomicBool::new(false),
         });
         if !state.limits.enabled() {
             tracing::warn!(

@@ -17,6 +17,9 @@
 //!   moment in one transaction; callers wait asynchronously, never on a blocking thread.
 
 pub mod chain;
+pub mod checkpoint;
+pub mod merkle;
+pub mod offline;
 pub mod store;
 pub mod writer;
 

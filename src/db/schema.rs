@@ -79,6 +79,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    audit_tree (level, idx) {
+        level -> Integer,
+        idx -> BigInt,
+        hash -> Binary,
+    }
+}
+
+diesel::table! {
+    audit_signer (id) {
+        id -> Integer,
+        origin -> Text,
+        last_checkpoint -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     audit_head (id) {
         id -> BigInt,
         seq -> BigInt,
@@ -180,5 +196,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     key_rotations,
     key_wear,
     key_versions,
-    key_lock
+    key_lock,
+    audit_tree
 );

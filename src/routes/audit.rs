@@ -5,7 +5,10 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use crate::audit::store::{self, EntryView, Filter};
-use crate::audit::{chain, Action, Actor, Event, Outcome, Reason, RequestMeta};
+use crate::audit::{
+    chain, checkpoint as audit_checkpoint, merkle, Action, Actor, Event, Outcome, Reason,
+    RequestMeta,
+};
 use crate::auth::AuthenticatedUser;
 use crate::domain::Role;
 use crate::error::ApiError;
@@ -185,4 +188,213 @@ pub async fn verify(
     require_auditor(&state, &user, &meta).await?;
     let report = state.db(chain::verify).await?;
     Ok(HttpResponse::Ok().json(report))
+}
+
+// ----- Merkle proofs (SPEC §10) ----------------------------------------------------------
+
+fn invalid(message: String) -> crate::db::DbError {
+    crate::db::DbError::Rejected(crate::domain::ValidationError(message))
+}
+
+fn b64_all(hashes: &[merkle::Hash]) -> Vec<String> {
+    use base64::Engine;
+    hashes
+        .iter()
+        .map(|h| base64::engine::general_purpose::STANDARD.encode(h))
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    // Optional in the type so the role check answers first; required below.
+    seq: Option<i64>,
+    tree_size: Option<i64>,
+}
+
+/// `GET /audit/proofs/inclusion/?seq=N&tree_size=M`: the RFC 6962 audit path of entry `N`
+/// (leaf `N − 1`) in the tree of the first `M` entries (default: the whole log).
+pub async fn inclusion_proof(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    query: web::Query<InclusionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    require_auditor(&state, &user, &meta).await?;
+    let InclusionQuery { seq, tree_size } = query.into_inner();
+    let seq = seq.ok_or_else(|| ApiError::Invalid("seq is required".into()))?;
+    let (tree_size, path) = state
+        .db(move |c| {
+            // The tree only grows and its nodes never change, so no snapshot is needed.
+            let size = merkle::size(c)? as i64;
+            let tree_size = tree_size.unwrap_or(size);
+            if tree_size < 1 || tree_size > size {
+                return Err(invalid(format!(
+                    "tree_size must be between 1 and the log's size ({size})"
+                )));
+            }
+            if seq < 1 || seq > tree_size {
+                return Err(invalid("seq must be between 1 and tree_size".into()));
+            }
+            let mut nodes = merkle::StoredNodes::new(c);
+            let path = merkle::inclusion_path(&mut nodes, (seq - 1) as u64, tree_size as u64)?;
+            Ok((tree_size, path))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "leaf_index": seq - 1,
+        "tree_size": tree_size,
+        "audit_path": b64_all(&path),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    // Optional in the type so the role check answers first; required below.
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+/// `GET /audit/proofs/consistency/?from=M1&to=M2`: the RFC 6962 consistency proof that the
+/// tree of `M2` entries (default: the whole log) extends the tree of `M1`.
+pub async fn consistency_proof(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    query: web::Query<ConsistencyQuery>,
+) -> Result<HttpResponse, ApiError> {
+    require_auditor(&state, &user, &meta).await?;
+    let ConsistencyQuery { from, to } = query.into_inner();
+    let from = from.ok_or_else(|| ApiError::Invalid("from is required".into()))?;
+    let (to, proof) = state
+        .db(move |c| {
+            let size = merkle::size(c)? as i64;
+            let to = to.unwrap_or(size);
+            if to < 1 || to > size {
+                return Err(invalid(format!(
+                    "to must be between 1 and the log's size ({size})"
+                )));
+            }
+            if from < 1 || from > to {
+                return Err(invalid("from must be between 1 and to".into()));
+            }
+            let mut nodes = merkle::StoredNodes::new(c);
+            let proof = merkle::consistency_proof(&mut nodes, from as u64, to as u64)?;
+            Ok((to, proof))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "first": from,
+        "second": to,
+        "proof": b64_all(&proof),
+    })))
+}
+
+// ----- signed checkpoints (SPEC §10) ------------------------------------------------------
+
+/// `GET /audit/checkpoint/`: a signed checkpoint of the whole log (C2SP tlog-checkpoint in a
+/// signed note, Ed25519), refused — and `/readyz` failing from then on — if the log no longer
+/// extends the last checkpoint this log signed.
+pub async fn checkpoint(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    require_auditor(&state, &user, &meta).await?;
+    let (pool, keyring, origin) = (
+        state.pool.clone(),
+        state.keyring.clone(),
+        state.audit_origin.clone(),
+    );
+    let signed = web::block(move || {
+        let mut conn = pool.get().map_err(crate::db::DbError::from)?;
+        audit_checkpoint::sign_current(&mut conn, &keyring, &origin)
+    })
+    .await?;
+    match signed {
+        Ok(note) => Ok(HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .insert_header(("Cache-Control", "no-store"))
+            .body(note)),
+        Err(audit_checkpoint::SignError::Rewritten(problem)) => {
+            state
+                .checkpoint_alarm
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(problem = %problem, "!!! AUDIT LOG ROLLED BACK OR REWRITTEN: the checkpoint signer refuses to sign !!!");
+            Err(ApiError::Unavailable(anyhow::anyhow!(problem)))
+        }
+        Err(audit_checkpoint::SignError::Db(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// `GET /audit/public-key/`: the signed-note verifier key of the checkpoints (the active
+/// version's first, then any older version's still in use).
+pub async fn public_key(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    require_auditor(&state, &user, &meta).await?;
+    let (keyring, origin) = (state.keyring.clone(), state.audit_origin.clone());
+    let keys = state
+        .db(move |c| {
+            Ok(audit_checkpoint::signers(c, &keyring, &origin)?
+                .iter()
+                .map(|(_, s)| s.verifier_key())
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    let key = keys
+        .first()
+        .cloned()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no checkpoint key")))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "origin": state.audit_origin,
+        "key": key,
+        "keys": keys,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    checkpoints: Vec<String>,
+}
+
+/// `POST /audit/verify/` with `{checkpoints: [...]}`: the chain check of `GET`, and each
+/// checkpoint checked against the log (signature, origin, and that the log still extends it).
+pub async fn verify_with_checkpoints(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    body: web::Json<crate::routes::JsonObject<VerifyBody>>,
+) -> Result<HttpResponse, ApiError> {
+    require_auditor(&state, &user, &meta).await?;
+    let notes = body.into_inner().0.checkpoints;
+    if notes.len() > 100 || notes.iter().any(|n| n.len() > 4096) {
+        return Err(ApiError::Invalid(
+            "at most 100 checkpoints of at most 4096 bytes each".into(),
+        ));
+    }
+    let (keyring, origin) = (state.keyring.clone(), state.audit_origin.clone());
+    let (report, verdicts) = state
+        .db(move |c| {
+            let report = chain::verify(c)?;
+            let signers = audit_checkpoint::signers(c, &keyring, &origin)?;
+            let verdicts = notes
+                .iter()
+                .map(|n| audit_checkpoint::check(c, &signers, &origin, n))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((report, verdicts))
+        })
+        .await?;
+    let ok = report.ok && verdicts.iter().all(|v| v.ok);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "ok": ok,
+        "checked": report.checked,
+        "first_bad_seq": report.first_bad_seq,
+        "checkpoints": verdicts,
+    })))
 }

@@ -30,6 +30,14 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     if let Err(mismatch) = keys {
         return Err(ApiError::Unavailable(anyhow::anyhow!(mismatch)));
     }
+    if state
+        .checkpoint_alarm
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(ApiError::Unavailable(anyhow::anyhow!(
+            "the audit log no longer extends the last signed checkpoint"
+        )));
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "status": "ready",
         "keyring_active_version": state.keyring.active_version(),

@@ -80,6 +80,11 @@ route_table! {
     get    "/audit/events/" => audit::list,
     get    "/audit/export/" => audit::export,
     get    "/audit/verify/" => audit::verify,
+    post   "/audit/verify/" => audit::verify_with_checkpoints,
+    get    "/audit/checkpoint/" => audit::checkpoint,
+    get    "/audit/public-key/" => audit::public_key,
+    get    "/audit/proofs/inclusion/" => audit::inclusion_proof,
+    get    "/audit/proofs/consistency/" => audit::consistency_proof,
 }
 
 /// Unmatched requests: 405 when the path exists under another method, else 404.

@@ -17,3 +17,4 @@ mod security;
 mod services;
 mod sessions;
 mod tls;
+mod transparency;

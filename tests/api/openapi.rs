@@ -24,6 +24,7 @@ const SPEC_YAML: &str = include_str!("../../openapi.yaml");
 const NDJSON: &str = "application/x-ndjson";
 /// Prometheus text (`/metrics`): checked as a JSON string against its schema.
 const OPENMETRICS: &str = "application/openmetrics-text";
+const TEXT: &str = "text/plain";
 const OPERATION_KEYS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
@@ -231,6 +232,16 @@ impl Spec {
                     body,
                 )
             }
+            Some(content) if content.get(TEXT).is_some() => {
+                let content_type = headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !content_type.starts_with(TEXT) {
+                    return Err(format!("content type is {content_type:?}, not {TEXT}"));
+                }
+                self.validate_at(&format!("{pointer}/content/{}/schema", escape(TEXT)), body)
+            }
             Some(other) => Err(format!("only JSON content is checked, not {other}")),
             None if body.is_null() => Ok(()),
             None => Err(format!("the spec gives no body, but got {body}")),
@@ -392,7 +403,7 @@ impl Contract {
         let is_openmetrics = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with(OPENMETRICS));
+            .is_some_and(|v| v.starts_with(OPENMETRICS) || v.starts_with(TEXT));
         let body: Value = if text.is_empty() {
             Value::Null
         } else if is_openmetrics {
@@ -883,6 +894,14 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
         verdict,
         json!({ "ok": true, "checked": head["seq"], "first_bad_seq": null })
     );
+    api.get("/audit/proofs/inclusion/?seq=1", a, 200).await;
+    api.get("/audit/proofs/consistency/?from=1", a, 200).await;
+    let note = api.get("/audit/checkpoint/", a, 200).await;
+    api.get("/audit/public-key/", a, 200).await;
+    let checked = api
+        .post("/audit/verify/", a, json!({ "checkpoints": [note] }), 200)
+        .await;
+    assert_eq!(checked["ok"], true, "{checked}");
 
     // Administration, and a service revealing over mutual TLS.
     let (admin, _) = api.login_as(Role::Admin).await;
@@ -1061,6 +1080,8 @@ fn acceptable_body(template: &str) -> Body {
             "identity": "spiffe://payments/someone-new",
         })),
         "/admin/grants/" => Body::Json(json!({ "service": "nothing", "owner": "nobody-here" })),
+        "/audit/verify/" => Body::Json(json!({ "checkpoints": [] })),
+        "/admin/certificates/revoked/" => Body::Json(json!({ "fingerprint": "ab".repeat(32) })),
         "/payments/credentials/{id}/rollback/" | "/admin/keys/retire/" => {
             Body::Json(json!({ "version": 1 }))
         }
@@ -1389,14 +1410,19 @@ async fn everyone_but_auditors_answers_403_as_documented_on_every_audit_route() 
 
     for token in [&user, &admin] {
         for (method, template) in &routes {
+            let sent = match method.as_str() {
+                "post" => acceptable_body(template),
+                _ => Body::None,
+            };
             let body = api
-                .send(method_of(method), template, Some(token), Body::None, 403)
+                .send(method_of(method), template, Some(token), sent, 403)
                 .await;
             assert_eq!(body["error"], "Only auditors may read the audit log");
         }
     }
 
-    assert_eq!(routes.len(), 3);
+    // events, export, verify (GET and POST), the two Merkle proofs, the checkpoint and its key.
+    assert_eq!(routes.len(), 8);
     assert_eq!(
         api.seen.iter().filter(|(_, _, s)| *s == 403).count(),
         routes.len()
