@@ -118,6 +118,10 @@ pub struct Config {
     /// The audit log's origin in its checkpoints (`HAZINA_AUDIT_ORIGIN`); `None` = the random
     /// name fixed in the database at the first start.
     pub audit_origin: Option<String>,
+    /// Where a signed checkpoint is appended every `audit_checkpoint_seconds` while the log
+    /// grows (`HAZINA_AUDIT_CHECKPOINT_FILE`; none by default).
+    pub audit_checkpoint_file: Option<PathBuf>,
+    pub audit_checkpoint_seconds: u64,
     pub max_body_bytes: usize,
     pub workers: Option<usize>,
     pub db_pool_size: u32,
@@ -250,6 +254,19 @@ impl Config {
             }
         };
 
+        let audit_checkpoint_file = match get("HAZINA_AUDIT_CHECKPOINT_FILE") {
+            Some(v) if v.trim().is_empty() => {
+                return Err(bad("HAZINA_AUDIT_CHECKPOINT_FILE", "must not be empty"))
+            }
+            v => v.map(PathBuf::from),
+        };
+        let audit_checkpoint_seconds = u64::from(number(
+            &get,
+            "HAZINA_AUDIT_CHECKPOINT_SECONDS",
+            60,
+            1..=86_400,
+        )?);
+
         let max_body_bytes = match get("HAZINA_MAX_BODY_BYTES") {
             None => 64 * 1024,
             Some(v) => v
@@ -292,6 +309,8 @@ impl Config {
             keyring,
             owner_reveal,
             audit_origin,
+            audit_checkpoint_file,
+            audit_checkpoint_seconds,
             max_body_bytes,
             workers,
             db_pool_size,

@@ -127,6 +127,12 @@ enum AuditCommand {
         /// Only entries at or after this time (RFC 3339, or Unix seconds).
         #[arg(long)]
         since: Option<String>,
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+        after: i64,
+        /// Keep running and print new entries as they commit (for a SIEM shipper).
+        #[arg(long, conflicts_with = "since")]
+        follow: bool,
     },
 }
 
@@ -343,12 +349,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", signer.verifier_key());
             Ok(())
         }
-        Command::Audit(AuditCommand::Export { since }) => {
+        Command::Audit(AuditCommand::Export {
+            after,
+            follow: true,
+            ..
+        }) => {
+            let pool = open_vault(&config)?.pool;
+            let mut out = std::io::stdout().lock();
+            audit::store::follow(
+                &pool,
+                after,
+                std::time::Duration::from_millis(200),
+                |chunk| out.write_all(&chunk).and_then(|()| out.flush()).is_ok(),
+            )?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Export { since, after, .. }) => {
             let since = since.as_deref().map(parse_since).transpose()?;
             let pool = open_vault(&config)?.pool;
             let mut out = std::io::stdout().lock();
             let mut failed = None;
-            audit::store::export(&mut *pool.get()?, since, |chunk| {
+            audit::store::export(&mut *pool.get()?, since, after, |chunk| {
                 match out.write_all(&chunk) {
                     Ok(()) => true,
                     Err(e) => {

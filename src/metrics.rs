@@ -89,6 +89,7 @@ pub struct Metrics {
     rate_limiter_keys: Gauge,
     login_throttled: Counter,
     login_lockouts: Family<SubjectLabels, Counter>,
+    checkpoint_alarms: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -151,6 +152,12 @@ impl Metrics {
             "Lockouts started by failed logins, by account or address",
             login_lockouts.clone(),
         );
+        let checkpoint_alarms = Counter::default();
+        registry.register(
+            "hazina_audit_checkpoint_alarms",
+            "Times the checkpoint signer refused to sign because the audit log no longer extends its last checkpoint",
+            checkpoint_alarms.clone(),
+        );
         registry.register_collector(Box::new(AuditCollector(audit)));
         Metrics {
             registry,
@@ -162,6 +169,7 @@ impl Metrics {
             rate_limiter_keys,
             login_throttled,
             login_lockouts,
+            checkpoint_alarms,
         }
     }
 
@@ -205,6 +213,10 @@ impl Metrics {
     pub fn set_rate_limiter_keys(&self, keys: usize) {
         self.rate_limiter_keys
             .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    pub fn checkpoint_alarm(&self) {
+        self.checkpoint_alarms.inc();
     }
 
     pub fn login_throttled(&self) {

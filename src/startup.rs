@@ -55,6 +55,80 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// The checkpoint signer refused to sign: the log no longer extends the last checkpoint
+    /// it signed. Logged loudly, counted in `/metrics`, and `/readyz` fails from now on.
+    pub fn checkpoint_refused(&self, problem: &str) {
+        self.checkpoint_alarm
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.checkpoint_alarm();
+        tracing::error!(
+            problem,
+            "!!! AUDIT LOG ROLLED BACK OR REWRITTEN: the checkpoint signer refuses to sign !!!"
+        );
+    }
+}
+
+/// Every `every`, while the audit log grows, signs a checkpoint and appends it to `path`
+/// (created 0600, each note fsynced), for a write-once mount or a log shipper. Stops when the
+/// application is gone.
+fn spawn_checkpoint_publisher(state: &web::Data<AppState>, path: std::path::PathBuf, every: u64) {
+    let weak = std::sync::Arc::downgrade(&state.clone().into_inner());
+    let spawned = std::thread::Builder::new()
+        .name("hazina-checkpoints".into())
+        .spawn(move || {
+            let mut published = None;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(every));
+                let Some(state) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = publish_checkpoint(&state, &path, &mut published) {
+                    tracing::error!(error = %e, path = %path.display(), "cannot publish an audit checkpoint");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the checkpoint publisher");
+    }
+}
+
+fn publish_checkpoint(
+    state: &AppState,
+    path: &std::path::Path,
+    published: &mut Option<u64>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut conn = state.pool.get()?;
+    let size = crate::audit::merkle::size(&mut conn)?;
+    if *published == Some(size) {
+        return Ok(());
+    }
+    let note = match crate::audit::checkpoint::sign_current(
+        &mut conn,
+        &state.keyring,
+        &state.audit_origin,
+    ) {
+        Ok(note) => note,
+        Err(crate::audit::checkpoint::SignError::Rewritten(problem)) => {
+            state.checkpoint_refused(&problem);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    // Notes follow each other directly: each ends with its signature line.
+    file.write_all(note.as_bytes())?;
+    file.sync_all()?;
+    *published = Some(size);
+    Ok(())
+}
+
 /// How the keyring was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyringOrigin {
@@ -232,6 +306,9 @@ impl Application {
             audit_origin,
             checkpoint_alarm: std::sync::atomic::AtomicBool::new(false),
         });
+        if let Some(path) = &state.config.audit_checkpoint_file {
+            spawn_checkpoint_publisher(&state, path.clone(), state.config.audit_checkpoint_seconds);
+        }
         if !state.limits.enabled() {
             tracing::warn!(
                 "!!! RATE LIMITING IS OFF (HAZINA_RATE_LIMIT_PER_MINUTE=0): users and addresses \

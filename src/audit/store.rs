@@ -127,6 +127,7 @@ impl From<AuditRow> for EntryView {
 pub fn export(
     conn: &mut DbConn,
     since: Option<i64>,
+    after: i64,
     mut emit: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<i64, DbError> {
     let head = super::chain::read_head(conn)?;
@@ -134,7 +135,7 @@ pub fn export(
         since,
         ..Filter::default()
     };
-    let mut after = 0i64;
+    let mut after = after;
     let mut count = 0i64;
     loop {
         let rows = list(conn, &filter, after, 1000)?;
@@ -164,4 +165,42 @@ pub fn export(
     last.push(b'\n');
     emit(last);
     Ok(count)
+}
+
+/// Follows the log: emits every entry after `after` as a JSON line as it commits, polling
+/// every `every` with a connection taken from `pool` only for each poll (a follower never
+/// holds a connection while it waits). Runs until `emit` answers `false` (the reader left).
+pub fn follow(
+    pool: &crate::db::Pool,
+    mut after: i64,
+    every: std::time::Duration,
+    mut emit: impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), DbError> {
+    let mut idle = 0u32;
+    loop {
+        let rows = {
+            let mut conn = pool.get()?;
+            list(&mut conn, &Filter::default(), after, 1000)?
+        };
+        if rows.is_empty() {
+            // Nothing new. Now and then a keep-alive newline (JSON Lines readers skip blank
+            // lines), which is also how a follower learns that its reader has gone.
+            idle += 1;
+            if idle.is_multiple_of(50) && !emit(b"\n".to_vec()) {
+                return Ok(());
+            }
+            std::thread::sleep(every);
+            continue;
+        }
+        idle = 0;
+        let mut chunk = Vec::with_capacity(rows.len() * 400);
+        for row in rows {
+            after = row.seq;
+            let _ = serde_json::to_writer(&mut chunk, &EntryView::from(row));
+            chunk.push(b'\n');
+        }
+        if !emit(chunk) {
+            return Ok(());
+        }
+    }
 }

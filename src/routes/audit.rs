@@ -132,6 +132,10 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     since: Option<String>,
+    /// Only entries after this sequence number.
+    after: Option<i64>,
+    /// Keep the answer open and send new entries as they commit (no chain-head line).
+    follow: Option<bool>,
 }
 
 pub async fn export(
@@ -154,13 +158,45 @@ pub async fn export(
     );
     state.audit.record_best_effort(ev).await;
 
+    let after = query.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::Invalid(
+            "after must be a sequence number (0 or more)".into(),
+        ));
+    }
     // Stream in bounded chunks: memory stays flat however long the log is.
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let pool = state.pool.clone();
+    if query.follow == Some(true) {
+        // A follower polls on a thread of its own, holding a connection only per poll.
+        let spawned = std::thread::Builder::new()
+            .name("hazina-audit-follow".into())
+            .spawn(move || {
+                let every = std::time::Duration::from_millis(200);
+                if let Err(e) =
+                    store::follow(&pool, after, every, |chunk| tx.blocking_send(chunk).is_ok())
+                {
+                    tracing::error!(error = %e, "audit follow stopped");
+                }
+            });
+        if let Err(e) = spawned {
+            return Err(ApiError::Unavailable(anyhow::anyhow!("cannot follow: {e}")));
+        }
+        return Ok(HttpResponse::Ok()
+            .content_type("application/x-ndjson")
+            .insert_header(("Cache-Control", "no-store"))
+            .streaming(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|chunk| (Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), rx))
+            })));
+    }
     actix_web::rt::spawn(async move {
         let result = web::block(move || -> Result<i64, crate::db::DbError> {
             let mut conn = pool.get()?;
-            store::export(&mut conn, since, |chunk| tx.blocking_send(chunk).is_ok())
+            store::export(&mut conn, since, after, |chunk| {
+                tx.blocking_send(chunk).is_ok()
+            })
         })
         .await;
         // A failed export ends without its chain-head line, so it is visibly incomplete.
@@ -318,10 +354,7 @@ pub async fn checkpoint(
             .insert_header(("Cache-Control", "no-store"))
             .body(note)),
         Err(audit_checkpoint::SignError::Rewritten(problem)) => {
-            state
-                .checkpoint_alarm
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(problem = %problem, "!!! AUDIT LOG ROLLED BACK OR REWRITTEN: the checkpoint signer refuses to sign !!!");
+            state.checkpoint_refused(&problem);
             Err(ApiError::Unavailable(anyhow::anyhow!(problem)))
         }
         Err(audit_checkpoint::SignError::Db(e)) => Err(e.into()),

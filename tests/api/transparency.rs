@@ -484,6 +484,19 @@ async fn deleting_the_last_entries_and_fixing_the_head_is_caught_by_an_earlier_c
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hazina_audit_checkpoint_alarms_total 1"),
+        "{metrics}"
+    );
     // The same refusal after a restart (the last signed checkpoint is kept) and on a second
     // node sharing the database.
     let other = app.spawn_node().await;
@@ -649,4 +662,146 @@ async fn an_export_verifies_offline_against_a_checkpoint_and_an_edited_one_does_
     let short_file = dir.path().join("short.jsonl");
     std::fs::write(&short_file, short).unwrap();
     assert!(!offline(&short_file).status.success());
+}
+
+/// The signed notes in a checkpoint file, in order (each ends with its signature line).
+fn notes_in(file: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut notes = Vec::new();
+    let mut current = String::new();
+    for line in text.split_inclusive('\n') {
+        current.push_str(line);
+        if line.starts_with('\u{2014}') {
+            notes.push(std::mem::take(&mut current));
+        }
+    }
+    notes
+}
+
+#[tokio::test]
+async fn checkpoints_are_appended_to_the_checkpoint_file_while_the_log_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoints.txt");
+    let setting = file.display().to_string();
+    let app = spawn_app_with(&[
+        ("HAZINA_AUDIT_CHECKPOINT_FILE", setting.as_str()),
+        ("HAZINA_AUDIT_CHECKPOINT_SECONDS", "1"),
+    ])
+    .await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let wait_for = |count: usize| {
+        let file = file.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let notes = notes_in(&file);
+                if notes.len() >= count {
+                    return notes;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no checkpoint was published"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let first = wait_for(1).await;
+    app.user().await;
+    let notes = wait_for(first.len() + 1).await;
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let refs: Vec<&str> = notes.iter().map(String::as_str).collect();
+    let verdict = verify_with(&app, &auditor, &refs).await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    let sizes: Vec<u64> = verdict["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["tree_size"].as_u64().unwrap())
+        .collect();
+    assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
+}
+
+#[tokio::test]
+async fn following_the_export_streams_new_entries_as_they_commit_over_the_api_and_the_cli() {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let head: Vec<String> = app.sql_lines("SELECT CAST(seq AS TEXT) AS line FROM audit_head");
+    let after: i64 = head[0].parse().unwrap();
+
+    // The CLI follower, started before the entries exist.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .args(["audit", "export", "--follow", "--after", &after.to_string()])
+        .current_dir(app.dir.path())
+        .env("HAZINA_DATABASE_URL", app.db.url())
+        .env("HAZINA_KEYRING", &app.keyring_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    // The API follower.
+    let mut res = app
+        .client
+        .get(app.url(&format!("/audit/export/?after={after}&follow=true")))
+        .bearer_auth(&auditor.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let user = app.user().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let is_new_login = |line: &str| {
+        serde_json::from_str::<Value>(line).is_ok_and(|v| {
+            v["seq"].as_i64().is_some_and(|s| s > after)
+                && v["action"] == "auth.login"
+                && v["actor"]["name"] == user.username.as_str()
+        })
+    };
+    let mut streamed = String::new();
+    while !streamed.lines().any(is_new_login) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API never streamed the login"
+        );
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), res.chunk())
+            .await
+            .expect("a chunk in time")
+            .unwrap()
+            .expect("the stream stays open");
+        streamed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Nothing before `after` is sent, and there is no chain-head line while following.
+    for line in streamed.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["seq"].as_i64().unwrap() > after, "{line}");
+    }
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines_rx
+            .recv_timeout(left)
+            .expect("the CLI never printed the login");
+        if is_new_login(&line) {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
