@@ -17,6 +17,7 @@ fn aad() -> Aad<'static> {
         provider: "mpesa",
         environment: "live",
         version: 3,
+        profile: None,
     }
 }
 

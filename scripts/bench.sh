@@ -4,7 +4,12 @@
 # Builds the release binaries, starts hazina on a temporary SQLite database (or on
 # HAZINA_BENCH_DATABASE_URL, which must name an empty PostgreSQL database), seeds it, and
 # drives `oha` (installed with cargo if missing) on loopback. Prints one JSON line per
-# scenario: floor, reveal, list, verify, login, reveal_during_login_flood, rotation.
+# scenario: floor, reveal, list, verify, login, reveal_during_login_flood, rotation, and the
+# audit log's: audit_tree (reveal with the Merkle tree extended vs not, interleaved rounds on
+# two fresh databases) and audit_scale (`audit verify` rate and proof latency at
+# AUDIT_ENTRIES entries, default 1,000,000). The default run leaves the audit ones out (they
+# take minutes); name them with -s. So does stk-password (the M-Pesa STK password operation
+# beside the reveal on the same credential, interleaved rounds).
 #
 #   scripts/bench.sh [-d SECONDS] [-c CONNECTIONS] [-r ROTATION_ROWS] [-s SCENARIO ...]
 #
@@ -16,25 +21,31 @@ cd "$(dirname "$0")/.."
 duration=20
 connections=32
 rotation_rows=100000
+rounds=3
+audit_entries=${AUDIT_ENTRIES:-1000000}
 only=()
-while getopts "d:c:r:s:" opt; do
+while getopts "d:c:r:s:n:" opt; do
   case $opt in
     d) duration=$OPTARG ;;
     c) connections=$OPTARG ;;
     r) rotation_rows=$OPTARG ;;
     s) only+=("$OPTARG") ;;
-    *) echo "usage: $0 [-d seconds] [-c connections] [-r rotation_rows] [-s scenario]..." >&2; exit 2 ;;
+    n) rounds=$OPTARG ;;
+    *) echo "usage: $0 [-d seconds] [-c connections] [-r rotation_rows] [-n rounds] [-s scenario]..." >&2; exit 2 ;;
   esac
 done
 wants() { [[ ${#only[@]} -eq 0 ]] || [[ " ${only[*]} " == *" $1 "* ]]; }
+# The audit scenarios run only when named.
+wants_named() { [[ " ${only[*]} " == *" $1 "* ]]; }
 
 echo "==> building release binaries" >&2
 cargo build --release --bins >&2
+[[ -n ${CARGO_TARGET_DIR:-} ]] && echo "==> binaries from $CARGO_TARGET_DIR/release" >&2
 if ! command -v oha >/dev/null 2>&1; then
   echo "==> installing oha (HTTP load generator)" >&2
   cargo install oha --locked >&2
 fi
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 server_pid=
 cleanup() {
@@ -166,4 +177,170 @@ print(json.dumps({"scenario": "rotation", "rows": int(m.group(1)), "seconds": fl
                   "backend": "sqlite", "progress_lines": out.stderr.count("rewrapped")}))
 PY
   done
+fi
+
+# start_server DIR [ENV=VALUE ...]: starts hazina on DIR's database and keyring with the extra
+# environment; sets aux_pid and aux_base.
+start_server() {
+  local dir=$1; shift
+  env HAZINA_DATABASE_URL="sqlite://$dir/db" HAZINA_KEYRING="$dir/keyring" "$@" \
+    "$bin/hazina" serve 2>"$dir/serve.log" &
+  aux_pid=$!
+  local p=
+  for _ in $(seq 1 400); do
+    p=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$dir/serve.log" | head -1)
+    [[ -n $p ]] && break
+    sleep 0.05
+  done
+  [[ -n $p ]] || { cat "$dir/serve.log" >&2; echo "server did not start" >&2; exit 1; }
+  aux_base=http://127.0.0.1:$p
+}
+stop_server() { kill "$aux_pid" 2>/dev/null || true; wait "$aux_pid" 2>/dev/null || true; }
+
+if wants_named stk-password; then
+  # The provider operation beside the reveal, on the same M-Pesa credential, interleaved.
+  mid=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $token" |
+    python3 -c 'import json,sys; print(next(c["id"] for c in json.load(sys.stdin) if c["provider"] == "mpesa" and c["environment"] == "sandbox"))')
+  curl -sf -X POST "$base/payments/credentials/$mid/rotate/" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d '{"secrets":{"passkey":"bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"}}' >/dev/null
+  curl -sf -X PUT "$base/payments/credentials/$mid/" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d '{"settings":{"business_short_code":"174379"}}' >/dev/null
+  echo "==> stk-password: $rounds interleaved rounds of ${duration}s, stk-password vs reveal on credential $mid" >&2
+  stk_round() {
+    load "stk-$1" "$connections" "${auth[@]}" -m POST -H 'Content-Type: application/json' \
+      -d '{"reference":"bench-order"}' "$base/payments/credentials/$mid/operations/stk-password/"
+  }
+  reveal_round() { load "stkreveal-$1" "$connections" "${auth[@]}" "$base/payments/credentials/$mid/get-private-key/"; }
+  for round in $(seq 1 "$rounds"); do
+    # Alternate which goes first, so drift over the run does not favour either.
+    if (( round % 2 == 1 )); then stk_round "$round"; reveal_round "$round"; else reveal_round "$round"; stk_round "$round"; fi
+  done
+  python3 - "$work" "$rounds" <<'PY'
+import json, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def side(name):
+    out = []
+    for r in range(1, rounds + 1):
+        d = json.load(open(f"{work}/{name}-{r}.json"))
+        codes = d.get("statusCodeDistribution", {})
+        bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(d.get("errorDistribution", {}).values())
+        out.append((d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, bad))
+    return out
+stk, rev = side("stk"), side("stkreveal")
+s, r = statistics.median([x[0] for x in stk]), statistics.median([x[0] for x in rev])
+print(json.dumps({
+    "scenario": "stk-password", "rounds": rounds,
+    "stk_password_rps": [round(x[0], 1) for x in stk], "reveal_rps": [round(x[0], 1) for x in rev],
+    "stk_password_median_rps": round(s, 1), "reveal_median_rps": round(r, 1),
+    "stk_password_p99_ms": round(statistics.median([x[1] for x in stk]), 2),
+    "reveal_p99_ms": round(statistics.median([x[1] for x in rev]), 2),
+    "ratio": round(s / r, 3), "bar": "stk-password >= reveal", "met": s >= r,
+    "non_2xx": sum(x[2] for x in stk + rev),
+}))
+PY
+fi
+
+if wants_named audit_tree; then
+  # The same binary, the same reveal, on two databases of the same shape: one extends the
+  # Merkle tree in every group commit (the product), one is started with the benchmark-only
+  # HAZINA_BENCH_SKIP_AUDIT_TREE=1. Rounds alternate which goes first.
+  for side in tree notree; do
+    mkdir -p "$work/$side"
+    HAZINA_DATABASE_URL=sqlite://$work/$side/db HAZINA_KEYRING=$work/$side/keyring "$bin/hazina" keys init >/dev/null
+    HAZINA_DATABASE_URL=sqlite://$work/$side/db HAZINA_KEYRING=$work/$side/keyring "$bin/hazina-seed" --credentials 10 --prefix bench >/dev/null
+  done
+  echo "==> audit_tree: $rounds interleaved rounds of ${duration}s reveals, with and without the tree" >&2
+  for round in $(seq 1 "$rounds"); do
+    order="tree notree"; (( round % 2 == 0 )) && order="notree tree"
+    for side in $order; do
+      extra=(); [[ $side == notree ]] && extra=(HAZINA_BENCH_SKIP_AUDIT_TREE=1)
+      start_server "$work/$side" "${extra[@]}"
+      t=$(curl -sf -X POST "$aux_base/users/login/" -H 'Content-Type: application/json' -d "$login_body" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+      cid=$(curl -sf "$aux_base/payments/credentials/" -H "Authorization: Bearer $t" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+      oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "${duration}s" -c "$connections" \
+        -H "Authorization: Bearer $t" "$aux_base/payments/credentials/$cid/get-private-key/" >"$work/audit_tree-$side-$round.json"
+      stop_server
+    done
+  done
+  python3 - "$work" "$rounds" <<'PY'
+import json, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def runs(side):
+    out = []
+    for r in range(1, rounds + 1):
+        d = json.load(open(f"{work}/audit_tree-{side}-{r}.json"))
+        codes = d.get("statusCodeDistribution", {})
+        bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(d.get("errorDistribution", {}).values())
+        out.append((d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, bad))
+    return out
+tree, notree = runs("tree"), runs("notree")
+med = lambda xs: statistics.median(xs)
+t, n = med([r[0] for r in tree]), med([r[0] for r in notree])
+print(json.dumps({
+    "scenario": "audit_tree", "rounds": rounds,
+    "with_tree_rps": [round(r[0], 1) for r in tree], "without_tree_rps": [round(r[0], 1) for r in notree],
+    "with_tree_median_rps": round(t, 1), "without_tree_median_rps": round(n, 1),
+    "with_tree_p99_ms": round(med([r[1] for r in tree]), 2), "without_tree_p99_ms": round(med([r[1] for r in notree]), 2),
+    "ratio": round(t / n, 3), "bar": "ratio >= 0.95", "met": t / n >= 0.95,
+    "non_2xx": sum(r[2] for r in tree + notree),
+}))
+PY
+fi
+
+if wants_named audit_scale; then
+  # A log of AUDIT_ENTRIES entries, appended through the vault's own chain-and-tree append.
+  scale=$work/scale
+  mkdir -p "$scale"
+  export_env=(HAZINA_DATABASE_URL="sqlite://$scale/db" HAZINA_KEYRING="$scale/keyring")
+  env "${export_env[@]}" "$bin/hazina" keys init >/dev/null
+  echo "==> audit_scale: seeding $audit_entries audit entries" >&2
+  seed_start=$(date +%s.%N)
+  env "${export_env[@]}" "$bin/hazina-seed" --credentials 10 --prefix bench --audit-entries "$audit_entries" >/dev/null
+  seed_end=$(date +%s.%N)
+  printf 'auditor password 0123\n' | env "${export_env[@]}" "$bin/hazina" users create --username benchauditor --role auditor --password-stdin >/dev/null
+  verify_start=$(date +%s.%N)
+  verify_out=$(env "${export_env[@]}" "$bin/hazina" audit verify)
+  verify_end=$(date +%s.%N)
+  start_server "$scale"
+  at=$(curl -sf -X POST "$aux_base/users/login/" -H 'Content-Type: application/json' \
+    -d '{"username":"benchauditor","password":"auditor password 0123"}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  python3 - "$aux_base" "$at" "$seed_start" "$seed_end" "$verify_start" "$verify_end" "$verify_out" <<'PY'
+import http.client, json, random, sys, time, urllib.parse
+base, token, s0, s1, v0, v1, verify_out = sys.argv[1:8]
+u = urllib.parse.urlparse(base)
+conn = http.client.HTTPConnection(u.hostname, u.port)
+hdr = {"Authorization": f"Bearer {token}"}
+def get(path):
+    conn.request("GET", path, headers=hdr)
+    r = conn.getresponse()
+    body = r.read()
+    if r.status != 200:
+        raise SystemExit(f"{path}: {r.status} {body[:200]!r}")
+    return json.loads(body) if body[:1] in (b"{", b"[") else body
+size = int(get("/audit/checkpoint/").decode().split("\n")[1])
+rng = random.Random(6962)
+def timed(paths):
+    lat = []
+    for p in paths:
+        t = time.perf_counter(); get(p); lat.append((time.perf_counter() - t) * 1000)
+    lat.sort()
+    return {"requests": len(lat), "p50_ms": round(lat[len(lat) // 2], 3), "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 3), "max_ms": round(lat[-1], 3)}
+incl = timed([f"/audit/proofs/inclusion/?seq={rng.randint(1, size)}&tree_size={size}" for _ in range(2000)])
+cons = timed([f"/audit/proofs/consistency/?from={rng.randint(1, size - 1)}&to={size}" for _ in range(2000)])
+report = json.loads(verify_out)
+if not report["ok"]:
+    raise SystemExit(f"audit verify failed: {verify_out}")
+checked = report["checked"]
+print(json.dumps({
+    "scenario": "audit_scale", "entries": size,
+    "seed_entries_per_sec": round(size / (float(s1) - float(s0))),
+    "verify_entries_per_sec": round(checked / (float(v1) - float(v0))), "verify_checked": checked,
+    "inclusion_proof": incl, "consistency_proof": cons,
+    "bar": "proof p99 <= 10 ms", "met": incl["p99_ms"] <= 10 and cons["p99_ms"] <= 10,
+}))
+PY
+  stop_server
 fi

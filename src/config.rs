@@ -115,6 +115,12 @@ pub struct Config {
     pub bind: String,
     pub keyring: KeyringSource,
     pub owner_reveal: bool,
+    /// Owners may run provider operations on their own credentials (`HAZINA_OWNER_OPERATIONS`,
+    /// default true).
+    pub owner_operations: bool,
+    /// After a rotation, how long the previous version's webhook secret still validates
+    /// (`HAZINA_WEBHOOK_GRACE_SECONDS`, default 86,400).
+    pub webhook_grace_seconds: u32,
     /// The audit log's origin in its checkpoints (`HAZINA_AUDIT_ORIGIN`); `None` = the random
     /// name fixed in the database at the first start.
     pub audit_origin: Option<String>,
@@ -237,6 +243,18 @@ impl Config {
             }
         };
 
+        let owner_operations = match get("HAZINA_OWNER_OPERATIONS") {
+            None => true,
+            Some(v) => parse_bool(&v)
+                .ok_or_else(|| bad("HAZINA_OWNER_OPERATIONS", "must be true or false"))?,
+        };
+        let webhook_grace_seconds = number(
+            &get,
+            "HAZINA_WEBHOOK_GRACE_SECONDS",
+            86_400,
+            0..=30 * 86_400,
+        )?;
+
         let audit_origin = match get("HAZINA_AUDIT_ORIGIN") {
             None => None,
             Some(v) => {
@@ -308,6 +326,8 @@ impl Config {
             bind,
             keyring,
             owner_reveal,
+            owner_operations,
+            webhook_grace_seconds,
             audit_origin,
             audit_checkpoint_file,
             audit_checkpoint_seconds,

@@ -46,6 +46,8 @@ pub enum ApiError {
     /// `If-Match` named a version the credential has moved past.
     #[error("precondition failed; current version {0}")]
     PreconditionFailed(i32),
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("service unavailable: {0}")]
     Unavailable(anyhow::Error),
     #[error("internal error: {0}")]
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::PreconditionFailed(v) => {
                 format!("The credential has changed since that version; its current version is {v}")
             }
+            ApiError::NotImplemented(m) => (*m).into(),
             ApiError::Unavailable(_) => "Service temporarily unavailable; try again".into(),
             ApiError::Internal(_) => "Internal server error".into(),
         }
@@ -94,6 +97,7 @@ impl ResponseError for ApiError {
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,6 +121,27 @@ impl ResponseError for ApiError {
             _ => {}
         }
         res.json(json!({ "error": self.public_message() }))
+    }
+}
+
+/// The answer to a service whose grant does not name the operation.
+pub const OPERATION_NOT_GRANTED: &str = "This service's grant does not allow this operation";
+
+impl From<crate::vault::Refusal> for ApiError {
+    fn from(r: crate::vault::Refusal) -> Self {
+        use crate::vault::Refusal;
+        match r {
+            Refusal::NotFound => ApiError::CredentialNotFound,
+            Refusal::NotGranted(_) => ApiError::Forbidden(OPERATION_NOT_GRANTED),
+            Refusal::NoSuchOperation => {
+                ApiError::NotFound("No such operation for this credential's provider")
+            }
+            Refusal::Missing(m) => ApiError::Conflict(m),
+            Refusal::Invalid(m) => ApiError::Invalid(m),
+            Refusal::NotImplemented(m) => ApiError::NotImplemented(m),
+            Refusal::Storage(e) => ApiError::Internal(e),
+            Refusal::Unavailable(e) => ApiError::Unavailable(e),
+        }
     }
 }
 

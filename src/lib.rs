@@ -46,3 +46,4 @@ pub mod routes;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;
+pub mod vault;

@@ -51,6 +51,25 @@ enum Command {
     /// Manage grants: which service may read which owner's credentials.
     #[command(subcommand)]
     Grants(GrantsCommand),
+    /// Manage provider certificates (Safaricom's, for the M-Pesa SecurityCredential).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Install (or replace) a provider's public certificate for an environment.
+    Set {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        environment: String,
+        /// The PEM certificate file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// List the installed certificates with their fingerprints and validity.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +111,10 @@ enum GrantsCommand {
         provider: Option<String>,
         #[arg(long)]
         environment: Option<String>,
+        /// An operation the grant allows (repeatable): reveal, stk-password,
+        /// security-credential, webhook-verify, access-token. Default: reveal.
+        #[arg(long = "operation")]
+        operations: Vec<String>,
     },
     /// List grants.
     List,
@@ -292,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Services(cmd) => services(&config, cmd),
         Command::Grants(cmd) => grants(&config, cmd),
+        Command::Certs(cmd) => certs(&config, cmd),
         Command::Audit(AuditCommand::Verify {
             checkpoints,
             export: Some(export),
@@ -474,13 +498,25 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
             owner,
             provider,
             environment,
+            operations,
         } => {
             let provider = provider.as_deref().map(Provider::parse).transpose()?;
             let environment = environment.as_deref().map(Environment::parse).transpose()?;
+            let operations = hazina::vault::Operations::parse(&operations)?;
             use hazina::routes::admin::{grant_by_names, grant_target};
             let created = audit::chain::with_entry(
                 &mut *pool.get()?,
-                |tx| grant_by_names(tx, &keyring, &service, &owner, provider, environment, now),
+                |tx| {
+                    grant_by_names(
+                        tx,
+                        &keyring,
+                        &service,
+                        &owner,
+                        (provider, environment),
+                        &operations,
+                        now,
+                    )
+                },
                 |made| {
                     let (grant, owner_id) = made.as_ref().ok()?;
                     let target = grant_target(grant, *owner_id);
@@ -489,8 +525,8 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
             )?;
             let (grant, _) = created.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
-                "granted `{service}` read access to `{owner}`'s credentials (grant id {})",
-                grant.id
+                "granted `{service}` {} on `{owner}`'s credentials (grant id {})",
+                grant.operations, grant.id
             );
         }
         GrantsCommand::List => {
@@ -505,7 +541,10 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
                 } else {
                     "live"
                 };
-                println!("{}\t{service}\t{owner}\t{scope}\t{state}", g.id);
+                println!(
+                    "{}\t{service}\t{owner}\t{scope}\t{}\t{state}",
+                    g.id, g.operations
+                );
             }
         }
         GrantsCommand::Revoke { id } => {
@@ -539,6 +578,59 @@ fn parse_since(raw: &str) -> anyhow::Result<i64> {
 }
 
 /// The audit entry of an operator action taken through the command line.
+fn certs(config: &Config, cmd: CertsCommand) -> anyhow::Result<()> {
+    let vault = open_vault(config)?;
+    let mut conn = vault.pool.get()?;
+    match cmd {
+        CertsCommand::Set {
+            provider,
+            environment,
+            file,
+        } => {
+            let provider = Provider::parse(&provider)?;
+            if provider != Provider::Mpesa {
+                bail!("only mpesa takes a provider certificate (for the SecurityCredential)");
+            }
+            let environment = Environment::parse(&environment)?;
+            let pem = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let entry = cli_event(Action::AdminProviderCertificateSet, Target::default());
+            let row = hazina::routes::admin::set_certificate(
+                &mut conn,
+                &vault.keyring,
+                (provider, environment),
+                &pem,
+                "cli",
+                entry,
+                Clock::System.now(),
+            )?;
+            println!(
+                "installed the {} {} certificate: sha256 {}, subject {}",
+                row.provider, row.environment, row.sha256, row.subject
+            );
+        }
+        CertsCommand::List => {
+            for row in db::provider_certs::list(&mut conn)? {
+                let state = if row.intact(&vault.keyring) {
+                    "intact"
+                } else {
+                    "FAILED ITS INTEGRITY CHECK"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\tvalid {} to {}\t{state}",
+                    row.provider,
+                    row.environment,
+                    row.sha256,
+                    row.subject,
+                    hazina::clock::rfc3339(row.not_before),
+                    hazina::clock::rfc3339(row.not_after)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn cli_event(action: Action, target: Target) -> Event {
     Event::new(
         Clock::System.now_micros(),
@@ -742,6 +834,13 @@ fn reexec_with_fixed_mmap_threshold() {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     let backend = config.database_url.backend();
+    if std::env::var("HAZINA_BENCH_SKIP_AUDIT_TREE").as_deref() == Ok("1") {
+        hazina::audit::merkle::skip_for_benchmark();
+        eprintln!(
+            "hazina: BENCHMARK MODE: HAZINA_BENCH_SKIP_AUDIT_TREE=1: the audit Merkle tree is not \
+             extended while this process runs (it catches up at the next start)"
+        );
+    }
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config, Clock::System)?;
         eprintln!("hazina: serving on port {} ({backend})", app.port());

@@ -22,6 +22,21 @@ use crate::db::{DbConn, DbError};
 
 pub type Hash = [u8; 32];
 
+/// Set only by `scripts/bench.sh` (`HAZINA_BENCH_SKIP_AUDIT_TREE=1`, read by `hazina serve`),
+/// to measure what extending the tree costs: while set, appends leave the tree behind the
+/// log. Nothing is lost: the next append made without it (or the next start-up) catches the
+/// tree up, and checkpoints meanwhile cover only the entries the tree holds.
+static SKIP_FOR_BENCHMARK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+pub fn skip_for_benchmark() {
+    SKIP_FOR_BENCHMARK.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn skipped_for_benchmark() -> bool {
+    SKIP_FOR_BENCHMARK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `SHA-256(0x00 ‖ entry hash)`.
 pub fn leaf_hash(entry_hash: &[u8]) -> Hash {
     let mut h = Sha256::new();

@@ -96,6 +96,10 @@ closed_enum! {
         RateLimited => "request.rate_limited",
         IntegrityViolation => "integrity.violation",
         AdminCertificateRevoke => "admin.certificate_revoke",
+        CredentialOperation => "credential.operation",
+        CredentialAccessLog => "credential.access_log",
+        AdminProviderCertificateSet => "admin.provider_certificate_set",
+        AdminProviderCertificateDelete => "admin.provider_certificate_delete",
     }
 }
 
@@ -127,6 +131,10 @@ closed_enum! {
         LockedOut => "locked_out",
         RowTampered => "row_tampered",
         CertificateRevoked => "certificate_revoked",
+        OperationNotGranted => "operation_not_granted",
+        OwnerOperationsDisabled => "owner_operations_disabled",
+        OwnerDisabled => "owner_disabled",
+        SignatureMismatch => "signature_mismatch",
     }
 }
 
@@ -261,6 +269,10 @@ pub struct Event {
     pub outcome: Outcome,
     pub reason: Option<Reason>,
     pub request_id: Option<String>,
+    /// The provider operation (`stk-password`, …) a `credential.operation` entry records.
+    pub operation: Option<&'static str>,
+    /// The caller's payment reference, already checked against its pattern.
+    pub reference: Option<String>,
 }
 
 impl Event {
@@ -275,7 +287,16 @@ impl Event {
             outcome: Outcome::Success,
             reason: None,
             request_id: meta.request_id.clone(),
+            operation: None,
+            reference: None,
         }
+    }
+
+    /// The operation and payment reference this entry records.
+    pub fn operation(mut self, operation: &'static str, reference: Option<String>) -> Self {
+        self.operation = Some(operation);
+        self.reference = reference;
+        self
     }
 
     pub fn target(mut self, target: Target) -> Self {

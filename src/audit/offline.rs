@@ -40,6 +40,10 @@ struct Line {
     outcome: String,
     reason: Option<String>,
     request_id: Option<String>,
+    #[serde(default)]
+    operation: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
     prev_hash: String,
     hash: String,
 }
@@ -98,6 +102,8 @@ fn row_of(line: Line) -> Option<AuditRow> {
         request_id: line.request_id,
         prev_hash: hex::decode(line.prev_hash).ok()?,
         hash: hex::decode(line.hash).ok()?,
+        operation: line.operation,
+        reference: line.reference,
     })
 }
 

@@ -17,6 +17,9 @@ pub struct Filter {
     pub credential_id: Option<i64>,
     pub owner_id: Option<i64>,
     pub outcome: Option<String>,
+    /// The operation (`stk-password`, …) and the caller's payment reference.
+    pub operation: Option<String>,
+    pub reference: Option<String>,
     /// Inclusive lower bound, microseconds.
     pub since: Option<i64>,
     /// Exclusive upper bound, microseconds.
@@ -52,6 +55,12 @@ pub fn list(
     if let Some(o) = &filter.outcome {
         q = q.filter(log::outcome.eq(o.clone()));
     }
+    if let Some(o) = &filter.operation {
+        q = q.filter(log::operation.eq(o.clone()));
+    }
+    if let Some(r) = &filter.reference {
+        q = q.filter(log::reference.eq(r.clone()));
+    }
     if let Some(t) = filter.since {
         q = q.filter(log::occurred_at.ge(t));
     }
@@ -74,6 +83,10 @@ pub struct EntryView {
     pub outcome: String,
     pub reason: Option<String>,
     pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -115,6 +128,8 @@ impl From<AuditRow> for EntryView {
             outcome: r.outcome,
             reason: r.reason,
             request_id: r.request_id,
+            operation: r.operation,
+            reference: r.reference,
             prev_hash: hex::encode(r.prev_hash),
             hash: hex::encode(r.hash),
         }

@@ -14,6 +14,7 @@ use clap::Parser;
 use diesel::prelude::*;
 use secrecy::SecretString;
 
+use hazina::audit::{chain, Action, Actor, Event, RequestMeta, Target};
 use hazina::auth::password;
 use hazina::clock::Clock;
 use hazina::config::{self, Config};
@@ -35,6 +36,10 @@ struct Args {
     /// Username prefix of the synthetic merchants.
     #[arg(long, default_value = "bench")]
     prefix: String,
+    /// Also append this many synthetic audit entries (`credential.read` by the first
+    /// merchant), chained and added to the Merkle tree as the vault itself does, in batches.
+    #[arg(long, default_value_t = 0)]
+    audit_entries: u64,
 }
 
 const ENVIRONMENTS: [&str; 2] = ["sandbox", "live"];
@@ -98,6 +103,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 provider: provider.as_str(),
                 environment: env,
                 version: 1,
+                profile: None,
             };
             let sealed = envelope::seal_under(&keyring, kek_version, &aad, &secret)?;
             creds.push((
@@ -143,10 +149,40 @@ fn run(args: Args) -> anyhow::Result<()> {
             db::keys::bump_wear(tx, kek_version, n)
         })?;
     }
+    seed_audit(conn, args.audit_entries, owner_ids.first().copied())?;
     println!(
-        "{{\"merchants\":{owners},\"credentials\":{},\"first_merchant\":\"{}000000\"}}",
+        "{{\"merchants\":{owners},\"credentials\":{},\"first_merchant\":\"{}000000\",\"audit_entries\":{}}}",
         slots.len(),
-        args.prefix
+        args.prefix,
+        args.audit_entries
     );
+    Ok(())
+}
+
+/// Appends `count` audit entries through the vault's own append (chain and tree), in batches.
+fn seed_audit(conn: &mut DbConn, count: u64, owner: Option<i64>) -> anyhow::Result<()> {
+    const BATCH: u64 = 5000;
+    let meta = RequestMeta::default();
+    let mut done = 0;
+    while done < count {
+        let n = BATCH.min(count - done);
+        let events: Vec<Event> = (0..n)
+            .map(|_| {
+                let mut e = Event::new(
+                    Clock::System.now_micros(),
+                    Actor::system(),
+                    &meta,
+                    Action::CredentialRead,
+                );
+                if let Some(owner) = owner {
+                    e = e.target(Target::owner(owner));
+                }
+                e
+            })
+            .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        chain::append(conn, &refs)?;
+        done += n;
+    }
     Ok(())
 }

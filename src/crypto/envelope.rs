@@ -9,6 +9,12 @@
 //! - `wrapped_dek` = nonce (12) ‖ AES-GCM(KEK, DEK, aad = "dek" ‖ kek_version ‖ binding) (48)
 //! - `ciphertext`  = nonce (12) ‖ AES-GCM(DEK, secret, aad = "secret" ‖ binding)
 //! - `verifier`    = HMAC-SHA-256(HKDF(DEK, "verifier"), binding ‖ secret) (32)
+//!
+//! Format 2 (a provider profile, SPEC §9.1) is the same with two differences: the sealed
+//! plaintext is the JSON object `{"private_key": …, "secrets": {name: value}}`, and the
+//! binding also carries the version's profile (the canonical JSON of which secrets are set and
+//! of its settings), so a setting edited in the database fails authentication. The verifier
+//! still covers `private_key` alone.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -22,8 +28,10 @@ use zeroize::Zeroizing;
 
 use super::keyring::{Keyring, KEY_LEN};
 
-/// The envelope format this build writes.
+/// The envelope format of a private key alone.
 pub const FORMAT_V1: i32 = 1;
+/// The envelope format of a private key with a provider profile (secrets and settings).
+pub const FORMAT_V2: i32 = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
@@ -47,6 +55,8 @@ pub struct Aad<'a> {
     pub provider: &'a str,
     pub environment: &'a str,
     pub version: i32,
+    /// The version's profile (format 2 only): its canonical JSON, as stored.
+    pub profile: Option<&'a str>,
 }
 
 impl Aad<'_> {
@@ -63,8 +73,47 @@ impl Aad<'_> {
             out.extend_from_slice(s.as_bytes());
         }
         out.extend_from_slice(&self.version.to_be_bytes());
+        if let Some(profile) = self.profile {
+            out.extend_from_slice(b"\x02profile");
+            out.extend_from_slice(&(profile.len() as u32).to_be_bytes());
+            out.extend_from_slice(profile.as_bytes());
+        }
         out
     }
+
+    fn format(&self) -> i32 {
+        if self.profile.is_some() {
+            FORMAT_V2
+        } else {
+            FORMAT_V1
+        }
+    }
+}
+
+/// Everything one version seals: the private key and the provider's named secrets.
+pub struct Contents {
+    pub private_key: SecretString,
+    pub secrets: std::collections::BTreeMap<String, SecretString>,
+}
+
+impl std::fmt::Debug for Contents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contents")
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ContentsOut<'a> {
+    private_key: &'a str,
+    secrets: std::collections::BTreeMap<&'a str, &'a str>,
+}
+
+#[derive(serde::Deserialize)]
+struct ContentsIn {
+    private_key: String,
+    secrets: std::collections::BTreeMap<String, String>,
 }
 
 /// One sealed credential version, as stored.
@@ -140,7 +189,7 @@ fn wrap_dek(
 }
 
 fn unwrap_dek(keyring: &Keyring, env: &Envelope, aad: &Aad<'_>) -> Result<Dek, EnvelopeError> {
-    if env.format != FORMAT_V1 {
+    if env.format != FORMAT_V1 && env.format != FORMAT_V2 {
         return Err(EnvelopeError::UnsupportedFormat(env.format));
     }
     let kek = keyring
@@ -185,15 +234,61 @@ pub fn seal_under(
     aad: &Aad<'_>,
     secret: &SecretString,
 ) -> Result<Envelope, EnvelopeError> {
+    if aad.profile.is_some() {
+        return Err(EnvelopeError::Malformed);
+    }
+    seal_bytes(
+        keyring,
+        kek_version,
+        aad,
+        secret.expose_secret().as_bytes(),
+        secret,
+    )
+}
+
+/// Seals `contents` for `aad`: format 1 when there is no profile (the private key alone, as
+/// [`seal_under`]), format 2 with one.
+pub fn seal_contents_under(
+    keyring: &Keyring,
+    kek_version: i32,
+    aad: &Aad<'_>,
+    contents: &Contents,
+) -> Result<Envelope, EnvelopeError> {
+    if aad.profile.is_none() {
+        if !contents.secrets.is_empty() {
+            return Err(EnvelopeError::Malformed);
+        }
+        return seal_under(keyring, kek_version, aad, &contents.private_key);
+    }
+    let plain = Zeroizing::new(
+        serde_json::to_vec(&ContentsOut {
+            private_key: contents.private_key.expose_secret(),
+            secrets: contents
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.expose_secret()))
+                .collect(),
+        })
+        .map_err(|_| EnvelopeError::Malformed)?,
+    );
+    seal_bytes(keyring, kek_version, aad, &plain, &contents.private_key)
+}
+
+fn seal_bytes(
+    keyring: &Keyring,
+    kek_version: i32,
+    aad: &Aad<'_>,
+    plaintext: &[u8],
+    private_key: &SecretString,
+) -> Result<Envelope, EnvelopeError> {
     let mut dek: Dek = Zeroizing::new([0u8; KEY_LEN]);
     OsRng.fill_bytes(dek.as_mut());
-    let plaintext = secret.expose_secret().as_bytes();
     let ciphertext = aead_seal(&dek, plaintext, &aad.encode(b"secret"))?;
     let wrapped_dek = wrap_dek(keyring, kek_version, &dek, aad)?;
     let mut mac = verifier_mac(&dek, aad);
-    mac.update(plaintext);
+    mac.update(private_key.expose_secret().as_bytes());
     Ok(Envelope {
-        format: FORMAT_V1,
+        format: aad.format(),
         kek_version,
         wrapped_dek,
         ciphertext,
@@ -201,20 +296,51 @@ pub fn seal_under(
     })
 }
 
-/// Opens the secret of `env`, which must have been sealed for exactly `aad`.
+/// Opens the private key of `env`, which must have been sealed for exactly `aad`.
 pub fn open(
     keyring: &Keyring,
     aad: &Aad<'_>,
     env: &Envelope,
 ) -> Result<SecretString, EnvelopeError> {
+    open_contents(keyring, aad, env).map(|c| c.private_key)
+}
+
+/// Opens everything `env` seals (format 1: the private key and no secrets).
+pub fn open_contents(
+    keyring: &Keyring,
+    aad: &Aad<'_>,
+    env: &Envelope,
+) -> Result<Contents, EnvelopeError> {
+    if env.format != FORMAT_V1 && env.format != FORMAT_V2 {
+        return Err(EnvelopeError::UnsupportedFormat(env.format));
+    }
+    // The stored format and the binding must agree; either one edited fails here or below.
+    if env.format != aad.format() {
+        return Err(EnvelopeError::Authentication);
+    }
     let dek = unwrap_dek(keyring, env, aad)?;
     let mut plain = aead_open(&dek, &env.ciphertext, &aad.encode(b"secret"))?;
-    let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {
-        let mut bytes = e.into_bytes();
-        zeroize::Zeroize::zeroize(&mut bytes);
-        EnvelopeError::Malformed
-    })?;
-    Ok(SecretString::from(text))
+    if env.format == FORMAT_V1 {
+        let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {
+            let mut bytes = e.into_bytes();
+            zeroize::Zeroize::zeroize(&mut bytes);
+            EnvelopeError::Malformed
+        })?;
+        return Ok(Contents {
+            private_key: SecretString::from(text),
+            secrets: Default::default(),
+        });
+    }
+    let parsed: ContentsIn =
+        serde_json::from_slice(&plain).map_err(|_| EnvelopeError::Malformed)?;
+    Ok(Contents {
+        private_key: SecretString::from(parsed.private_key),
+        secrets: parsed
+            .secrets
+            .into_iter()
+            .map(|(k, v)| (k, SecretString::from(v)))
+            .collect(),
+    })
 }
 
 /// Whether `candidate` is the sealed secret, by MAC comparison in constant time; the secret
@@ -260,6 +386,7 @@ mod tests {
             provider: "kopokopo",
             environment: "sandbox",
             version: 1,
+            profile: None,
         }
     }
 
@@ -382,10 +509,10 @@ mod tests {
             Some(EnvelopeError::Malformed)
         );
         let mut future = env.clone();
-        future.format = 2;
+        future.format = 3;
         assert_eq!(
             open(&k, &aad(), &future).err(),
-            Some(EnvelopeError::UnsupportedFormat(2))
+            Some(EnvelopeError::UnsupportedFormat(3))
         );
     }
 
@@ -441,5 +568,69 @@ mod tests {
             open(&two, &aad(), &moved).unwrap().expose_secret(),
             "sk_live_canary_123"
         );
+    }
+
+    fn contents(key: &str, secrets: &[(&str, &str)]) -> Contents {
+        Contents {
+            private_key: secret(key),
+            secrets: secrets
+                .iter()
+                .map(|(k, v)| (k.to_string(), secret(v)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_profile_round_trips_and_is_bound_by_the_associated_data() {
+        let k = Keyring::generate();
+        let profile = r#"{"secrets":["passkey"],"settings":{"business_short_code":"174379"}}"#;
+        let bound = Aad {
+            profile: Some(profile),
+            ..aad()
+        };
+        let env = seal_contents_under(
+            &k,
+            1,
+            &bound,
+            &contents("consumer-secret", &[("passkey", "PASSKEY-CANARY")]),
+        )
+        .unwrap();
+        assert_eq!(env.format, FORMAT_V2);
+        let opened = open_contents(&k, &bound, &env).unwrap();
+        assert_eq!(opened.private_key.expose_secret(), "consumer-secret");
+        assert_eq!(opened.secrets["passkey"].expose_secret(), "PASSKEY-CANARY");
+        // The verifier covers the private key alone.
+        assert!(verify(&k, &bound, &env, &secret("consumer-secret")).unwrap());
+        // An edited setting, a dropped profile or a flipped format opens nothing.
+        let edited = Aad {
+            profile: Some(r#"{"secrets":["passkey"],"settings":{"business_short_code":"600000"}}"#),
+            ..aad()
+        };
+        assert!(open_contents(&k, &edited, &env).is_err());
+        assert!(open_contents(&k, &aad(), &env).is_err());
+        let flipped = Envelope {
+            format: FORMAT_V1,
+            ..env.clone()
+        };
+        assert!(open_contents(&k, &bound, &flipped).is_err());
+        assert!(!format!("{opened:?}").contains("CANARY"));
+    }
+
+    #[test]
+    fn without_a_profile_contents_seal_as_format_1() {
+        let k = Keyring::generate();
+        let env = seal_contents_under(&k, 1, &aad(), &contents("sk_live_canary_123", &[])).unwrap();
+        assert_eq!(env.format, FORMAT_V1);
+        assert_eq!(
+            open(&k, &aad(), &env).unwrap().expose_secret(),
+            "sk_live_canary_123"
+        );
+        assert!(seal_contents_under(
+            &k,
+            1,
+            &aad(),
+            &contents("sk_live_canary_123", &[("passkey", "x")])
+        )
+        .is_err());
     }
 }

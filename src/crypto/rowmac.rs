@@ -44,8 +44,26 @@ pub enum Row<'a> {
         provider: Option<&'a str>,
         environment: Option<&'a str>,
         revoked_at: Option<i64>,
+        /// Canonical (sorted, comma-separated) operations the grant allows.
+        operations: &'a str,
+    },
+    /// A provider's public certificate (SPEC §9.2).
+    ProviderCertificate {
+        provider: &'a str,
+        environment: &'a str,
+        pem: &'a str,
+        sha256: &'a str,
+        subject: &'a str,
+        not_before: i64,
+        not_after: i64,
+        updated_at: i64,
+        updated_by: &'a str,
     },
 }
+
+/// The operations every grant allowed before grants named them (and the MAC encoding of a
+/// grant that allows exactly these, which is the encoding grants had then).
+pub const LEGACY_GRANT_OPERATIONS: &str = "reveal";
 
 struct Encoder(Vec<u8>);
 
@@ -117,6 +135,7 @@ impl Row<'_> {
                 provider,
                 environment,
                 revoked_at,
+                operations,
             } => {
                 e.0.extend_from_slice(b"grant\0");
                 e.int(id);
@@ -125,6 +144,35 @@ impl Row<'_> {
                 e.text(provider);
                 e.text(environment);
                 e.opt_int(revoked_at);
+                // Grants from before operations allowed reveal alone and were signed without
+                // this field; they verify unchanged. Any other set is a further tagged field
+                // (the encoding is prefix-free, so the two forms never collide).
+                if operations != LEGACY_GRANT_OPERATIONS {
+                    e.0.extend_from_slice(b"\x02operations");
+                    e.text(Some(operations));
+                }
+            }
+            Row::ProviderCertificate {
+                provider,
+                environment,
+                pem,
+                sha256,
+                subject,
+                not_before,
+                not_after,
+                updated_at,
+                updated_by,
+            } => {
+                e.0.extend_from_slice(b"provider_certificate\0");
+                e.text(Some(provider));
+                e.text(Some(environment));
+                e.text(Some(pem));
+                e.text(Some(sha256));
+                e.text(Some(subject));
+                e.int(not_before);
+                e.int(not_after);
+                e.int(updated_at);
+                e.text(Some(updated_by));
             }
         }
         e.0
@@ -194,6 +242,7 @@ mod tests {
             provider: Some("mpesa"),
             environment: None,
             revoked_at: None,
+            operations: "reveal",
         };
         let b = Row::Grant {
             id: 1,
@@ -202,7 +251,18 @@ mod tests {
             provider: None,
             environment: Some("mpesa"),
             revoked_at: None,
+            operations: "reveal",
         };
         assert_ne!(a.encode(), b.encode());
+        let wider = Row::Grant {
+            id: 1,
+            service_id: 2,
+            owner_id: 3,
+            provider: Some("mpesa"),
+            environment: None,
+            revoked_at: None,
+            operations: "reveal,stk-password",
+        };
+        assert_ne!(a.encode(), wider.encode());
     }
 }

@@ -39,6 +39,14 @@ pub struct VersionRow {
     pub verifier: Vec<u8>,
     pub created_at: i64,
     pub created_by: i64,
+    /// The version's profile (envelope format 2), canonical JSON; `None` for format 1.
+    pub profile: Option<String>,
+}
+
+/// A newly sealed version: its envelope and the profile its binding carries.
+pub struct Sealed {
+    pub envelope: Envelope,
+    pub profile: Option<String>,
 }
 
 impl std::fmt::Debug for VersionRow {
@@ -62,7 +70,8 @@ impl VersionRow {
         }
     }
 
-    fn new(cred: &CredentialRow, env: Envelope, now: UnixSeconds, actor: UserId) -> Self {
+    fn new(cred: &CredentialRow, sealed: Sealed, now: UnixSeconds, actor: UserId) -> Self {
+        let env = sealed.envelope;
         VersionRow {
             credential_id: cred.id,
             version: cred.current_version,
@@ -74,6 +83,7 @@ impl VersionRow {
             verifier: env.verifier,
             created_at: now,
             created_by: actor.get(),
+            profile: sealed.profile,
         }
     }
 }
@@ -189,8 +199,8 @@ pub fn create(
         let row = owned!(new.owner, new.id)
             .select(CredentialRow::as_select())
             .first(tx)?;
-        let envelope = seal(tx, &row)?;
-        insert_version(tx, VersionRow::new(&row, envelope, now, new.owner))?;
+        let sealed = seal(tx, &row)?;
+        insert_version(tx, VersionRow::new(&row, sealed, now, new.owner))?;
         Ok(row)
     })
 }
@@ -200,11 +210,13 @@ pub fn create(
 pub struct MetadataUpdate<'a> {
     pub api_key: Option<&'a str>,
     pub environment: Option<&'a str>,
+    /// New settings were given: they are bound to a version, so a new one is sealed.
+    pub settings: bool,
 }
 
 /// Re-seals a version for the row it will belong to: `(transaction, (row before, its current
 /// version), row after) → envelope`.
-pub type Reseal<'a> = dyn Fn(&mut DbConn, (&CredentialRow, &VersionRow), &CredentialRow) -> Result<Envelope, DbError>
+pub type Reseal<'a> = dyn Fn(&mut DbConn, (&CredentialRow, &VersionRow), &CredentialRow) -> Result<Sealed, DbError>
     + 'a;
 
 pub fn update_metadata(
@@ -226,29 +238,30 @@ pub fn update_metadata(
                 .set(c::api_key.eq(api_key))
                 .execute(tx)?;
         }
-        match update.environment {
-            Some(env) if env != before.environment => {
-                diesel::update(owned!(owner, id))
-                    .set((
-                        c::environment.eq(env),
-                        c::current_version.eq(c::current_version + 1),
-                    ))
-                    .execute(tx)?;
-                let after = reload(tx, owner, id)?;
-                let previous = version(tx, before.id, before.current_version)?;
-                let envelope = reseal(tx, (&before, &previous), &after)?;
-                insert_version(tx, VersionRow::new(&after, envelope, now, owner))?;
-                Ok(Some(after))
-            }
-            _ => Ok(Some(reload(tx, owner, id)?)),
+        // A new environment or new settings change the binding: the secrets are re-sealed
+        // as a new version.
+        let new_env = update.environment.filter(|env| *env != before.environment);
+        if new_env.is_none() && !update.settings {
+            return Ok(Some(reload(tx, owner, id)?));
         }
+        diesel::update(owned!(owner, id))
+            .set((
+                c::environment.eq(new_env.unwrap_or(&before.environment)),
+                c::current_version.eq(c::current_version + 1),
+            ))
+            .execute(tx)?;
+        let after = reload(tx, owner, id)?;
+        let previous = version(tx, before.id, before.current_version)?;
+        let sealed = reseal(tx, (&before, &previous), &after)?;
+        insert_version(tx, VersionRow::new(&after, sealed, now, owner))?;
+        Ok(Some(after))
     })
 }
 
 /// Seals a new version for the row as it will be (its `current_version` is the new version),
 /// with the connection of the enclosing transaction: the master-key version to wrap under is
 /// read there (see `key_versions::sealing_version`), as are any extra rows.
-pub type Seal<'a> = dyn Fn(&mut DbConn, &CredentialRow) -> Result<Envelope, DbError> + 'a;
+pub type Seal<'a> = dyn Fn(&mut DbConn, &CredentialRow) -> Result<Sealed, DbError> + 'a;
 
 /// Writes a new version of the private key. The version number is taken inside the
 /// transaction after the row is locked, so concurrent rotations form a gap-free sequence.
@@ -273,8 +286,8 @@ pub fn add_version(
         }
         let row = reload(tx, owner, id)?;
         check_expected(expected, row.current_version - 1)?;
-        let envelope = seal(tx, &row)?;
-        insert_version(tx, VersionRow::new(&row, envelope, now, actor))?;
+        let sealed = seal(tx, &row)?;
+        insert_version(tx, VersionRow::new(&row, sealed, now, actor))?;
         Ok(Some(row))
     })
 }
@@ -292,6 +305,30 @@ fn insert_version(tx: &mut DbConn, row: VersionRow) -> Result<(), DbError> {
     let kek_version = row.kek_version;
     diesel::insert_into(cv::table).values(row).execute(tx)?;
     super::keys::bump_wear(tx, kek_version, 1)
+}
+
+/// The row with its current version's profile (what metadata shows of secrets and
+/// settings); a deleted credential has none.
+pub fn with_profile(
+    conn: &mut DbConn,
+    row: CredentialRow,
+) -> Result<(CredentialRow, Option<String>), DbError> {
+    let profile = cv::table
+        .filter(cv::credential_id.eq(row.id))
+        .filter(cv::version.eq(row.current_version))
+        .select(cv::profile)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten();
+    Ok((row, profile))
+}
+
+/// [`with_profile`] for each row.
+pub fn with_profiles(
+    conn: &mut DbConn,
+    rows: Vec<CredentialRow>,
+) -> Result<Vec<(CredentialRow, Option<String>)>, DbError> {
+    rows.into_iter().map(|r| with_profile(conn, r)).collect()
 }
 
 /// One version's metadata (never key material).
@@ -428,4 +465,33 @@ pub fn count_by_kek_version(conn: &mut DbConn) -> Result<Vec<(i32, i64)>, DbErro
         .select((cv::kek_version, diesel::dsl::count_star()))
         .order(cv::kek_version.asc())
         .load(conn)?)
+}
+
+/// The audit entries about the owner's credential `id` after `after`, oldest first, at most
+/// `limit`; `None` if the credential is not theirs. The owner is checked in the same SQL.
+pub fn access_log(
+    conn: &mut DbConn,
+    owner: UserId,
+    id: CredentialId,
+    after: i64,
+    limit: i64,
+) -> Result<Option<Vec<crate::audit::chain::AuditRow>>, DbError> {
+    use super::schema::audit_log as log;
+    if get(conn, owner, id)?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(
+        log::table
+            .filter(log::credential_id.eq(id.get()))
+            .filter(log::seq.gt(after))
+            .filter(diesel::dsl::exists(
+                c::table
+                    .filter(c::id.eq(id.get()))
+                    .filter(c::owner_id.eq(owner.get())),
+            ))
+            .order(log::seq.asc())
+            .limit(limit)
+            .select(crate::audit::chain::AuditRow::as_select())
+            .load(conn)?,
+    ))
 }

@@ -150,11 +150,14 @@ pub fn verify_active(rows: &[KeyVersionRow], keyring: &Keyring) -> Result<(), Ke
     Ok(())
 }
 
+/// (credential id, version, environment, wrapped DEK, owner id, provider, profile).
+type ProveRow = (i64, i32, String, Vec<u8>, i64, String, Option<String>);
+
 /// Proves that `keyring` opens the data keys stored under master-key version `version` (one
 /// row is enough: a foreign key fails authentication). Used once, when a database from before
 /// check values first meets a keyring.
 fn prove_opens(tx: &mut DbConn, keyring: &Keyring, version: i32) -> Result<(), KeyStateError> {
-    let row: Option<(i64, i32, String, Vec<u8>, i64, String)> = cv::table
+    let row: Option<ProveRow> = cv::table
         .inner_join(c::table)
         .filter(cv::kek_version.eq(version))
         .select((
@@ -164,10 +167,12 @@ fn prove_opens(tx: &mut DbConn, keyring: &Keyring, version: i32) -> Result<(), K
             cv::wrapped_dek,
             c::owner_id,
             c::provider,
+            cv::profile,
         ))
         .first(tx)
         .optional()?;
-    let Some((credential_id, v, environment, wrapped_dek, owner_id, provider)) = row else {
+    let Some((credential_id, v, environment, wrapped_dek, owner_id, provider, profile)) = row
+    else {
         return Ok(());
     };
     let aad = Aad {
@@ -176,6 +181,7 @@ fn prove_opens(tx: &mut DbConn, keyring: &Keyring, version: i32) -> Result<(), K
         provider: &provider,
         environment: &environment,
         version: v,
+        profile: profile.as_deref(),
     };
     let stored = Envelope {
         format: envelope::FORMAT_V1,
@@ -476,10 +482,11 @@ pub fn retire(
                         "Master-key version {version} still protects {dependent} stored keys; finish a rotation first"
                     )));
                 }
-                let signed = super::services::signed_under(tx, version)?;
+                let signed = super::services::signed_under(tx, version)?
+                    + super::provider_certs::signed_under(tx, version)?;
                 if signed > 0 {
                     return Err(KeyStateError::Conflict(format!(
-                        "Master-key version {version} still signs {signed} users, services or grants; finish a rotation first"
+                        "Master-key version {version} still signs {signed} users, services, grants or provider certificates; finish a rotation first"
                     )));
                 }
                 diesel::update(kv::table.filter(kv::version.eq(version)))

@@ -112,7 +112,7 @@ pub fn remaining(conn: &mut DbConn, target: i32) -> Result<i64, DbError> {
         .get_result(conn)?)
 }
 
-type RewrapRow = (i64, i32, String, i32, Vec<u8>, i64, String);
+type RewrapRow = (i64, i32, String, i32, Vec<u8>, i64, String, Option<String>);
 
 /// Up to `limit` stored versions under a master key older than `target`, with what their
 /// associated data needs. A range on the `kek_version` index: only rows still to move.
@@ -129,6 +129,7 @@ fn load_batch(conn: &mut DbConn, target: i32, limit: i64) -> Result<Vec<RewrapRo
             cv::wrapped_dek,
             c::owner_id,
             c::provider,
+            cv::profile,
         ))
         .load(conn)?)
 }
@@ -167,7 +168,16 @@ pub fn rewrap_batch(
         // old version.
         let rows = load_batch(tx, target, batch)?;
         let mut moved = 0usize;
-        for (credential_id, version, environment, old_kek, wrapped_dek, owner_id, provider) in rows
+        for (
+            credential_id,
+            version,
+            environment,
+            old_kek,
+            wrapped_dek,
+            owner_id,
+            provider,
+            profile,
+        ) in rows
         {
             let aad = Aad {
                 owner_id,
@@ -175,6 +185,7 @@ pub fn rewrap_batch(
                 provider: &provider,
                 environment: &environment,
                 version,
+                profile: profile.as_deref(),
             };
             let current = Envelope {
                 format: envelope::FORMAT_V1,
@@ -253,10 +264,11 @@ fn resign_authorization_rows(
     batch: i64,
 ) -> Result<(), DbError> {
     type Step = fn(&mut DbConn, &Keyring, i32, i64, i64) -> Result<Option<i64>, DbError>;
-    let steps: [Step; 3] = [
+    let steps: [Step; 4] = [
         super::users::resign_batch,
         super::services::resign_services_batch,
         super::services::resign_grants_batch,
+        super::provider_certs::resign_batch,
     ];
     for step in steps {
         let mut after = i64::MIN;

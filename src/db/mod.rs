@@ -12,6 +12,7 @@
 pub mod credentials;
 pub mod key_versions;
 pub mod keys;
+pub mod provider_certs;
 pub mod schema;
 pub mod services;
 pub mod sessions;

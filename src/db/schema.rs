@@ -53,6 +53,7 @@ diesel::table! {
         verifier -> Binary,
         created_at -> BigInt,
         created_by -> BigInt,
+        profile -> Nullable<Text>,
     }
 }
 
@@ -75,6 +76,8 @@ diesel::table! {
         request_id -> Nullable<Text>,
         prev_hash -> Binary,
         hash -> Binary,
+        operation -> Nullable<Text>,
+        reference -> Nullable<Text>,
     }
 }
 
@@ -126,6 +129,7 @@ diesel::table! {
         revoked_at -> Nullable<BigInt>,
         mac -> Nullable<Binary>,
         mac_version -> Nullable<Integer>,
+        operations -> Text,
     }
 }
 
@@ -167,6 +171,22 @@ diesel::table! {
     revoked_certificates (fingerprint) {
         fingerprint -> Text,
         revoked_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    provider_certificates (provider, environment) {
+        provider -> Text,
+        environment -> Text,
+        pem -> Text,
+        sha256 -> Text,
+        subject -> Text,
+        not_before -> BigInt,
+        not_after -> BigInt,
+        updated_at -> BigInt,
+        updated_by -> Text,
+        mac -> Binary,
+        mac_version -> Integer,
     }
 }
 

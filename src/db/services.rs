@@ -216,6 +216,8 @@ pub struct GrantRow {
     pub revoked_at: Option<i64>,
     pub mac: Option<Vec<u8>>,
     pub mac_version: Option<i32>,
+    /// Canonical operations (see [`crate::vault::Operations`]).
+    pub operations: String,
 }
 
 impl GrantRow {
@@ -227,7 +229,13 @@ impl GrantRow {
             provider: self.provider.as_deref(),
             environment: self.environment.as_deref(),
             revoked_at: self.revoked_at,
+            operations: &self.operations,
         }
+    }
+
+    /// Whether this grant allows `operation`.
+    pub fn allows(&self, operation: crate::vault::Operation) -> bool {
+        self.operations.split(',').any(|o| o == operation.as_str())
     }
 
     /// Whether the row is as hazina last wrote it (its MAC verifies).
@@ -253,6 +261,7 @@ struct NewGrantRow<'a> {
     revoked_at: Option<i64>,
     mac: Vec<u8>,
     mac_version: i32,
+    operations: &'a str,
 }
 
 pub fn create_grant(
@@ -260,11 +269,12 @@ pub fn create_grant(
     keyring: &Keyring,
     service_id: i64,
     owner_id: i64,
-    provider: Option<&str>,
-    environment: Option<&str>,
+    (provider, environment): (Option<&str>, Option<&str>),
+    operations: &crate::vault::Operations,
     now: UnixSeconds,
 ) -> Result<GrantRow, DbError> {
     let id = crate::domain::UserId::generate().get();
+    let operations = operations.canonical();
     let (mac, mac_version) = sign(
         keyring,
         &rowmac::Row::Grant {
@@ -274,6 +284,7 @@ pub fn create_grant(
             provider,
             environment,
             revoked_at: None,
+            operations: &operations,
         },
     )?;
     diesel::insert_into(g::table)
@@ -287,6 +298,7 @@ pub fn create_grant(
             revoked_at: None,
             mac,
             mac_version,
+            operations: &operations,
         })
         .execute(conn)?;
     Ok(g::table
@@ -356,22 +368,34 @@ pub fn revoke_grant(
 #[derive(Debug)]
 pub enum Granted {
     Found(CredentialRow, VersionRow),
-    /// The SQL matched, but no matching grant passed its integrity check: refused, and
-    /// answered like a missing id (the caller audits the tampering).
+    /// The SQL matched, but no matching grant (or the owner's row) passed its integrity
+    /// check: refused, and answered like a missing id (the caller audits the tampering).
     Tampered(CredentialRow),
+    /// Intact grants cover the credential, but none allows the operation: 403, audited.
+    NotGranted(CredentialRow),
     None,
 }
 
-/// Keeps `found` only if one of the live grants of `service_id` that covers it is intact.
+/// Keeps `found` only if one of the live grants of `service_id` that covers it is intact and
+/// allows `operation`, and its owner's row is intact and enabled.
 fn with_intact_grant(
     conn: &mut DbConn,
     keyring: &Keyring,
     service_id: i64,
+    operation: crate::vault::Operation,
     found: Option<(CredentialRow, VersionRow)>,
 ) -> Result<Granted, DbError> {
     let Some((row, version)) = found else {
         return Ok(Granted::None);
     };
+    // A disabled owner's grants are inert (the SQL filtered them); the flag it read must be
+    // genuine, or a database writer could revive them by clearing it.
+    let owner = super::users::find_by_id(conn, row.owner_id)?;
+    match owner {
+        Some(u) if u.intact(keyring) && !u.is_disabled => {}
+        Some(u) if !u.intact(keyring) => return Ok(Granted::Tampered(row)),
+        _ => return Ok(Granted::None),
+    }
     let grants: Vec<GrantRow> = g::table
         .filter(g::service_id.eq(service_id))
         .filter(g::revoked_at.is_null())
@@ -384,10 +408,13 @@ fn with_intact_grant(
         )
         .select(GrantRow::as_select())
         .load(conn)?;
-    if grants.iter().any(|g| g.intact(keyring)) {
+    let intact: Vec<&GrantRow> = grants.iter().filter(|g| g.intact(keyring)).collect();
+    if intact.is_empty() {
+        Ok(Granted::Tampered(row))
+    } else if intact.iter().any(|g| g.allows(operation)) {
         Ok(Granted::Found(row, version))
     } else {
-        Ok(Granted::Tampered(row))
+        Ok(Granted::NotGranted(row))
     }
 }
 
@@ -402,6 +429,7 @@ macro_rules! granted {
             )
             .filter(c::deleted_at.is_null())
             .filter(c::is_active.eq(true))
+            .filter(c::owner_id.eq_any(u::table.filter(u::is_disabled.eq(false)).select(u::id)))
             .filter(diesel::dsl::exists(
                 g::table
                     .filter(g::service_id.eq($service_id))
@@ -427,13 +455,14 @@ pub fn granted_by_id(
     keyring: &Keyring,
     service_id: i64,
     id: CredentialId,
+    operation: crate::vault::Operation,
 ) -> Result<Granted, DbError> {
     let found = granted!(service_id)
         .filter(c::id.eq(id.get()))
         .select((CredentialRow::as_select(), VersionRow::as_select()))
         .first(conn)
         .optional()?;
-    with_intact_grant(conn, keyring, service_id, found)
+    with_intact_grant(conn, keyring, service_id, operation, found)
 }
 
 /// The owner's credential for `provider` and `environment`, if `service_id` holds a grant.
@@ -444,6 +473,7 @@ pub fn granted_by_owner(
     owner_username: &str,
     provider: &str,
     environment: &str,
+    operation: crate::vault::Operation,
 ) -> Result<Granted, DbError> {
     let found = granted!(service_id)
         .filter(c::provider.eq(provider))
@@ -458,7 +488,7 @@ pub fn granted_by_owner(
         .select((CredentialRow::as_select(), VersionRow::as_select()))
         .first(conn)
         .optional()?;
-    with_intact_grant(conn, keyring, service_id, found)
+    with_intact_grant(conn, keyring, service_id, operation, found)
 }
 
 fn set_grant_mac(tx: &mut DbConn, keyring: &Keyring, row: &GrantRow) -> Result<(), DbError> {

@@ -3,6 +3,7 @@
 
 mod credential;
 mod ids;
+pub mod profile;
 mod service;
 mod user;
 

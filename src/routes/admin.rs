@@ -16,6 +16,7 @@ use crate::domain::{
 use crate::error::ApiError;
 use crate::routes::JsonObject;
 use crate::startup::AppState;
+use crate::vault::Operations;
 
 /// An administrator's request: the role check (a refusal is recorded) and its audit events.
 pub(crate) struct Admin<'a> {
@@ -446,6 +447,7 @@ struct GrantView {
     owner: String,
     provider: Option<String>,
     environment: Option<String>,
+    operations: Vec<String>,
     created_at: String,
     revoked_at: Option<String>,
 }
@@ -455,6 +457,10 @@ fn grant_view(g: GrantRow, service: String, owner: String) -> GrantView {
         id: g.id,
         service,
         owner,
+        operations: Operations::names(&g.operations)
+            .into_iter()
+            .map(String::from)
+            .collect(),
         provider: g.provider,
         environment: g.environment,
         created_at: rfc3339(g.created_at),
@@ -471,6 +477,9 @@ pub struct CreateGrantBody {
     provider: Option<String>,
     #[serde(default)]
     environment: Option<String>,
+    /// What the grant allows (SPEC §9.5); default `["reveal"]`.
+    #[serde(default)]
+    operations: Option<Vec<String>>,
 }
 
 /// What a grant's audit entry names.
@@ -489,8 +498,8 @@ pub fn grant_by_names(
     keyring: &crate::crypto::Keyring,
     service: &str,
     owner: &str,
-    provider: Option<Provider>,
-    environment: Option<Environment>,
+    (provider, environment): (Option<Provider>, Option<Environment>),
+    operations: &Operations,
     now: i64,
 ) -> Result<Result<(GrantRow, i64), &'static str>, DbError> {
     let Some(svc) = repo::find_by_name(c, service)? else {
@@ -511,8 +520,11 @@ pub fn grant_by_names(
         keyring,
         svc.id,
         owner.id,
-        provider.map(Provider::as_str),
-        environment.map(Environment::as_str),
+        (
+            provider.map(Provider::as_str),
+            environment.map(Environment::as_str),
+        ),
+        operations,
         now,
     )?;
     Ok(Ok((grant, owner.id)))
@@ -532,6 +544,15 @@ pub async fn create_grant(
         .as_deref()
         .map(Environment::parse)
         .transpose()?;
+    let operations = match &body.operations {
+        Some(names) if names.is_empty() => {
+            return Err(ApiError::Invalid(
+                "operations must name at least one operation".into(),
+            ))
+        }
+        Some(names) => Operations::parse(names)?,
+        None => Operations::legacy(),
+    };
     let (service, owner) = (body.service.clone(), body.owner.clone());
     let now = state.clock.now();
     let keyring = state.keyring.clone();
@@ -540,7 +561,17 @@ pub async fn create_grant(
         .db(move |c| {
             chain::with_entry(
                 c,
-                |tx| grant_by_names(tx, &keyring, &service, &owner, provider, environment, now),
+                |tx| {
+                    grant_by_names(
+                        tx,
+                        &keyring,
+                        &service,
+                        &owner,
+                        (provider, environment),
+                        &operations,
+                        now,
+                    )
+                },
                 |made| {
                     let (grant, owner_id) = made.as_ref().ok()?;
                     Some(entry.target(grant_target(grant, *owner_id)))
@@ -595,4 +626,161 @@ pub async fn revoke_grant(
         .await?
         .ok_or(ApiError::NotFound("No such live grant"))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Grant revoked", "id": grant.id })))
+}
+
+// ----- provider certificates (SPEC §9.2) ------------------------------------------------
+
+#[derive(Serialize)]
+struct ProviderCertificateView {
+    provider: String,
+    environment: String,
+    sha256: String,
+    subject: String,
+    not_before: String,
+    not_after: String,
+    updated_at: String,
+    updated_by: String,
+    /// Whether the stored row passed its integrity check (a failed one is never used).
+    intact: bool,
+}
+
+fn certificate_view(
+    row: crate::db::provider_certs::CertificateRow,
+    keyring: &crate::crypto::Keyring,
+) -> ProviderCertificateView {
+    ProviderCertificateView {
+        intact: row.intact(keyring),
+        provider: row.provider,
+        environment: row.environment,
+        sha256: row.sha256,
+        subject: row.subject,
+        not_before: rfc3339(row.not_before),
+        not_after: rfc3339(row.not_after),
+        updated_at: rfc3339(row.updated_at),
+        updated_by: row.updated_by,
+    }
+}
+
+/// The provider and environment a certificate path names: only M-Pesa takes one.
+fn certificate_slot(path: &(String, String)) -> Result<(Provider, Environment), ApiError> {
+    let provider = Provider::parse(&path.0)?;
+    if provider != Provider::Mpesa {
+        return Err(ApiError::Invalid(
+            "Only mpesa takes a provider certificate (for the SecurityCredential)".into(),
+        ));
+    }
+    Ok((provider, Environment::parse(&path.1)?))
+}
+
+/// Installs a provider certificate, shared by the API and the CLI: parsed and checked (one
+/// PEM certificate with an RSA key), stored with its MAC, audited in the same transaction.
+pub fn set_certificate(
+    c: &mut crate::db::DbConn,
+    keyring: &crate::crypto::Keyring,
+    (provider, environment): (Provider, Environment),
+    pem: &str,
+    actor: &str,
+    entry: Event,
+    now: i64,
+) -> Result<crate::db::provider_certs::CertificateRow, DbError> {
+    let info = crate::vault::compute::parse_certificate(pem)
+        .map_err(|m| DbError::Rejected(crate::domain::ValidationError(m)))?;
+    chain::with_entry(
+        c,
+        |tx| {
+            crate::db::provider_certs::set(
+                tx,
+                keyring,
+                (provider.as_str(), environment.as_str()),
+                pem,
+                &info,
+                actor,
+                now,
+            )
+        },
+        |_| {
+            Some(entry.target(Target {
+                provider: Some(provider.as_str().into()),
+                environment: Some(environment.as_str().into()),
+                ..Target::default()
+            }))
+        },
+    )
+}
+
+/// `PUT /admin/provider-certificates/{provider}/{environment}/` with a PEM body.
+pub async fn set_provider_certificate(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::AdminProviderCertificateSet;
+    let admin = Admin::check(&state, &user, meta, ACTION).await?;
+    let (provider, environment) = certificate_slot(&path)?;
+    let pem = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::Invalid("The body must be one PEM certificate".into()))?;
+    let keyring = state.keyring.clone();
+    let now = state.clock.now();
+    let entry = admin.event(ACTION);
+    let actor = user.username.as_str().to_owned();
+    let row = state
+        .db(move |c| {
+            set_certificate(
+                c,
+                &keyring,
+                (provider, environment),
+                &pem,
+                &actor,
+                entry,
+                now,
+            )
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(certificate_view(row, &state.keyring)))
+}
+
+pub async fn list_provider_certificates(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    Admin::check(&state, &user, meta, Action::AdminRead).await?;
+    let rows = state.db(crate::db::provider_certs::list).await?;
+    let views: Vec<ProviderCertificateView> = rows
+        .into_iter()
+        .map(|r| certificate_view(r, &state.keyring))
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
+}
+
+/// `DELETE /admin/provider-certificates/{provider}/{environment}/`.
+pub async fn delete_provider_certificate(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::AdminProviderCertificateDelete;
+    let admin = Admin::check(&state, &user, meta, ACTION).await?;
+    let (provider, environment) = certificate_slot(&path)?;
+    let entry = admin.event(ACTION).target(Target {
+        provider: Some(provider.as_str().into()),
+        environment: Some(environment.as_str().into()),
+        ..Target::default()
+    });
+    let removed = state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| crate::db::provider_certs::delete(tx, provider.as_str(), environment.as_str()),
+                |removed| removed.then_some(entry),
+            )
+        })
+        .await?;
+    if !removed {
+        return Err(ApiError::NotFound("No such provider certificate"));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Provider certificate removed" })))
 }

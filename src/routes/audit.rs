@@ -56,6 +56,8 @@ pub struct ListQuery {
     credential: Option<i64>,
     owner: Option<i64>,
     outcome: Option<String>,
+    operation: Option<String>,
+    reference: Option<String>,
     since: Option<String>,
     until: Option<String>,
     cursor: Option<i64>,
@@ -75,6 +77,14 @@ fn filter_of(q: &ListQuery) -> Result<Filter, ApiError> {
             ));
         }
     }
+    if let Some(o) = &q.operation {
+        if crate::vault::Operation::parse(o).is_none() {
+            return Err(ApiError::Invalid("Unknown operation".into()));
+        }
+    }
+    if let Some(r) = &q.reference {
+        crate::vault::Reference::parse(r)?;
+    }
     if q.actor
         .as_ref()
         .is_some_and(|a| a.len() > 150 || a.contains('\0'))
@@ -87,6 +97,8 @@ fn filter_of(q: &ListQuery) -> Result<Filter, ApiError> {
         credential_id: q.credential,
         owner_id: q.owner,
         outcome: q.outcome.clone(),
+        operation: q.operation.clone(),
+        reference: q.reference.clone(),
         since: q
             .since
             .as_deref()

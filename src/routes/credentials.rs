@@ -1,6 +1,8 @@
 //! The Payment Credentials API (SPEC §2.1). Every handler takes the owner from the
 //! authenticated principal and passes it to the repository, which filters by it in SQL.
 
+use std::collections::BTreeMap;
+
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -9,15 +11,18 @@ use crate::audit::{chain, Action, Actor, Event, Outcome, Reason, RequestMeta, Ta
 use crate::auth::principal::{bearer_token, PendingUser};
 use crate::auth::{AuthenticatedService, AuthenticatedUser, Caller};
 use crate::clock::rfc3339;
-use crate::crypto::{envelope, Aad};
+use crate::crypto::envelope::{self, Contents};
+use crate::crypto::Aad;
 use crate::db::credentials::{
-    self as repo, CredentialRow, MetadataUpdate, NewCredential, VersionRow,
+    self as repo, CredentialRow, MetadataUpdate, NewCredential, Sealed, VersionRow,
 };
-use crate::db::{services, DbError};
+use crate::db::DbError;
+use crate::domain::profile::{self, Profile};
 use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, Provider, UserId, Username};
 use crate::error::ApiError;
 use crate::routes::JsonObject;
 use crate::startup::AppState;
+use crate::vault::{self, aad_of, Address, Lookup, Operation, Scope};
 
 /// The credential as callers see it: metadata only, never key material.
 #[derive(Debug, Serialize)]
@@ -31,6 +36,13 @@ pub struct CredentialView {
     is_sandbox: bool,
     api_key: Option<String>,
     version: i32,
+    /// The names of the provider secrets this version holds (never their values); absent
+    /// for a credential without any, so two-field credentials keep their published shape.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    secrets: Vec<String>,
+    /// The provider settings of this version (absent when there are none).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    settings: BTreeMap<String, String>,
     created_at: String,
     updated_at: String,
 }
@@ -40,9 +52,12 @@ fn provider_of(row: &CredentialRow) -> Result<Provider, ApiError> {
         .map_err(|_| ApiError::internal(anyhow::anyhow!("stored provider is unknown")))
 }
 
-fn view(row: CredentialRow) -> Result<CredentialView, ApiError> {
+fn view((row, profile): (CredentialRow, Option<String>)) -> Result<CredentialView, ApiError> {
     let provider = provider_of(&row)?;
+    let profile = Profile::parse(profile.as_deref()).unwrap_or_default();
     Ok(CredentialView {
+        secrets: profile.secrets,
+        settings: profile.settings,
         id: row.id,
         provider_display: provider.display_name(),
         is_live: row.environment == Environment::Live.as_str(),
@@ -72,15 +87,6 @@ impl<'a> Trail<'a> {
             state,
             actor: Actor::user(user),
             user: Some(user),
-            meta,
-        }
-    }
-
-    fn service(state: &'a AppState, service: &AuthenticatedService, meta: RequestMeta) -> Self {
-        Trail {
-            state,
-            actor: Actor::service(service),
-            user: None,
             meta,
         }
     }
@@ -148,74 +154,62 @@ impl<'a> Trail<'a> {
     }
 }
 
-/// The binding a stored version must open under: its row's owner, id, provider and
-/// **environment** (never the version's own environment column). A version sealed for another
-/// environment, or a row whose owner, provider or environment was edited in the database,
-/// fails authentication: an edited row opens nothing.
-fn aad_of<'a>(row: &'a CredentialRow, version: &'a VersionRow) -> Aad<'a> {
-    Aad {
-        owner_id: row.owner_id,
-        credential_id: row.id,
-        provider: &row.provider,
-        environment: &row.environment,
-        version: version.version,
-    }
-}
-
 /// The entry `base` records for a change to `row` (none when nothing was changed).
 fn entry_of(base: Event, row: Option<&CredentialRow>) -> Option<Event> {
     row.map(|row| base.target(Target::credential(row)))
 }
 
-/// The audit entry of a stored version that did not open: a failed authentication means the
-/// row or its envelope was edited outside hazina (tampering); anything else is a storage
-/// failure (a missing master-key version, a malformed blob).
-fn open_failed(
-    trail: &Trail<'_>,
-    action: Action,
-    row: &CredentialRow,
-    error: &envelope::EnvelopeError,
-) -> Event {
-    let (action, outcome, reason) = match error {
-        envelope::EnvelopeError::Authentication => (
-            Action::IntegrityViolation,
-            Outcome::Denied,
-            Reason::RowTampered,
-        ),
-        _ => (action, Outcome::Error, Reason::StorageFailure),
-    };
-    trail
-        .event(action)
-        .target(Target::credential(row))
-        .outcome(outcome, Some(reason))
-}
-
-/// The binding a new version of `row` gets (its current version and environment).
-fn aad_for_row(row: &CredentialRow) -> Aad<'_> {
+/// The binding a new version of `row` gets (its current version and environment, and the
+/// version's profile).
+fn aad_for_row<'a>(row: &'a CredentialRow, profile: Option<&'a str>) -> Aad<'a> {
     Aad {
         owner_id: row.owner_id,
         credential_id: row.id,
         provider: &row.provider,
         environment: &row.environment,
         version: row.current_version,
+        profile,
     }
 }
 
-/// Seals `secret` as the new version of `row`, under the master-key version the database
-/// names active (read in the caller's transaction `tx`).
+/// Seals `contents` with `settings` as the new version of `row`, under the master-key version
+/// the database names active (read in the caller's transaction `tx`).
 fn seal_new_version(
     tx: &mut crate::db::DbConn,
     keyring: &crate::crypto::Keyring,
     row: &CredentialRow,
-    secret: &SecretString,
-) -> Result<crate::crypto::Envelope, DbError> {
+    contents: &Contents,
+    settings: &BTreeMap<String, String>,
+) -> Result<Sealed, DbError> {
     let kek_version = crate::db::key_versions::sealing_version(tx, keyring)?;
-    Ok(envelope::seal_under(
+    let profile = Profile::of(&contents.secrets, settings).canonical();
+    let envelope = envelope::seal_contents_under(
         keyring,
         kek_version,
-        &aad_for_row(row),
-        secret,
-    )?)
+        &aad_for_row(row, profile.as_deref()),
+        contents,
+    )?;
+    Ok(Sealed { envelope, profile })
+}
+
+/// A request's secrets and (when given) settings.
+type CheckedProfile = (
+    BTreeMap<String, SecretString>,
+    Option<BTreeMap<String, String>>,
+);
+
+/// The secrets and settings a request names, checked against the provider's table.
+fn checked_profile(
+    provider: Provider,
+    secrets: Option<BTreeMap<String, SecretString>>,
+    settings: Option<BTreeMap<String, String>>,
+) -> Result<CheckedProfile, ApiError> {
+    let secrets = secrets.unwrap_or_default();
+    profile::check_secrets(provider, &secrets)?;
+    if let Some(settings) = &settings {
+        profile::check_settings(provider, settings)?;
+    }
+    Ok((secrets, settings))
 }
 
 /// `If-Match: "<version>"` (optimistic concurrency on writes). Absent → `None`; a value that
@@ -267,7 +261,12 @@ pub async fn list(
     let owner = Trail::new(&state, &user, meta)
         .owner(Action::CredentialRead)
         .await?;
-    let rows = state.db(move |c| repo::list(c, owner)).await?;
+    let rows = state
+        .db(move |c| {
+            let rows = repo::list(c, owner)?;
+            repo::with_profiles(c, rows)
+        })
+        .await?;
     let views = rows.into_iter().map(view).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(views))
 }
@@ -280,6 +279,12 @@ pub struct CreateBody {
     private_key: SecretString,
     #[serde(default)]
     environment: Option<String>,
+    /// Provider secrets (SPEC §9.1), sealed with the private key.
+    #[serde(default)]
+    secrets: Option<BTreeMap<String, SecretString>>,
+    /// Provider settings, bound to the version.
+    #[serde(default)]
+    settings: Option<BTreeMap<String, String>>,
 }
 
 pub async fn create(
@@ -297,6 +302,12 @@ pub async fn create(
     let key = PrivateKey::parse(body.private_key)?;
     provider.check_key_environment(key.secret().expose_secret(), environment)?;
     provider.check_key_environment(api_key.as_str(), environment)?;
+    let (secrets, settings) = checked_profile(provider, body.secrets, body.settings)?;
+    let settings = settings.unwrap_or_default();
+    let contents = Contents {
+        private_key: key.secret().clone(),
+        secrets,
+    };
 
     let id = CredentialId::generate();
     let now = state.clock.now();
@@ -305,7 +316,7 @@ pub async fn create(
     let row = state
         .db(move |c| {
             let seal = |tx: &mut crate::db::DbConn, row: &CredentialRow| {
-                seal_new_version(tx, &keyring, row, key.secret())
+                seal_new_version(tx, &keyring, row, &contents, &settings)
             };
             let new = NewCredential {
                 id,
@@ -314,11 +325,12 @@ pub async fn create(
                 environment: environment.as_str(),
                 api_key: api_key.as_str(),
             };
-            chain::with_entry(
+            let row = chain::with_entry(
                 c,
                 |tx| repo::create(tx, new, &seal, now),
                 |row| entry_of(entry, Some(row)),
-            )
+            )?;
+            repo::with_profile(c, row)
         })
         .await
         .map_err(|e| match e {
@@ -342,10 +354,17 @@ pub async fn get_one(
     let trail = Trail::new(&state, &user, meta);
     let owner = trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
-    let Some(row) = state.db(move |c| repo::get(c, owner, id)).await? else {
+    let Some(found) = state
+        .db(move |c| {
+            repo::get(c, owner, id)?
+                .map(|row| repo::with_profile(c, row))
+                .transpose()
+        })
+        .await?
+    else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    Ok(with_etag(row.current_version).json(view(row)?))
+    Ok(with_etag(found.0.current_version).json(view(found)?))
 }
 
 #[derive(Deserialize)]
@@ -355,6 +374,9 @@ pub struct UpdateBody {
     api_key: Option<String>,
     #[serde(default)]
     environment: Option<String>,
+    /// Replaces the version's settings (a new version is sealed: they are bound to it).
+    #[serde(default)]
+    settings: Option<BTreeMap<String, String>>,
 }
 
 pub async fn update(
@@ -370,9 +392,9 @@ pub async fn update(
     let owner = trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
     let body = body.into_inner().0;
-    if body.api_key.is_none() && body.environment.is_none() {
+    if body.api_key.is_none() && body.environment.is_none() && body.settings.is_none() {
         return Err(ApiError::Invalid(
-            "Provide api_key and/or environment to update".into(),
+            "Provide api_key, environment and/or settings to update".into(),
         ));
     }
     let api_key = body.api_key.map(ApiKey::parse).transpose()?;
@@ -381,30 +403,45 @@ pub async fn update(
         .as_deref()
         .map(Environment::parse)
         .transpose()?;
+    let settings = body.settings;
     let keyring = state.keyring.clone();
     let now = state.clock.now();
     let entry = trail.change(ACTION);
     let updated = state
         .db(move |c| {
-            // A new environment changes the binding, so the secret is re-sealed as a new
-            // version; the provider's own key format must agree with the new environment.
+            // A new environment or new settings change the binding, so the secrets are
+            // re-sealed as a new version; the provider's own key format must agree with the
+            // new environment.
             let reseal = |tx: &mut crate::db::DbConn,
                           (before, previous): (&CredentialRow, &VersionRow),
                           after: &CredentialRow| {
-                let secret =
-                    envelope::open(&keyring, &aad_of(before, previous), &previous.envelope())?;
-                check_key_matches(after, &secret)?;
-                seal_new_version(tx, &keyring, after, &secret)
+                let contents = envelope::open_contents(
+                    &keyring,
+                    &aad_of(before, previous),
+                    &previous.envelope(),
+                )?;
+                check_key_matches(after, &contents.private_key)?;
+                let settings = match &settings {
+                    Some(given) => {
+                        profile::check_settings(Provider::parse(&after.provider)?, given)?;
+                        given.clone()
+                    }
+                    None => stored_settings(previous)?,
+                };
+                seal_new_version(tx, &keyring, after, &contents, &settings)
             };
             let update = MetadataUpdate {
                 api_key: api_key.as_ref().map(ApiKey::as_str),
                 environment: environment.map(Environment::as_str),
+                settings: settings.is_some(),
             };
             chain::with_entry(
                 c,
                 |tx| repo::update_metadata(tx, owner, id, update, if_match.0, &reseal, now),
                 |row| entry_of(entry, row.as_ref()),
-            )
+            )?
+            .map(|row| repo::with_profile(c, row))
+            .transpose()
         })
         .await
         .map_err(|e| match e {
@@ -413,10 +450,10 @@ pub async fn update(
             ),
             other => other,
         })?;
-    let Some(row) = updated else {
+    let Some(found) = updated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    Ok(HttpResponse::Ok().json(view(row)?))
+    Ok(HttpResponse::Ok().json(view(found)?))
 }
 
 pub async fn delete(
@@ -459,12 +496,58 @@ pub struct PrivateKeyBody {
     private_key: SecretString,
 }
 
-/// Where a new version's key comes from.
+/// A rotation: a new private key and/or new provider secrets; what is not given carries over
+/// from the current version, resealed under the new version's data key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    #[serde(default, deserialize_with = "present")]
+    private_key: Option<SecretString>,
+    #[serde(default, deserialize_with = "present")]
+    secrets: Option<BTreeMap<String, SecretString>>,
+}
+
+/// An optional field that, when present, must hold a value: `null` is the wrong type (as it
+/// was when the field was required), not "absent".
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+impl RotateBody {
+    fn into_new_key(self) -> Result<NewKey, ApiError> {
+        if self.private_key.is_none() && self.secrets.as_ref().is_none_or(|s| s.is_empty()) {
+            return Err(ApiError::Invalid(
+                "Missing required field: private_key".into(),
+            ));
+        }
+        Ok(NewKey::Given {
+            key: self.private_key.map(PrivateKey::parse).transpose()?,
+            secrets: self.secrets.unwrap_or_default(),
+        })
+    }
+}
+
+/// Where a new version's contents come from.
 enum NewKey {
-    /// A key the caller sent.
-    Given(PrivateKey),
-    /// The key of an earlier version (rollback): it becomes the newest version.
+    /// What the caller sent; the rest carries over from the current version.
+    Given {
+        key: Option<PrivateKey>,
+        secrets: BTreeMap<String, SecretString>,
+    },
+    /// The contents of an earlier version (rollback): it becomes the newest version.
     FromVersion(i32),
+}
+
+/// The settings a stored version's profile holds (a profile that does not parse is refused:
+/// its version could not open anyway).
+fn stored_settings(version: &VersionRow) -> Result<BTreeMap<String, String>, DbError> {
+    Profile::parse(version.profile.as_deref())
+        .map(|p| p.settings)
+        .ok_or(DbError::Tampered("credential"))
 }
 
 /// Writes a new version of `owner`'s credential `id` as `actor`: a fresh DEK, the row's
@@ -477,7 +560,7 @@ async fn write_new_version(
     expected: Option<i32>,
     source: NewKey,
     entry: Event,
-) -> Result<Option<CredentialRow>, ApiError> {
+) -> Result<Option<(CredentialRow, Option<String>)>, ApiError> {
     let keyring = state.keyring.clone();
     let now = state.clock.now();
     state
@@ -488,12 +571,51 @@ async fn write_new_version(
                 // environment, or nothing is written (an environment flipped in the database
                 // must not make the next key sandbox-readable).
                 let current = repo::version(tx, row.id, row.current_version - 1)?;
-                envelope::check_dek(&keyring, &aad_of(row, &current), &current.envelope())
-                    .map_err(|_| DbError::Tampered("credential"))?;
-                let opened;
-                let key = match &source {
-                    NewKey::Given(key) => key.secret(),
+                let provider = Provider::parse(&row.provider)?;
+                let (contents, settings) = match &source {
+                    NewKey::Given { key, secrets } => {
+                        profile::check_secrets(provider, secrets)?;
+                        let settings = stored_settings(&current)?;
+                        // Only what carries over is opened; a new key over a version with
+                        // no secrets needs the old one's data key checked, nothing more.
+                        let carried = if key.is_none() || current.profile.is_some() {
+                            Some(envelope::open_contents(
+                                &keyring,
+                                &aad_of(row, &current),
+                                &current.envelope(),
+                            )?)
+                        } else {
+                            envelope::check_dek(
+                                &keyring,
+                                &aad_of(row, &current),
+                                &current.envelope(),
+                            )
+                            .map_err(|_| DbError::Tampered("credential"))?;
+                            None
+                        };
+                        let (old_key, mut merged) = match carried {
+                            Some(c) => (Some(c.private_key), c.secrets),
+                            None => (None, BTreeMap::new()),
+                        };
+                        let private_key = match (key, old_key) {
+                            (Some(k), _) => k.secret().clone(),
+                            (None, Some(old)) => old,
+                            (None, None) => return Err(DbError::Tampered("credential")),
+                        };
+                        for (name, value) in secrets {
+                            merged.insert(name.clone(), value.clone());
+                        }
+                        (
+                            Contents {
+                                private_key,
+                                secrets: merged,
+                            },
+                            settings,
+                        )
+                    }
                     NewKey::FromVersion(n) => {
+                        envelope::check_dek(&keyring, &aad_of(row, &current), &current.envelope())
+                            .map_err(|_| DbError::Tampered("credential"))?;
                         let earlier = match repo::version(tx, row.id, *n) {
                             Err(DbError::Query(diesel::result::Error::NotFound)) => {
                                 return Err(DbError::Rejected(crate::domain::ValidationError(
@@ -507,19 +629,24 @@ async fn write_new_version(
                                 "That version was sealed for the other environment and cannot be restored here".into(),
                             )));
                         }
-                        opened =
-                            envelope::open(&keyring, &aad_of(row, &earlier), &earlier.envelope())?;
-                        &opened
+                        let contents = envelope::open_contents(
+                            &keyring,
+                            &aad_of(row, &earlier),
+                            &earlier.envelope(),
+                        )?;
+                        (contents, stored_settings(&earlier)?)
                     }
                 };
-                check_key_matches(row, key)?;
-                seal_new_version(tx, &keyring, row, key)
+                check_key_matches(row, &contents.private_key)?;
+                seal_new_version(tx, &keyring, row, &contents, &settings)
             };
             chain::with_entry(
                 c,
                 |tx| repo::add_version(tx, owner, id, actor, expected, &seal, now),
                 |row| entry_of(entry, row.as_ref()),
-            )
+            )?
+            .map(|row| repo::with_profile(c, row))
+            .transpose()
         })
         .await
 }
@@ -530,27 +657,27 @@ pub async fn rotate(
     meta: RequestMeta,
     if_match: IfMatch,
     path: web::Path<String>,
-    body: web::Json<JsonObject<PrivateKeyBody>>,
+    body: web::Json<JsonObject<RotateBody>>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialRotate;
     let trail = Trail::new(&state, &user, meta);
     let owner = trail.owner(ACTION).await?;
     let id = trail.id(ACTION, &path).await?;
-    let key = PrivateKey::parse(body.into_inner().0.private_key)?;
+    let source = body.into_inner().0.into_new_key()?;
     let rotated = write_new_version(
         &state,
         owner,
         id,
         user.id,
         if_match.0,
-        NewKey::Given(key),
+        source,
         trail.change(ACTION),
     )
     .await?;
     let Some(row) = rotated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    Ok(with_etag(row.current_version).json(serde_json::json!({
+    Ok(with_etag(row.0.current_version).json(serde_json::json!({
         "message": "Private key updated successfully",
         "credentials": view(row)?,
     })))
@@ -595,7 +722,7 @@ pub async fn rollback(
     let Some(row) = rolled else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    Ok(with_etag(row.current_version).json(serde_json::json!({
+    Ok(with_etag(row.0.current_version).json(serde_json::json!({
         "message": format!("Private key rolled back to version {version}"),
         "credentials": view(row)?,
     })))
@@ -683,26 +810,26 @@ pub async fn admin_rotate(
     meta: RequestMeta,
     if_match: IfMatch,
     path: web::Path<String>,
-    body: web::Json<JsonObject<PrivateKeyBody>>,
+    body: web::Json<JsonObject<RotateBody>>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialRotate;
     let trail = Trail::new(&state, &user, meta);
     let (owner, id) = admin_owner_of(&trail, ACTION, &path).await?;
-    let key = PrivateKey::parse(body.into_inner().0.private_key)?;
+    let source = body.into_inner().0.into_new_key()?;
     let rotated = write_new_version(
         &state,
         owner,
         id,
         user.id,
         if_match.0,
-        NewKey::Given(key),
+        source,
         trail.change(ACTION),
     )
     .await?;
     let Some(row) = rotated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    Ok(with_etag(row.current_version).json(serde_json::json!({
+    Ok(with_etag(row.0.current_version).json(serde_json::json!({
         "message": "Private key updated successfully",
         "credentials": view(row)?,
     })))
@@ -730,11 +857,20 @@ struct RevealView<'a> {
     provider: &'a str,
     provider_display: &'static str,
     private_key: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    secrets: BTreeMap<&'a str, &'a str>,
     message: &'static str,
 }
 
+/// The grace window's start for webhook secrets: versions made since then still let the one
+/// before them validate.
+pub(crate) fn grace_since(state: &AppState) -> i64 {
+    state.clock.now() - i64::from(state.config.webhook_grace_seconds)
+}
+
 /// Reveal (SPEC §2.1, §2.3): an owner reveals their own key (unless owner reveal is off); a
-/// service reveals a key it holds a live grant for, if the credential is active.
+/// service reveals a key it holds a live grant naming `reveal` for, if the credential is
+/// active. Both through the release gate ([`crate::vault`]).
 pub async fn reveal(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -742,27 +878,38 @@ pub async fn reveal(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialReveal;
+    const OP: Operation = Operation::Reveal;
+    let requested = CredentialId::parse(&path);
     if bearer_token(&req).is_none() {
         // Only a verified client certificate (and no token) makes a service.
         let service =
             AuthenticatedService::from_request(&req, &mut actix_web::dev::Payload::None).await?;
-        let trail = Trail::service(&state, &service, meta);
-        let id = trail.id(ACTION, &path).await?;
-        let service_id = service.id;
-        let keyring = state.keyring.clone();
-        let found = state
-            .db(move |c| services::granted_by_id(c, &keyring, service_id, id))
-            .await?;
-        let found = through_intact_grant(&state, &trail, found).await;
-        return release(&state, &trail, Some(id), found).await;
+        let caller = vault::Caller {
+            state: &state,
+            actor: Actor::service(&service),
+            meta: &meta,
+        };
+        let lookup = match requested {
+            None => Lookup::NotFound,
+            Some(id) => {
+                let keyring = state.keyring.clone();
+                let scope = Scope::Service(service.id);
+                state
+                    .db(move |c| vault::find(c, &keyring, scope, &Address::Id(id), OP, 0))
+                    .await?
+            }
+        };
+        return reveal_answer(&caller, requested, lookup).await;
     }
-    let requested = CredentialId::parse(&path);
-    let (user, found) = confirmed_with(&req, move |c, owner| match requested {
-        Some(id) => repo::get_current(c, owner, id),
+    let keyring = state.keyring.clone();
+    let (user, lookup) = confirmed_with(&req, move |c, owner| match requested {
+        Some(id) => {
+            vault::find(c, &keyring, Scope::Owner(owner), &Address::Id(id), OP, 0).map(Some)
+        }
         None => Ok(None),
     })
     .await?;
-    let trail = Trail::new(&state, &user, meta);
+    let trail = Trail::new(&state, &user, meta.clone());
     trail.owner(ACTION).await?;
     if !state.config.owner_reveal {
         let ev = trail
@@ -773,15 +920,53 @@ pub async fn reveal(
             "Revealing private keys is reserved for services on this vault",
         ));
     }
-    let id = trail.id(ACTION, &path).await?;
-    release(&state, &trail, Some(id), found).await
+    let caller = vault::Caller {
+        state: &state,
+        actor: Actor::user(&user),
+        meta: &meta,
+    };
+    reveal_answer(&caller, requested, lookup.unwrap_or(Lookup::NotFound)).await
+}
+
+/// The reveal's answer, through the gate: the key (and the provider secrets) leave only once
+/// the entry is durable.
+async fn reveal_answer(
+    caller: &vault::Caller<'_>,
+    requested: Option<CredentialId>,
+    lookup: Lookup,
+) -> Result<HttpResponse, ApiError> {
+    let body = vault::release(caller, Operation::Reveal, None, requested, lookup, |o| {
+        let body = serde_json::to_vec(&RevealView {
+            credentials_id: o.row.id,
+            provider: &o.row.provider,
+            provider_display: o.provider.display_name(),
+            private_key: o.contents.private_key.expose_secret(),
+            secrets: o
+                .contents
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.expose_secret()))
+                .collect(),
+            message: "Private key retrieved successfully",
+        })
+        .map_err(|e| vault::Refusal::Storage(e.into()))?;
+        Ok(vault::Answer {
+            value: body,
+            reason: None,
+        })
+    })
+    .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .content_type("application/json")
+        .body(body))
 }
 
 /// Authenticates the bearer-token caller and runs `query` for them in the **same** trip to
 /// a blocking thread (the hot paths, reveal and verify, make one trip instead of two). The
 /// query runs only once the session is confirmed live, is scoped by the token's user in its
 /// SQL, and its answer is dropped unless authentication then completes.
-async fn confirmed_with<T, F>(
+pub(crate) async fn confirmed_with<T, F>(
     req: &HttpRequest,
     query: F,
 ) -> Result<(AuthenticatedUser, Option<T>), ApiError>
@@ -811,9 +996,25 @@ where
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LookupQuery {
-    owner: String,
-    provider: String,
-    environment: String,
+    pub(crate) owner: String,
+    pub(crate) provider: String,
+    pub(crate) environment: String,
+}
+
+impl LookupQuery {
+    /// The address it names; `None` for an owner name that cannot exist (answered like a
+    /// missing credential). Bad provider or environment names are 400.
+    pub(crate) fn address(&self) -> Result<Option<Address>, ApiError> {
+        let provider = Provider::parse(&self.provider)?;
+        let environment = Environment::parse(&self.environment)?;
+        Ok(Username::parse(&self.owner)
+            .ok()
+            .map(|owner| Address::Lookup {
+                owner: owner.as_str().to_owned(),
+                provider,
+                environment,
+            }))
+    }
 }
 
 /// A service finds a granted key without knowing its id: by owner, provider and environment.
@@ -828,91 +1029,23 @@ pub async fn lookup(
             "This endpoint is for services; owners use /payments/credentials/provider/{provider}/",
         ));
     };
-    let trail = Trail::service(&state, service, meta);
-    let provider = Provider::parse(&query.provider)?;
-    let environment = Environment::parse(&query.environment)?;
-    let Ok(owner) = Username::parse(&query.owner) else {
-        return Err(trail.not_found(Action::CredentialReveal, None).await);
+    let address = query.address()?;
+    let gate = vault::Caller {
+        state: &state,
+        actor: Actor::service(service),
+        meta: &meta,
     };
-    let service_id = service.id;
-    let keyring = state.keyring.clone();
-    let found = state
-        .db(move |c| {
-            services::granted_by_owner(
-                c,
-                &keyring,
-                service_id,
-                owner.as_str(),
-                provider.as_str(),
-                environment.as_str(),
-            )
-        })
-        .await?;
-    let found = through_intact_grant(&state, &trail, found).await;
-    release(&state, &trail, None, found).await
-}
-
-/// What a grant-scoped read found, once its grant passed its integrity check. A grant edited
-/// or planted in the database opens nothing: the tampering is audited and the caller gets
-/// exactly what a missing id gets.
-async fn through_intact_grant(
-    state: &AppState,
-    trail: &Trail<'_>,
-    found: services::Granted,
-) -> Option<(CredentialRow, VersionRow)> {
-    match found {
-        services::Granted::Found(row, version) => Some((row, version)),
-        services::Granted::Tampered(row) => {
-            let ev = trail
-                .event(Action::IntegrityViolation)
-                .target(Target::credential(&row))
-                .outcome(Outcome::Denied, Some(Reason::RowTampered));
-            state.audit.record_best_effort(ev).await;
-            None
-        }
-        services::Granted::None => None,
-    }
-}
-
-/// Opens the found key and hands it out, fail closed: the key leaves only once its audit
-/// entry is durable. Nothing found answers exactly like a missing id (and is recorded).
-async fn release(
-    state: &AppState,
-    trail: &Trail<'_>,
-    requested: Option<CredentialId>,
-    found: Option<(CredentialRow, VersionRow)>,
-) -> Result<HttpResponse, ApiError> {
-    const ACTION: Action = Action::CredentialReveal;
-    let Some((row, version)) = found else {
-        return Err(trail.not_found(ACTION, requested).await);
-    };
-    let provider = provider_of(&row)?;
-    let secret = match envelope::open(&state.keyring, &aad_of(&row, &version), &version.envelope())
-    {
-        Ok(secret) => secret,
-        Err(e) => {
+    let lookup = match address {
+        None => Lookup::NotFound,
+        Some(address) => {
+            let keyring = state.keyring.clone();
+            let scope = Scope::Service(service.id);
             state
-                .audit
-                .record_best_effort(open_failed(trail, ACTION, &row, &e))
-                .await;
-            return Err(ApiError::internal(e));
+                .db(move |c| vault::find(c, &keyring, scope, &address, Operation::Reveal, 0))
+                .await?
         }
     };
-    trail
-        .durable(trail.event(ACTION).target(Target::credential(&row)))
-        .await?;
-    let body = serde_json::to_vec(&RevealView {
-        credentials_id: row.id,
-        provider: &row.provider,
-        provider_display: provider.display_name(),
-        private_key: secret.expose_secret(),
-        message: "Private key retrieved successfully",
-    })
-    .map_err(ApiError::internal)?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("Cache-Control", "no-store"))
-        .content_type("application/json")
-        .body(body))
+    reveal_answer(&gate, None, lookup).await
 }
 
 pub async fn verify(
@@ -985,14 +1118,16 @@ pub async fn toggle_status(
                 c,
                 |tx| repo::toggle_active(tx, owner, id, if_match.0, now),
                 |row| entry_of(entry, row.as_ref()),
-            )
+            )?
+            .map(|row| repo::with_profile(c, row))
+            .transpose()
         })
         .await?
     else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
-    let provider = provider_of(&row)?;
-    let state_word = if row.is_active {
+    let provider = provider_of(&row.0)?;
+    let state_word = if row.0.is_active {
         "activated"
     } else {
         "deactivated"
@@ -1027,12 +1162,13 @@ pub async fn by_provider(
         .transpose()?;
     let mut rows = state
         .db(move |c| {
-            repo::find_by_provider(
+            let rows = repo::find_by_provider(
                 c,
                 owner,
                 provider.as_str(),
                 environment.map(Environment::as_str),
-            )
+            )?;
+            repo::with_profiles(c, rows)
         })
         .await?;
     match rows.len() {
@@ -1055,4 +1191,79 @@ pub async fn by_provider(
             provider.display_name()
         ))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogQuery {
+    #[serde(default)]
+    cursor: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// One entry of an owner's access log (SPEC §9.5): who used the credential, how, from where.
+#[derive(Serialize)]
+struct AccessLogEntry {
+    seq: i64,
+    occurred_at: String,
+    actor_kind: String,
+    actor_name: Option<String>,
+    source_ip: Option<String>,
+    action: String,
+    operation: Option<String>,
+    reference: Option<String>,
+    outcome: String,
+    reason: Option<String>,
+}
+
+const ACCESS_LOG_MAX: i64 = 500;
+
+/// `GET /payments/credentials/{id}/access-log/`: every audit entry about the owner's
+/// credential, oldest first, with a cursor. Scoped by owner in the SQL.
+pub async fn access_log(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+    query: web::Query<AccessLogQuery>,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::CredentialAccessLog;
+    let trail = Trail::new(&state, &user, meta);
+    let owner = trail.owner(ACTION).await?;
+    let id = trail.id(ACTION, &path).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=ACCESS_LOG_MAX).contains(&limit) {
+        return Err(ApiError::Invalid(format!(
+            "limit must be from 1 to {ACCESS_LOG_MAX}"
+        )));
+    }
+    let after = query.cursor.unwrap_or(0).max(0);
+    let Some(rows) = state
+        .db(move |c| repo::access_log(c, owner, id, after, limit))
+        .await?
+    else {
+        return Err(trail.not_found(ACTION, Some(id)).await);
+    };
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.seq))
+        .flatten();
+    let entries: Vec<AccessLogEntry> = rows
+        .into_iter()
+        .map(|r| AccessLogEntry {
+            seq: r.seq,
+            occurred_at: crate::clock::rfc3339_micros(r.occurred_at),
+            actor_kind: r.actor_kind,
+            actor_name: r.actor_name,
+            source_ip: r.source_ip,
+            action: r.action,
+            operation: r.operation,
+            reference: r.reference,
+            outcome: r.outcome,
+            reason: r.reason,
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(serde_json::json!({ "credentials_id": id.get(), "entries": entries, "next_cursor": next_cursor })))
 }

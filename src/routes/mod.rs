@@ -6,6 +6,7 @@ mod audit;
 mod credentials;
 mod health;
 pub mod keys;
+mod operations;
 mod sessions;
 
 use std::future::{ready, Ready};
@@ -46,6 +47,8 @@ route_table! {
     get    "/payments/credentials/" => credentials::list,
     get    "/payments/credentials/lookup/get-private-key/" => credentials::lookup,
     get    "/payments/credentials/{id}/get-private-key/" => credentials::reveal,
+    post   "/payments/credentials/lookup/operations/{name}/" => operations::by_lookup,
+    post   "/payments/credentials/{id}/operations/{name}/" => operations::by_id,
     post   "/payments/credentials/{id}/verify/" => credentials::verify,
     post   "/payments/credentials/" => credentials::create,
     get    "/payments/credentials/provider/{provider}/" => credentials::by_provider,
@@ -56,6 +59,7 @@ route_table! {
     post   "/payments/credentials/{id}/rotate/" => credentials::rotate,
     post   "/payments/credentials/{id}/toggle-status/" => credentials::toggle_status,
     get    "/payments/credentials/{id}/versions/" => credentials::versions,
+    get    "/payments/credentials/{id}/access-log/" => credentials::access_log,
     post   "/payments/credentials/{id}/rollback/" => credentials::rollback,
 
     get    "/admin/users/" => admin::list_users,
@@ -76,6 +80,9 @@ route_table! {
     get    "/admin/grants/" => admin::list_grants,
     post   "/admin/grants/" => admin::create_grant,
     delete "/admin/grants/{id}/" => admin::revoke_grant,
+    get    "/admin/provider-certificates/" => admin::list_provider_certificates,
+    put    "/admin/provider-certificates/{provider}/{environment}/" => admin::set_provider_certificate,
+    delete "/admin/provider-certificates/{provider}/{environment}/" => admin::delete_provider_certificate,
 
     get    "/audit/events/" => audit::list,
     get    "/audit/export/" => audit::export,

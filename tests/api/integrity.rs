@@ -602,6 +602,7 @@ async fn an_upgrade_from_the_previous_schema_keeps_every_row_usable_and_signs_it
         provider: "mpesa",
         environment: "live",
         version: 1,
+        profile: None,
     };
     let sealed =
         envelope::seal(&keyring, &aad, &secrecy::SecretString::from(key.to_owned())).unwrap();

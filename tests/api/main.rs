@@ -12,6 +12,7 @@ mod integrity;
 mod keys;
 mod multinode;
 mod openapi;
+mod operations;
 mod pki;
 mod security;
 mod services;

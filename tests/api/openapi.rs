@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 
+use base64::Engine;
 use jsonschema::{Draft, Registry, Validator};
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::Method;
@@ -334,6 +335,33 @@ impl Spec {
             None => Ok(()),
         }
     }
+
+    /// Checks a non-JSON request body the server accepted (a PEM certificate): the operation
+    /// must list its content type, and the text must match that media type's schema.
+    fn check_accepted_raw(
+        &self,
+        (method, template): &Route,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let op = format!("/paths/{}/{method}", escape(template));
+        if self.at(&format!("{op}/requestBody")).is_none() {
+            return Err(format!(
+                "{method} {template} takes no body, but accepted {content_type}"
+            ));
+        }
+        let (pointer, _) = self.deref(format!("{op}/requestBody"))?;
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        let media = format!("{pointer}/content/{}", escape(essence));
+        if self.at(&media).is_none() {
+            return Err(format!(
+                "{method} {template} accepted {essence}, which its request body does not list"
+            ));
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| format!("{method} {template} accepted a body that is not text"))?;
+        self.validate_at(&format!("{media}/schema"), &json!(text))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -381,6 +409,7 @@ impl Contract {
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
+        let mut raw = None;
         let sent = match body {
             Body::None => None,
             Body::Json(v) => {
@@ -388,7 +417,8 @@ impl Contract {
                 Some(v)
             }
             Body::Raw(content_type, bytes) => {
-                req = req.header(CONTENT_TYPE, content_type).body(bytes);
+                req = req.header(CONTENT_TYPE, content_type).body(bytes.clone());
+                raw = Some((content_type, bytes));
                 None
             }
         };
@@ -431,9 +461,13 @@ impl Contract {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         if let Some(route) = operation {
             if (200..300).contains(&status) {
-                self.spec
-                    .check_accepted_request(&route, sent.as_ref())
-                    .unwrap_or_else(|e| panic!("request {method} {path}: {e}"));
+                match &raw {
+                    Some((content_type, bytes)) => {
+                        self.spec.check_accepted_raw(&route, content_type, bytes)
+                    }
+                    None => self.spec.check_accepted_request(&route, sent.as_ref()),
+                }
+                .unwrap_or_else(|e| panic!("request {method} {path}: {e}"));
             }
             self.seen.insert((route.0, route.1, status));
         }
@@ -777,6 +811,35 @@ fn a_request_body_the_spec_refuses_fails_the_check() {
     }
     assert!(spec.check_accepted_request(&create, None).is_err());
     assert!(spec.check_accepted_request(&toggle, Some(&good)).is_err());
+
+    // A rotation names a new private key and/or new secrets.
+    let rotate = (
+        "post".to_owned(),
+        "/payments/credentials/{id}/rotate/".to_owned(),
+    );
+    for ok in [
+        json!({"private_key": "0123456789"}),
+        json!({"secrets": {"passkey": "p"}}),
+        json!({"private_key": "0123456789", "secrets": {}}),
+    ] {
+        assert_eq!(
+            spec.check_accepted_request(&rotate, Some(&ok)),
+            Ok(()),
+            "{ok}"
+        );
+    }
+    for bad in [
+        json!({}),
+        json!({"secrets": {}}),
+        json!({"private_key": null}),
+        json!({"secrets": {"passkey": ""}}),
+        json!({"secrets": {"api_token": "x"}}),
+    ] {
+        assert!(
+            spec.check_accepted_request(&rotate, Some(&bad)).is_err(),
+            "{bad}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -922,7 +985,12 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
     });
     api.post("/admin/services/", ad, service, 201).await;
     let services = api.get("/admin/services/", ad, 200).await;
-    let grant = json!({ "service": "billing", "owner": "merchant-two", "provider": "mpesa" });
+    let grant = json!({
+        "service": "billing",
+        "owner": "merchant-two",
+        "provider": "mpesa",
+        "operations": ["reveal", "stk-password"],
+    });
     let grant = api.post("/admin/grants/", ad, grant, 201).await;
     let grants = api.get("/admin/grants/", ad, 200).await;
     let billing = pki.https_client(Some(&pki.client(ClientCert::Valid)));
@@ -942,6 +1010,152 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
             200,
         )
         .await;
+    // Provider operations: an M-Pesa credential with secrets and settings, used by its owner,
+    // by the granted service (by lookup), and through an installed provider certificate.
+    let daraja = api
+        .post(
+            "/payments/credentials/",
+            &m,
+            json!({
+                "provider": "mpesa",
+                "environment": "sandbox",
+                "api_key": "daraja-consumer-key",
+                "private_key": "daraja-consumer-secret",
+                "secrets": { "passkey": "daraja-passkey", "initiator_password": "initiator-one" },
+                "settings": { "business_short_code": "174379" },
+            }),
+            201,
+        )
+        .await;
+    let daraja_path = format!("/payments/credentials/{}/", daraja["id"]);
+    let op = |name: &str| format!("{daraja_path}operations/{name}/");
+    let stk = api
+        .post(
+            &op("stk-password"),
+            &m,
+            json!({ "reference": "order-1" }),
+            200,
+        )
+        .await;
+    api.post(&op("security-credential"), &m, json!({}), 409)
+        .await;
+    api.post(&op("access-token"), &m, json!({}), 501).await;
+    api.post(&op("reveal"), &m, json!({}), 404).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem = rsa_certificate(dir.path());
+    let certificates = "/admin/provider-certificates/mpesa/sandbox/";
+    api.send(
+        Method::PUT,
+        "/admin/provider-certificates/kopokopo/sandbox/",
+        Some(ad),
+        Body::Raw("text/plain", pem.clone().into_bytes()),
+        400,
+    )
+    .await;
+    let installed = api
+        .send(
+            Method::PUT,
+            certificates,
+            Some(ad),
+            Body::Raw("application/x-pem-file", pem.into_bytes()),
+            200,
+        )
+        .await;
+    let credential = api
+        .post(
+            &op("security-credential"),
+            &m,
+            json!({ "reference": "b2c-1" }),
+            200,
+        )
+        .await;
+    let installed_list = api.get("/admin/provider-certificates/", ad, 200).await;
+    api.delete(certificates, ad, 200).await;
+    api.delete(certificates, ad, 404).await;
+    let by_service = api
+        .send_as_with(
+            &billing,
+            Method::POST,
+            "/payments/credentials/lookup/operations/stk-password/?owner=merchant-two&provider=mpesa&environment=sandbox",
+            Body::Json(json!({ "reference": "order-2" })),
+            200,
+        )
+        .await;
+    let new_secret = json!({ "secrets": { "initiator_password": "initiator-two" } });
+    let resealed = api
+        .post(&format!("{daraja_path}rotate/"), &m, new_secret, 200)
+        .await;
+    let daraja_revealed = api
+        .get(&format!("{daraja_path}get-private-key/"), &m, 200)
+        .await;
+    // A webhook signed with a JPay credential's secret.
+    let jpay = api
+        .post(
+            "/payments/credentials/",
+            &m,
+            json!({
+                "provider": "jpay",
+                "api_key": "jpay-api-key",
+                "private_key": "jpay-private-key",
+                "secrets": { "webhook_secret": "jpay-webhook-secret" },
+            }),
+            201,
+        )
+        .await;
+    let webhook = br#"{"event":"payment.completed"}"#;
+    let verdict_ok = api
+        .post(
+            &format!(
+                "/payments/credentials/{}/operations/webhook-verify/",
+                jpay["id"]
+            ),
+            &m,
+            json!({
+                "body_base64": base64::engine::general_purpose::STANDARD.encode(webhook),
+                "signature": hmac_sha256_hex("jpay-webhook-secret", webhook),
+            }),
+            200,
+        )
+        .await;
+    let access_log = api
+        .get(&format!("{daraja_path}access-log/?limit=500"), &m, 200)
+        .await;
+    let by_reference = api
+        .get(
+            "/audit/events/?operation=stk-password&reference=order-2",
+            a,
+            200,
+        )
+        .await;
+    assert_eq!(daraja["secrets"], json!(["initiator_password", "passkey"]));
+    assert_eq!(
+        daraja["settings"],
+        json!({ "business_short_code": "174379" })
+    );
+    assert_eq!(stk["business_short_code"], "174379");
+    assert_eq!(by_service["business_short_code"], "174379");
+    assert_eq!(credential["certificate_sha256"], installed["sha256"]);
+    assert_eq!(installed_list[0]["intact"], true, "{installed_list}");
+    assert_eq!(resealed["credentials"]["version"], 2);
+    assert_eq!(
+        daraja_revealed["secrets"]["initiator_password"],
+        "initiator-two"
+    );
+    assert_eq!(verdict_ok, json!({ "valid": true, "version": 1 }));
+    let references: Vec<&Value> = access_log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "credential.operation" && e["outcome"] == "success")
+        .map(|e| &e["reference"])
+        .collect();
+    assert_eq!(
+        references,
+        [&json!("order-1"), &json!("b2c-1"), &json!("order-2")]
+    );
+    assert_eq!(by_reference["events"].as_array().unwrap().len(), 1);
+    assert_eq!(by_reference["events"][0]["operation"], "stk-password");
+
     // Provider-key versions, rollback, and an administrator's rotation of any owner's key.
     let granted_path = format!("/payments/credentials/{granted}/");
     let newer = json!({ "private_key": "sk-second-private-key" });
@@ -1041,14 +1255,46 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
     assert!(untested.is_empty(), "routes never exercised: {untested:?}");
 }
 
+/// A self-signed RSA certificate (PEM), made by the openssl command-line tool in `dir`.
+fn rsa_certificate(dir: &std::path::Path) -> String {
+    let (key, cert) = (dir.join("provider.key"), dir.join("provider.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=sandbox.safaricom.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(&cert).unwrap()
+}
+
+/// HMAC-SHA256 of `body` under `secret`, lowercase hex (a webhook signature).
+fn hmac_sha256_hex(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// A path of `template` with its parameters filled in (and the lookup's query).
 fn concrete(template: &str, id: i64) -> String {
     let path = template
         .replace("{id}", &id.to_string())
         .replace("{provider}", "kopokopo")
+        .replace("{environment}", "sandbox")
         .replace("{username}", "nobody-here")
+        // An operation that exists, so a refusal is about something else.
+        .replace("/operations/{name}/", "/operations/stk-password/")
         .replace("{name}", "nothing");
-    if template == LOOKUP {
+    if template == LOOKUP || template == LOOKUP_OPERATION {
         format!("{path}?owner=nobody-here&provider=kopokopo&environment=sandbox")
     } else {
         path
@@ -1057,6 +1303,8 @@ fn concrete(template: &str, id: i64) -> String {
 
 /// Services find a granted key by owner, provider and environment here.
 const LOOKUP: &str = "/payments/credentials/lookup/get-private-key/";
+/// ... and run a granted operation on it here.
+const LOOKUP_OPERATION: &str = "/payments/credentials/lookup/operations/{name}/";
 
 /// A body the operation would accept (so a refusal is about something else).
 fn acceptable_body(template: &str) -> Body {
@@ -1085,6 +1333,7 @@ fn acceptable_body(template: &str) -> Body {
         "/payments/credentials/{id}/rollback/" | "/admin/keys/retire/" => {
             Body::Json(json!({ "version": 1 }))
         }
+        t if t.contains("/operations/") => Body::Json(json!({})),
         t if t.ends_with("/update-private-key/")
             || t.ends_with("/rotate/")
             || t.ends_with("/verify/") =>
@@ -1124,10 +1373,23 @@ impl Contract {
         path: &str,
         expect: u16,
     ) -> Value {
+        self.send_as_with(client, method, path, Body::None, expect)
+            .await
+    }
+
+    /// [`Contract::send_as`], with a request body.
+    async fn send_as_with(
+        &mut self,
+        client: &reqwest::Client,
+        method: Method,
+        path: &str,
+        body: Body,
+        expect: u16,
+    ) -> Value {
         let own = std::mem::replace(&mut self.app.client, client.clone());
-        let body = self.send(method, path, None, Body::None, expect).await;
+        let answer = self.send(method, path, None, body, expect).await;
         self.app.client = own;
-        body
+        answer
     }
 }
 
@@ -1391,7 +1653,7 @@ async fn auditors_answer_403_as_documented_on_every_credentials_route() {
         .await;
     }
 
-    assert_eq!(routes.len(), 14);
+    assert_eq!(routes.len(), 17);
     assert_eq!(
         api.seen.iter().filter(|(_, _, s)| *s == 403).count(),
         routes.len()
@@ -1656,7 +1918,9 @@ async fn credentials_that_are_not_the_callers_answer_404_as_documented() {
             "abc".into(),
             "9007199254740992".into(),
         ] {
-            let path = template.replace("{id}", &id);
+            let path = template
+                .replace("{id}", &id)
+                .replace("{name}", "stk-password");
             api.send(
                 method_of(method),
                 &path,
@@ -1670,7 +1934,7 @@ async fn credentials_that_are_not_the_callers_answer_404_as_documented() {
     api.get("/payments/credentials/provider/kopokopo/", &stranger, 404)
         .await;
 
-    assert_eq!(id_routes.len(), 10);
+    assert_eq!(id_routes.len(), 12);
     let answered_404 = api.seen.iter().filter(|(_, _, s)| *s == 404).count();
     assert_eq!(answered_404, id_routes.len() + 1);
 }

@@ -1372,14 +1372,14 @@ async fn an_admin_creates_lists_and_revokes_grants() {
         broad,
         json!({
             "service": "billing", "owner": owner, "provider": null, "environment": null,
-            "created_at": now, "revoked_at": null,
+            "created_at": now, "revoked_at": null, "operations": ["reveal"],
         })
     );
     assert_eq!(
         narrow,
         json!({
             "service": "billing", "owner": owner, "provider": "mpesa", "environment": "live",
-            "created_at": now, "revoked_at": null,
+            "created_at": now, "revoked_at": null, "operations": ["reveal"],
         })
     );
     assert_eq!(
@@ -1394,10 +1394,12 @@ async fn an_admin_creates_lists_and_revokes_grants() {
             json!({
                 "id": broad_id, "service": "billing", "owner": owner, "provider": null,
                 "environment": null, "created_at": now, "revoked_at": later,
+                "operations": ["reveal"],
             }),
             json!({
                 "id": narrow_id, "service": "billing", "owner": owner, "provider": "mpesa",
                 "environment": "live", "created_at": now, "revoked_at": null,
+                "operations": ["reveal"],
             }),
         ]
     );
@@ -1801,7 +1803,7 @@ async fn the_cli_registers_a_service_and_grants_it_an_owners_keys() {
     );
     assert!(
         succeeded(&granted).starts_with(&format!(
-            "granted `billing` read access to `{owner}`'s credentials (grant id "
+            "granted `billing` reveal on `{owner}`'s credentials (grant id "
         )),
         "{granted:?}"
     );
@@ -1894,8 +1896,8 @@ async fn the_cli_lists_and_revokes_grants() {
     let mut lines: Vec<&str> = listed.lines().collect();
     lines.sort();
     let mut expected = vec![
-        format!("{broad}\tbilling\t{owner}\t*/*\trevoked"),
-        format!("{narrow}\tbilling\t{owner}\tmpesa/sandbox\trevoked"),
+        format!("{broad}\tbilling\t{owner}\t*/*\treveal\trevoked"),
+        format!("{narrow}\tbilling\t{owner}\tmpesa/sandbox\treveal\trevoked"),
     ];
     expected.sort();
     assert_eq!(lines, expected);

@@ -564,6 +564,121 @@ async fn rewriting_an_entry_and_every_later_hash_and_the_head_is_caught_by_a_che
         .contains("rewritten"));
 }
 
+/// Every table of the app's database except the migrations' bookkeeping.
+fn all_tables(app: &TestApp) -> Vec<String> {
+    app.sql_lines(match backend() {
+        Backend::Sqlite => {
+            "SELECT name AS line FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite_%' AND name != '__diesel_schema_migrations'"
+        }
+        Backend::Postgres => {
+            "SELECT tablename::text AS line FROM pg_tables WHERE schemaname = current_schema() \
+             AND tablename != '__diesel_schema_migrations'"
+        }
+    })
+}
+
+/// Puts every table back to the copy `snapshot` took (foreign keys off for the load).
+fn restore_all(app: &TestApp, tables: &[String]) {
+    let mut sql = String::from(match backend() {
+        Backend::Sqlite => "PRAGMA foreign_keys = OFF;",
+        Backend::Postgres => "SET session_replication_role = replica;",
+    });
+    for t in tables {
+        sql.push_str(&format!(
+            "DELETE FROM {t}; INSERT INTO {t} SELECT * FROM snapshot_{t}; DROP TABLE snapshot_{t};"
+        ));
+    }
+    sql.push_str(match backend() {
+        Backend::Sqlite => "PRAGMA foreign_keys = ON;",
+        Backend::Postgres => "SET session_replication_role = origin;",
+    });
+    app.sql(&sql);
+}
+
+#[tokio::test]
+async fn restoring_an_older_copy_of_the_whole_database_is_caught_by_a_later_checkpoint() {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    app.user().await;
+    // The vault signs a checkpoint of its own, so the copy holds the signer's state too.
+    checkpoint_of(&app, &auditor).await;
+    // Last week's copy: every table as it is now.
+    let tables = all_tables(&app);
+    assert!(tables.iter().any(|t| t == "audit_log") && tables.iter().any(|t| t == "audit_tree"));
+    for t in &tables {
+        app.sql(&format!("CREATE TABLE snapshot_{t} AS SELECT * FROM {t}"));
+    }
+    // The vault goes on, and the security team keeps a checkpoint of it outside the vault.
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let note = checkpoint_of(&app, &auditor).await;
+    let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    assert_eq!(verify_with(&app, &auditor, &[&note]).await["ok"], true);
+
+    // The whole database goes back to the copy: log, head, tree and signer state together.
+    restore_all(&app, &tables);
+    let restored_size: u64 = checkpoint_of(&app, &auditor)
+        .await
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(restored_size < size, "{restored_size} vs {size}");
+    // Self-consistent: the chain alone verifies, and the vault signs the copy it holds.
+    let plain: Value = app
+        .get("/audit/verify/", &auditor.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["ok"], true, "{plain}");
+    // The checkpoint kept outside catches it: the log is smaller than what it saw.
+    let verdict = verify_with(&app, &auditor, &[&note]).await;
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    assert_eq!(verdict["checkpoints"][0]["tree_size"], size);
+
+    // Still caught once the restored log has grown past the checkpoint's size with other
+    // entries, and by a vault started afresh on the restored database.
+    for _ in 0..5 {
+        app.user().await;
+    }
+    let verdict = verify_with(&app, &auditor, &[&note]).await;
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    let other = app.spawn_node().await;
+    let verdict = verify_with(&other, &auditor, &[&note]).await;
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    // And offline, from the restored vault's export and its public key.
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export.jsonl");
+    let cp = dir.path().join("checkpoint");
+    std::fs::write(&cp, &note).unwrap();
+    let out = cli(&app, &["audit", "export"]);
+    assert!(out.status.success());
+    std::fs::write(&export, &out.stdout).unwrap();
+    let key = String::from_utf8(cli(&app, &["audit", "public-key"]).stdout).unwrap();
+    let out = cli(
+        &app,
+        &[
+            "audit",
+            "verify",
+            "--export",
+            export.to_str().unwrap(),
+            "--public-key",
+            key.trim(),
+            "--checkpoint",
+            cp.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[tokio::test]
 async fn a_log_that_grows_while_verify_runs_verifies_ok_every_time() {
     let app = spawn_app().await;

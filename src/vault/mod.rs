@@ -1,0 +1,567 @@
+//! The release gate (SPEC §9.3, §9.5): the one way a stored secret is used.
+//!
+//! Reveal and every provider operation pass through here, in two steps:
+//! 1. [`find`], on a database thread: the credential's current version, scoped by its owner
+//!    or by the calling service's grant **in the SQL**; the grant must name the operation;
+//!    plus what the operation needs besides (the previous version inside the webhook grace
+//!    window, the provider certificate, integrity-checked).
+//! 2. [`release`]: refuses what `find` refused (audited), checks the profile holds what the
+//!    operation needs (409 naming it), opens the envelope, computes the answer, writes the
+//!    durable audit entry (with the operation and the caller's payment reference) and only
+//!    then hands the answer out. Fail closed: no entry, no answer.
+//!
+//! Nothing here knows HTTP; the handlers in `routes::credentials` and `routes::operations` are
+//! thin wrappers that authenticate, parse and shape the answer.
+
+pub mod compute;
+
+use std::collections::BTreeSet;
+
+use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
+use crate::crypto::envelope::{self, Contents, EnvelopeError};
+use crate::crypto::{Aad, Keyring};
+use crate::db::credentials::{self as repo, CredentialRow, VersionRow};
+use crate::db::provider_certs::{self, CertificateRow};
+use crate::db::{services, DbConn, DbError};
+use crate::domain::profile::Profile;
+use crate::domain::{CredentialId, Environment, Provider, UserId, ValidationError};
+use crate::startup::AppState;
+
+/// What a caller may do with a credential (SPEC §9.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operation {
+    Reveal,
+    StkPassword,
+    SecurityCredential,
+    WebhookVerify,
+    AccessToken,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 5] = [
+        Operation::Reveal,
+        Operation::StkPassword,
+        Operation::SecurityCredential,
+        Operation::WebhookVerify,
+        Operation::AccessToken,
+    ];
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == raw)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Reveal => "reveal",
+            Operation::StkPassword => "stk-password",
+            Operation::SecurityCredential => "security-credential",
+            Operation::WebhookVerify => "webhook-verify",
+            Operation::AccessToken => "access-token",
+        }
+    }
+
+    /// Whether the operation exists for `provider`'s credentials.
+    pub fn applies_to(self, provider: Provider) -> bool {
+        match self {
+            Operation::Reveal => true,
+            Operation::StkPassword | Operation::SecurityCredential => provider == Provider::Mpesa,
+            Operation::WebhookVerify => matches!(
+                provider,
+                Provider::KopoKopo | Provider::JPay | Provider::InstaSend
+            ),
+            Operation::AccessToken => provider != Provider::InstaSend,
+        }
+    }
+
+    /// The secret the operation opens, and the settings it reads, for `provider`.
+    fn needs(self, provider: Provider) -> (&'static [&'static str], &'static [&'static str]) {
+        match (self, provider) {
+            (Operation::StkPassword, _) => (&["passkey"], &["business_short_code"]),
+            (Operation::SecurityCredential, _) => (&["initiator_password"], &[]),
+            (Operation::WebhookVerify, Provider::InstaSend) => (&["webhook_challenge"], &[]),
+            (Operation::WebhookVerify, _) => (&["webhook_secret"], &[]),
+            _ => (&[], &[]),
+        }
+    }
+}
+
+/// A set of operations, as a grant names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operations(BTreeSet<Operation>);
+
+impl Operations {
+    /// What grants made before operations allow.
+    pub fn legacy() -> Self {
+        Operations(BTreeSet::from([Operation::Reveal]))
+    }
+
+    /// Names from a request or the command line: known, at least one (none given means
+    /// `reveal`, what every grant allowed before).
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, ValidationError> {
+        if names.is_empty() {
+            return Ok(Self::legacy());
+        }
+        let mut set = BTreeSet::new();
+        for n in names {
+            let op = Operation::parse(n.as_ref()).ok_or_else(|| {
+                ValidationError(format!(
+                    "Unknown operation. Choose from: {}",
+                    Operation::ALL.map(Operation::as_str).join(", ")
+                ))
+            })?;
+            set.insert(op);
+        }
+        Ok(Operations(set))
+    }
+
+    /// The stored form: names sorted and comma-separated (covered by the grant's MAC).
+    pub fn canonical(&self) -> String {
+        let mut names: Vec<&str> = self.0.iter().map(|o| o.as_str()).collect();
+        names.sort_unstable();
+        names.join(",")
+    }
+
+    pub fn names(stored: &str) -> Vec<&str> {
+        stored.split(',').filter(|s| !s.is_empty()).collect()
+    }
+}
+
+/// A caller's payment reference (order id, CheckoutRequestID): 1 to 64 of
+/// `[A-Za-z0-9._:/-]`. Stored in the audit entry; filterable there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference(String);
+
+impl Reference {
+    pub const PATTERN: &'static str = "^[A-Za-z0-9._:/-]{1,64}$";
+
+    pub fn is_valid(raw: &str) -> bool {
+        (1..=64).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        if Self::is_valid(raw) {
+            Ok(Reference(raw.to_owned()))
+        } else {
+            Err(ValidationError(
+                "reference must be 1 to 64 of A-Z a-z 0-9 . _ : / -".into(),
+            ))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// Whose credentials a caller reaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// An owner, their own credentials.
+    Owner(UserId),
+    /// A service, through its grants.
+    Service(i64),
+}
+
+/// How the caller names the credential.
+#[derive(Debug, Clone)]
+pub enum Address {
+    Id(CredentialId),
+    /// Services only: the owner's credential for a provider and environment.
+    Lookup {
+        owner: String,
+        provider: Provider,
+        environment: Environment,
+    },
+}
+
+/// What [`find`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Box<Found>),
+    NotFound,
+    /// Intact grants cover it, but none names the operation.
+    NotGranted(CredentialRow),
+    /// A grant or owner row failed its integrity check.
+    Tampered(CredentialRow),
+}
+
+#[derive(Debug)]
+pub struct Found {
+    pub row: CredentialRow,
+    pub version: VersionRow,
+    /// The version before, for `webhook-verify` while the current one is inside the grace
+    /// window.
+    pub previous: Option<VersionRow>,
+    pub certificate: provider_certs::Found,
+}
+
+/// Step 1, on a database thread: the credential the caller may use for `operation`.
+pub fn find(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    scope: Scope,
+    address: &Address,
+    operation: Operation,
+    grace_since: i64,
+) -> Result<Lookup, DbError> {
+    let found = match (scope, address) {
+        (Scope::Owner(owner), Address::Id(id)) => {
+            repo::get_current(conn, owner, *id)?.map(|(r, v)| services::Granted::Found(r, v))
+        }
+        (Scope::Owner(_), Address::Lookup { .. }) => None,
+        (Scope::Service(service), Address::Id(id)) => Some(services::granted_by_id(
+            conn, keyring, service, *id, operation,
+        )?),
+        (
+            Scope::Service(service),
+            Address::Lookup {
+                owner,
+                provider,
+                environment,
+            },
+        ) => Some(services::granted_by_owner(
+            conn,
+            keyring,
+            service,
+            owner,
+            provider.as_str(),
+            environment.as_str(),
+            operation,
+        )?),
+    };
+    let (row, version) = match found {
+        Some(services::Granted::Found(row, version)) => (row, version),
+        Some(services::Granted::NotGranted(row)) => return Ok(Lookup::NotGranted(row)),
+        Some(services::Granted::Tampered(row)) => return Ok(Lookup::Tampered(row)),
+        Some(services::Granted::None) | None => return Ok(Lookup::NotFound),
+    };
+    let previous = if operation == Operation::WebhookVerify
+        && version.version > 1
+        && version.created_at >= grace_since
+    {
+        match repo::version(conn, row.id, version.version - 1) {
+            Ok(v) if v.environment == row.environment => Some(v),
+            Ok(_) | Err(DbError::Query(diesel::result::Error::NotFound)) => None,
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    let certificate = if operation == Operation::SecurityCredential {
+        provider_certs::get(conn, keyring, &row.provider, &row.environment)?
+    } else {
+        provider_certs::Found::None
+    };
+    Ok(Lookup::Found(Box::new(Found {
+        row,
+        version,
+        previous,
+        certificate,
+    })))
+}
+
+/// The binding a stored version must open under: its row's owner, id, provider and
+/// **environment** (never the version's own environment column), and the version's profile.
+/// A version sealed for another environment, or a row whose owner, provider or environment
+/// (or a version whose settings) was edited in the database, fails authentication.
+pub fn aad_of<'a>(row: &'a CredentialRow, version: &'a VersionRow) -> Aad<'a> {
+    Aad {
+        owner_id: row.owner_id,
+        credential_id: row.id,
+        provider: &row.provider,
+        environment: &row.environment,
+        version: version.version,
+        profile: version.profile.as_deref(),
+    }
+}
+
+/// What an operation computes from: the opened version, and what came with it.
+pub struct Opened<'a> {
+    pub row: &'a CredentialRow,
+    pub provider: Provider,
+    pub version: i32,
+    pub contents: Contents,
+    pub profile: Profile,
+    /// The previous version's number and contents, inside the webhook grace window.
+    pub previous: Option<(i32, Contents)>,
+    pub certificate: Option<&'a CertificateRow>,
+}
+
+/// Why the gate said no. Every message is safe to show.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Missing, deleted, another owner's, not granted at all, or tampered: one answer.
+    #[error("credential not found or not the caller's")]
+    NotFound,
+    #[error("the grant does not allow {0}")]
+    NotGranted(&'static str),
+    #[error("no such operation for this provider")]
+    NoSuchOperation,
+    /// What the caller must set first.
+    #[error("missing: {0}")]
+    Missing(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    #[error("storage failure: {0}")]
+    Storage(anyhow::Error),
+    #[error("audit unavailable: {0}")]
+    Unavailable(anyhow::Error),
+}
+
+/// Who asks, from where: the audit trail's half of a request.
+pub struct Caller<'a> {
+    pub state: &'a AppState,
+    pub actor: Actor,
+    pub meta: &'a RequestMeta,
+}
+
+impl Caller<'_> {
+    fn event(&self, action: Action) -> Event {
+        Event::new(
+            self.state.clock.now_micros(),
+            self.actor.clone(),
+            self.meta,
+            action,
+        )
+    }
+
+    async fn best_effort(&self, ev: Event) {
+        self.state.audit.record_best_effort(ev).await;
+    }
+}
+
+fn action_of(operation: Operation) -> Action {
+    match operation {
+        Operation::Reveal => Action::CredentialReveal,
+        _ => Action::CredentialOperation,
+    }
+}
+
+/// The answer an operation computed, and the reason its audit entry records (a webhook
+/// signature that did not match, say).
+pub struct Answer<T> {
+    pub value: T,
+    pub reason: Option<Reason>,
+}
+
+/// Step 2: refuse, or open, compute, record durably, and only then answer.
+pub async fn release<T>(
+    caller: &Caller<'_>,
+    operation: Operation,
+    reference: Option<Reference>,
+    requested: Option<CredentialId>,
+    lookup: Lookup,
+    compute: impl FnOnce(&Opened<'_>) -> Result<Answer<T>, Refusal>,
+) -> Result<T, Refusal> {
+    let action = action_of(operation);
+    let reference = reference.map(Reference::into_inner);
+    let with_op = |ev: Event| match operation {
+        Operation::Reveal => ev,
+        op => ev.operation(op.as_str(), reference.clone()),
+    };
+    let found = match lookup {
+        Lookup::Found(found) => found,
+        Lookup::NotFound => {
+            let ev = caller
+                .event(action)
+                .target(Target::requested(requested))
+                .outcome(Outcome::Denied, Some(Reason::NotFoundOrNotOwner));
+            caller.best_effort(with_op(ev)).await;
+            return Err(Refusal::NotFound);
+        }
+        Lookup::Tampered(row) => {
+            let ev = caller
+                .event(Action::IntegrityViolation)
+                .target(Target::credential(&row))
+                .outcome(Outcome::Denied, Some(Reason::RowTampered));
+            caller.best_effort(with_op(ev)).await;
+            return Err(Refusal::NotFound);
+        }
+        Lookup::NotGranted(row) => {
+            let ev = caller
+                .event(action)
+                .target(Target::credential(&row))
+                .outcome(Outcome::Denied, Some(Reason::OperationNotGranted));
+            caller.best_effort(with_op(ev)).await;
+            return Err(Refusal::NotGranted(operation.as_str()));
+        }
+    };
+    let Found {
+        row,
+        version,
+        previous,
+        certificate,
+    } = *found;
+    let provider = Provider::parse(&row.provider)
+        .map_err(|_| Refusal::Storage(anyhow::anyhow!("stored provider is unknown")))?;
+    if !operation.applies_to(provider) {
+        return Err(Refusal::NoSuchOperation);
+    }
+    if operation == Operation::AccessToken {
+        return Err(Refusal::NotImplemented(
+            "The access-token operation (the provider token broker) is not available yet",
+        ));
+    }
+
+    // What the operation needs must be there: said by the profile, before anything opens.
+    let Some(profile) = Profile::parse(version.profile.as_deref()) else {
+        return Err(open_refused(caller, action, &row, &EnvelopeError::Authentication).await);
+    };
+    let (secrets, settings) = operation.needs(provider);
+    for name in secrets {
+        if !profile.has_secret(name) {
+            return Err(Refusal::Missing(format!(
+                "This credential has no {name}; set it with a rotation (secrets.{name}) first"
+            )));
+        }
+    }
+    for name in settings {
+        if !profile.settings.contains_key(*name) {
+            return Err(Refusal::Missing(format!(
+                "This credential has no {name}; set it in its settings first"
+            )));
+        }
+    }
+    let certificate = match (&certificate, operation) {
+        (provider_certs::Found::Intact(c), _) => Some(c),
+        (provider_certs::Found::Tampered(_), _) => {
+            let ev = caller
+                .event(Action::IntegrityViolation)
+                .target(Target::credential(&row))
+                .outcome(Outcome::Denied, Some(Reason::RowTampered));
+            caller.best_effort(with_op(ev)).await;
+            return Err(Refusal::Missing(format!(
+                "The {} {} provider certificate failed its integrity check; an administrator must install it again",
+                provider.as_str(),
+                row.environment
+            )));
+        }
+        (provider_certs::Found::None, Operation::SecurityCredential) => {
+            return Err(Refusal::Missing(format!(
+                "No {} {} provider certificate is installed; an administrator must install it (PUT /admin/provider-certificates/{}/{}/)",
+                provider.as_str(),
+                row.environment,
+                provider.as_str(),
+                row.environment
+            )));
+        }
+        (provider_certs::Found::None, _) => None,
+    };
+
+    let keyring = &caller.state.keyring;
+    let contents =
+        match envelope::open_contents(keyring, &aad_of(&row, &version), &version.envelope()) {
+            Ok(c) => c,
+            Err(e) => return Err(open_refused(caller, action, &row, &e).await),
+        };
+    // The previous version only ever widens what validates inside the grace window: if it
+    // does not open, the current one alone decides.
+    let previous = previous.and_then(|p| {
+        envelope::open_contents(keyring, &aad_of(&row, &p), &p.envelope())
+            .ok()
+            .map(|c| (p.version, c))
+    });
+    let opened = Opened {
+        row: &row,
+        provider,
+        version: version.version,
+        contents,
+        profile,
+        previous,
+        certificate,
+    };
+    let answer = compute(&opened)?;
+    drop(opened);
+
+    // Fail closed: the answer leaves only once its entry is durable.
+    let ev = caller
+        .event(action)
+        .target(Target::credential(&row))
+        .outcome(Outcome::Success, answer.reason);
+    caller
+        .state
+        .audit
+        .record(with_op(ev))
+        .await
+        .map_err(|e| Refusal::Unavailable(anyhow::anyhow!("audit entry not written: {e}")))?;
+    Ok(answer.value)
+}
+
+/// A stored version that did not open: a failed authentication means the row, its envelope
+/// or its profile was edited outside hazina (tampering, audited as such); anything else is a
+/// storage failure (a missing master-key version, a malformed blob).
+async fn open_refused(
+    caller: &Caller<'_>,
+    action: Action,
+    row: &CredentialRow,
+    error: &EnvelopeError,
+) -> Refusal {
+    let (action, outcome, reason) = match error {
+        EnvelopeError::Authentication => (
+            Action::IntegrityViolation,
+            Outcome::Denied,
+            Reason::RowTampered,
+        ),
+        _ => (action, Outcome::Error, Reason::StorageFailure),
+    };
+    let ev = caller
+        .event(action)
+        .target(Target::credential(row))
+        .outcome(outcome, Some(reason));
+    caller.best_effort(ev).await;
+    Refusal::Storage(anyhow::anyhow!("stored version did not open: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_parse_and_have_a_canonical_form() {
+        let ops = Operations::parse(&["webhook-verify", "reveal", "reveal"]).unwrap();
+        assert_eq!(ops.canonical(), "reveal,webhook-verify");
+        assert_eq!(
+            Operations::parse::<&str>(&[]).unwrap().canonical(),
+            "reveal"
+        );
+        assert!(Operations::parse(&["delete"]).is_err());
+        for op in Operation::ALL {
+            assert_eq!(Operation::parse(op.as_str()), Some(op));
+        }
+    }
+
+    #[test]
+    fn references_follow_their_pattern() {
+        for ok in [
+            "ws_CO_191220191020363925",
+            "order-1/2:3.4_5",
+            &"a".repeat(64),
+        ] {
+            assert!(Reference::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "has space",
+            &"a".repeat(65),
+            "semi;colon",
+            "ünï",
+            "a\nb",
+        ] {
+            assert!(Reference::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn operations_exist_only_for_their_providers() {
+        assert!(Operation::StkPassword.applies_to(Provider::Mpesa));
+        assert!(!Operation::StkPassword.applies_to(Provider::KopoKopo));
+        assert!(Operation::WebhookVerify.applies_to(Provider::JPay));
+        assert!(!Operation::WebhookVerify.applies_to(Provider::Mpesa));
+        assert!(!Operation::AccessToken.applies_to(Provider::InstaSend));
+    }
+}
