@@ -2,12 +2,14 @@
 //!
 //! Leaf *i* (0-based; entry `seq` = *i* + 1) is the entry's 32-byte chain hash, hashed as an
 //! RFC 6962 leaf, `SHA-256(0x00 ‖ hash)`; interior nodes are `SHA-256(0x01 ‖ left ‖ right)`.
-//! Every **complete** subtree is stored once it exists: node (`level`, `idx`) covers leaves
-//! `[idx·2^level, (idx+1)·2^level)`. Appending a leaf writes it and the complete subtrees it
-//! closes (one on average), in the same transaction as the entries (group commit stays one
-//! fsync). Any tree head, inclusion proof or consistency proof at any size is then a fold of
-//! O(log n) stored nodes: RFC 6962 splits every range at the largest power of two below its
-//! size, so each left part is a stored complete subtree.
+//! Node (`level`, `idx`) covers leaves `[idx·2^level, (idx+1)·2^level)`. Every **complete**
+//! subtree of level [`STORED_FROM_LEVEL`] or more is stored once it exists, in the same
+//! transaction as the entries that close it (group commit stays one fsync); smaller ones
+//! (fewer than 16 leaves) are hashed from the entries' stored hashes when needed, one range
+//! read of at most 15 rows. Appending writes about one node per eight entries. Any tree head,
+//! inclusion proof or consistency proof at any size is then a fold of O(log n) nodes: RFC 6962
+//! splits every range at the largest power of two below its size, so each left part is a
+//! complete subtree. The number of leaves the tree covers is kept in `audit_head.tree_size`.
 //!
 //! The proof functions follow RFC 6962 §2.1.1 (`PATH`) and §2.1.2 (`PROOF`/`SUBPROOF`)
 //! literally; the tests check them against an independent implementation.
@@ -21,6 +23,9 @@ use crate::db::schema::{audit_log as log, audit_tree as tree};
 use crate::db::{DbConn, DbError};
 
 pub type Hash = [u8; 32];
+
+/// The lowest level whose complete nodes are stored (subtrees of 16 leaves and up).
+pub const STORED_FROM_LEVEL: u32 = 4;
 
 /// Set only by `scripts/bench.sh` (`HAZINA_BENCH_SKIP_AUDIT_TREE=1`, read by `hazina serve`),
 /// to measure what extending the tree costs: while set, appends leave the tree behind the
@@ -152,61 +157,102 @@ pub fn consistency_proof(
 }
 
 /// The stored tree, read through the caller's connection (and so its transaction), with the
-/// nodes written in this transaction remembered.
+/// nodes written or computed in this transaction remembered.
 pub struct StoredNodes<'a> {
     conn: &'a mut DbConn,
-    written: HashMap<(u32, u64), Hash>,
+    known: HashMap<(u32, u64), Hash>,
 }
 
 impl<'a> StoredNodes<'a> {
     pub fn new(conn: &'a mut DbConn) -> Self {
         StoredNodes {
             conn,
-            written: HashMap::new(),
+            known: HashMap::new(),
         }
     }
 
     fn put(&mut self, level: u32, index: u64, hash: Hash) -> Result<(), DbError> {
-        diesel::insert_into(tree::table)
-            .values((
-                tree::level.eq(level as i32),
-                tree::idx.eq(index as i64),
-                tree::hash.eq(hash.to_vec()),
-            ))
-            .execute(self.conn)?;
-        self.written.insert((level, index), hash);
+        if level >= STORED_FROM_LEVEL {
+            diesel::insert_into(tree::table)
+                .values((
+                    tree::level.eq(level as i32),
+                    tree::idx.eq(index as i64),
+                    tree::hash.eq(hash.to_vec()),
+                ))
+                .execute(self.conn)?;
+        }
+        self.known.insert((level, index), hash);
         Ok(())
+    }
+
+    /// A node below the stored levels, hashed from its entries' hashes (one range read).
+    fn hash_of_entries(&mut self, level: u32, index: u64) -> Result<Hash, DbError> {
+        let width = 1u64 << level;
+        let first = (index * width) as i64 + 1;
+        let rows: Vec<(i64, Vec<u8>)> = log::table
+            .filter(log::seq.ge(first))
+            .filter(log::seq.lt(first + width as i64))
+            .order(log::seq.asc())
+            .select((log::seq, log::hash))
+            .load(self.conn)?;
+        if rows.len() as u64 != width
+            || rows
+                .iter()
+                .zip(first..)
+                .any(|((seq, _), want)| *seq != want)
+        {
+            return Err(DbError::Tampered(
+                "audit log (an entry under the tree is missing)",
+            ));
+        }
+        let mut hashes: Vec<Hash> = rows.iter().map(|(_, h)| leaf_hash(h)).collect();
+        while hashes.len() > 1 {
+            hashes = hashes
+                .chunks(2)
+                .map(|pair| node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+        Ok(hashes[0])
     }
 }
 
 impl Nodes for StoredNodes<'_> {
     fn node(&mut self, level: u32, index: u64) -> Result<Hash, DbError> {
-        if let Some(h) = self.written.get(&(level, index)) {
+        if let Some(h) = self.known.get(&(level, index)) {
             return Ok(*h);
         }
-        let stored: Vec<u8> = tree::table
-            .filter(tree::level.eq(level as i32))
-            .filter(tree::idx.eq(index as i64))
-            .select(tree::hash)
-            .first(self.conn)?;
-        stored
-            .try_into()
-            .map_err(|_| DbError::Tampered("audit tree node"))
+        let hash = if level < STORED_FROM_LEVEL {
+            self.hash_of_entries(level, index)?
+        } else {
+            let stored: Vec<u8> = tree::table
+                .filter(tree::level.eq(level as i32))
+                .filter(tree::idx.eq(index as i64))
+                .select(tree::hash)
+                .first(self.conn)?;
+            stored
+                .try_into()
+                .map_err(|_| DbError::Tampered("audit tree node"))?
+        };
+        self.known.insert((level, index), hash);
+        Ok(hash)
     }
 }
 
-/// How many leaves the stored tree has.
+/// How many leaves the tree covers.
 pub fn size(conn: &mut DbConn) -> Result<u64, DbError> {
-    let max: Option<i64> = tree::table
-        .filter(tree::level.eq(0))
-        .select(diesel::dsl::max(tree::idx))
+    let size: i64 = crate::db::schema::audit_head::table
+        .filter(crate::db::schema::audit_head::id.eq(1))
+        .select(crate::db::schema::audit_head::tree_size)
         .first(conn)?;
-    Ok(max.map_or(0, |m| m as u64 + 1))
+    u64::try_from(size).map_err(|_| DbError::Tampered("audit tree size"))
 }
 
 /// Appends leaves for `entry_hashes` (the entries `first_seq`, `first_seq + 1`, …) and every
 /// complete subtree they close, inside the caller's transaction.
 pub fn extend(tx: &mut DbConn, first_seq: i64, entry_hashes: &[&[u8]]) -> Result<(), DbError> {
+    if entry_hashes.is_empty() {
+        return Ok(());
+    }
     let mut nodes = StoredNodes::new(tx);
     for (offset, entry_hash) in entry_hashes.iter().enumerate() {
         let mut index = (first_seq - 1) as u64 + offset as u64;
@@ -222,6 +268,12 @@ pub fn extend(tx: &mut DbConn, first_seq: i64, entry_hashes: &[&[u8]]) -> Result
             nodes.put(level, index, hash)?;
         }
     }
+    let covered = first_seq - 1 + entry_hashes.len() as i64;
+    diesel::update(
+        crate::db::schema::audit_head::table.filter(crate::db::schema::audit_head::id.eq(1)),
+    )
+    .set(crate::db::schema::audit_head::tree_size.eq(covered))
+    .execute(tx)?;
     Ok(())
 }
 

@@ -102,6 +102,7 @@ diesel::table! {
         id -> BigInt,
         seq -> BigInt,
         hash -> Binary,
+        tree_size -> BigInt,
     }
 }
 

@@ -1495,15 +1495,20 @@ async fn an_existing_database_upgrades_in_place_and_its_grants_allow_reveal_only
     {
         let url = hazina::config::DatabaseUrl::parse(&v.app.db.url()).unwrap();
         let mut conn = hazina::db::establish(&url).unwrap();
-        let reverted = match &mut conn {
-            hazina::db::DbConn::Sqlite(c) => c
-                .revert_last_migration(hazina::db::SQLITE_MIGRATIONS)
-                .unwrap(),
-            hazina::db::DbConn::Postgres(c) => c
-                .revert_last_migration(hazina::db::POSTGRES_MIGRATIONS)
-                .unwrap(),
-        };
-        assert_eq!(reverted.to_string(), "20261201000008");
+        let mut reverted = Vec::new();
+        for _ in 0..2 {
+            reverted.push(match &mut conn {
+                hazina::db::DbConn::Sqlite(c) => c
+                    .revert_last_migration(hazina::db::SQLITE_MIGRATIONS)
+                    .unwrap()
+                    .to_string(),
+                hazina::db::DbConn::Postgres(c) => c
+                    .revert_last_migration(hazina::db::POSTGRES_MIGRATIONS)
+                    .unwrap()
+                    .to_string(),
+            });
+        }
+        assert_eq!(reverted, ["20261201000009", "20261201000008"]);
     }
     let node = v.app.spawn_node().await;
     let token = node

@@ -232,7 +232,7 @@ async fn an_upgraded_log_gets_its_tree_and_a_second_node_extends_the_same_tree()
         app.user().await;
     }
     // As if the entries came from a release before the tree: drop it, restart, rebuild.
-    app.sql("DELETE FROM audit_tree");
+    app.sql("DELETE FROM audit_tree; UPDATE audit_head SET tree_size = 0");
     let node = app.spawn_node().await;
     for _ in 0..3 {
         node.user().await;
@@ -448,7 +448,7 @@ fn truncate_log(app: &TestApp, keep: u64) {
     };
     app.sql(&format!(
         "DELETE FROM audit_log WHERE seq > {keep};
-         UPDATE audit_head SET seq = {keep}, hash = {literal} WHERE id = 1;
+         UPDATE audit_head SET seq = {keep}, hash = {literal}, tree_size = {keep} WHERE id = 1;
          DELETE FROM audit_tree WHERE ((idx + 1) << level) > {keep};"
     ));
 }
@@ -546,7 +546,7 @@ async fn rewriting_an_entry_and_every_later_hash_and_the_head_is_caught_by_a_che
         .execute(&mut *conn)
         .unwrap();
     drop(conn);
-    app.sql("DELETE FROM audit_tree");
+    app.sql("DELETE FROM audit_tree; UPDATE audit_head SET tree_size = 0");
     // A restart rebuilds the tree from the rewritten hashes: all self-consistent again.
     let node = app.spawn_node().await;
     let plain: Value = node
@@ -919,4 +919,83 @@ async fn following_the_export_streams_new_entries_as_they_commit_over_the_api_an
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_tree_stored_at_every_level_upgrades_to_the_compact_tree_and_old_checkpoints_still_verify(
+) {
+    use diesel_migrations::MigrationHarness;
+
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    for _ in 0..40 {
+        app.user().await;
+    }
+    let note = checkpoint_of(&app, &auditor).await;
+    let leaves = exported_leaves(&app, &auditor).await;
+    // The schema before the compact tree, with the tree the previous release kept: every
+    // complete subtree at every level, computed here from RFC 6962.
+    {
+        let url = hazina::config::DatabaseUrl::parse(&app.db.url()).unwrap();
+        let mut conn = hazina::db::establish(&url).unwrap();
+        let reverted = match &mut conn {
+            hazina::db::DbConn::Sqlite(c) => c
+                .revert_last_migration(hazina::db::SQLITE_MIGRATIONS)
+                .unwrap()
+                .to_string(),
+            hazina::db::DbConn::Postgres(c) => c
+                .revert_last_migration(hazina::db::POSTGRES_MIGRATIONS)
+                .unwrap()
+                .to_string(),
+        };
+        assert_eq!(reverted, "20261201000009");
+    }
+    let mut rows = Vec::new();
+    let mut level = 0u32;
+    while (1usize << level) <= leaves.len() {
+        let width = 1usize << level;
+        for idx in 0..leaves.len() / width {
+            let h = mth(&leaves[idx * width..(idx + 1) * width]);
+            rows.push(match backend() {
+                Backend::Sqlite => format!("({level}, {idx}, X'{}')", hex::encode(h)),
+                Backend::Postgres => format!("({level}, {idx}, '\\x{}'::bytea)", hex::encode(h)),
+            });
+        }
+        level += 1;
+    }
+    app.sql(&format!(
+        "INSERT INTO audit_tree (level, idx, hash) VALUES {}",
+        rows.join(", ")
+    ));
+    // This release starts on it: the migration keeps the upper levels and the size.
+    let node = app.spawn_node().await;
+    let stored =
+        node.sql_lines("SELECT CAST(COUNT(*) AS TEXT) AS line FROM audit_tree WHERE level < 4");
+    assert_eq!(stored, ["0"]);
+    let verdict = verify_with(&node, &auditor, &[&note]).await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    let n = leaves.len() as u64;
+    let root = mth(&leaves);
+    for seq in [1, 15, 16, 17, 32, n] {
+        let body: Value = node
+            .get(
+                &format!("/audit/proofs/inclusion/?seq={seq}&tree_size={n}"),
+                &auditor.access,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let path = hashes(&body["audit_path"]);
+        assert!(
+            verify_inclusion(seq - 1, n, leaves[seq as usize - 1], &path, root),
+            "{seq}"
+        );
+    }
+    // And it goes on growing consistently.
+    for _ in 0..20 {
+        node.user().await;
+    }
+    let verdict = verify_with(&node, &auditor, &[&note]).await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
 }
