@@ -10,13 +10,14 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 out=${OUT:-/tmp/hazina-reveal.perf}
 cargo build --release --bins >&2
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 export HAZINA_KEYRING=$work/k HAZINA_DATABASE_URL=sqlite://$work/p.db HAZINA_BIND=127.0.0.1:0
 export HAZINA_RATE_LIMIT_PER_MINUTE=0 HAZINA_LOG=warn HAZINA_SEED_PASSWORD="profile password 0123"
-target/release/hazina keys init >/dev/null
-target/release/hazina-seed --credentials 10 --prefix prof >/dev/null
-target/release/hazina serve 2>"$work/log" &
+"$bin"/hazina keys init >/dev/null
+"$bin"/hazina-seed --credentials 10 --prefix prof >/dev/null
+"$bin"/hazina serve 2>"$work/log" &
 pid=$!
 until port=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$work/log" | head -1) && [[ -n $port ]]; do sleep 0.05; done
 base=http://127.0.0.1:$port
