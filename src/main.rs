@@ -206,7 +206,8 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    hazina::telemetry::init();
+    // Lives until `main` returns: dropping it flushes the log lines still buffered.
+    let _logs = hazina::telemetry::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

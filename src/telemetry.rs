@@ -1,16 +1,35 @@
 //! Tracing setup. Log lines go to stderr; `HAZINA_LOG` (an `EnvFilter`) sets the level.
 //! No secret is ever a field of a span or event: secret types have redacted `Debug`.
+//!
+//! Lines are formatted on the thread that logs them but written to stderr by a dedicated
+//! thread (`tracing-appender`), so a request's worker never waits on the terminal or a pipe.
+//! The writer is lossless: when its buffer (128,000 lines) is full, loggers wait rather than
+//! drop lines. Keep the returned guard alive for the life of the process: dropping it flushes
+//! what is buffered.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
+/// Flushes buffered log lines when dropped.
+pub struct LogGuard {
+    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+pub fn init() -> LogGuard {
     let filter = EnvFilter::try_from_env("HAZINA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("hazina-log")
+        .finish(std::io::stderr());
+    let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .try_init()
+        .is_ok();
+    LogGuard {
+        _writer: installed.then_some(guard),
+    }
 }
