@@ -9,7 +9,8 @@
 # two fresh databases) and audit_scale (`audit verify` rate and proof latency at
 # AUDIT_ENTRIES entries, default 1,000,000). The default run leaves the audit ones out (they
 # take minutes); name them with -s. So does stk-password (the M-Pesa STK password operation
-# beside the reveal on the same credential, interleaved rounds).
+# beside the reveal on the same credential, interleaved rounds) and two_nodes (reveal on one
+# node, then on two nodes sharing the database: for PostgreSQL).
 #
 #   scripts/bench.sh [-d SECONDS] [-c CONNECTIONS] [-r ROTATION_ROWS] [-s SCENARIO ...]
 #
@@ -70,9 +71,14 @@ export HAZINA_KEYRING=$work/hazina.keyring
 export HAZINA_DATABASE_URL=${HAZINA_BENCH_DATABASE_URL:-sqlite://$work/bench.db}
 export HAZINA_BIND=127.0.0.1:0
 export HAZINA_RATE_LIMIT_PER_MINUTE=0
+# Login attempts in flight count against the throttle until they succeed (so a burst of wrong
+# passwords checks at most the limit); the login scenario keeps `connections` attempts for one
+# account in flight, so the limits are raised above that, and said so.
+export HAZINA_LOGIN_MAX_FAILURES_ACCOUNT=$((connections * 2))
+export HAZINA_LOGIN_MAX_FAILURES_ADDRESS=$((connections * 2))
 export HAZINA_LOG=${HAZINA_LOG:-warn}
 export HAZINA_SEED_PASSWORD="benchmark password 0123"
-echo "==> rate limiting is OFF for this benchmark (HAZINA_RATE_LIMIT_PER_MINUTE=0)" >&2
+echo "==> rate limiting is OFF for this benchmark (HAZINA_RATE_LIMIT_PER_MINUTE=0); login throttle limits raised to $((connections * 2)) in flight" >&2
 
 "$bin/hazina" keys init >&2
 "$bin/hazina-seed" --credentials 10 --prefix bench >&2
@@ -248,6 +254,53 @@ print(json.dumps({
     "reveal_p99_ms": round(statistics.median([x[1] for x in rev]), 2),
     "ratio": round(s / r, 3), "bar": "stk-password >= reveal", "met": s >= r,
     "non_2xx": sum(x[2] for x in stk + rev),
+}))
+PY
+fi
+
+if wants_named two_nodes; then
+  # Reveal on one node, then on two nodes sharing the database (each with half the
+  # connections), interleaved rounds. Meant for PostgreSQL (HAZINA_BENCH_DATABASE_URL).
+  HAZINA_LOG=warn "$bin/hazina" serve 2>"$work/serve2.log" &
+  second_pid=$!
+  port2=
+  for _ in $(seq 1 200); do
+    port2=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$work/serve2.log" | head -1)
+    [[ -n $port2 ]] && break
+    sleep 0.05
+  done
+  [[ -n $port2 ]] || { cat "$work/serve2.log" >&2; echo "second node did not start" >&2; exit 1; }
+  base2=http://127.0.0.1:$port2
+  half=$((connections / 2))
+  echo "==> two_nodes: $rounds rounds of ${duration}s: one node at $connections connections, then two at $half each" >&2
+  for round in $(seq 1 "$rounds"); do
+    load "one-$round" "$connections" "${auth[@]}" "$base/payments/credentials/$id/get-private-key/"
+    oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "${duration}s" -c "$half" \
+      "${auth[@]}" "$base2/payments/credentials/$id/get-private-key/" >"$work/twoB-$round.json" &
+    other=$!
+    load "twoA-$round" "$half" "${auth[@]}" "$base/payments/credentials/$id/get-private-key/"
+    wait "$other"
+  done
+  kill "$second_pid" 2>/dev/null || true
+  python3 - "$work" "$rounds" "$HAZINA_DATABASE_URL" <<'PY'
+import json, statistics, sys
+work, rounds, url = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def rps(name):
+    d = json.load(open(f"{work}/{name}.json"))
+    codes = d.get("statusCodeDistribution", {})
+    bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(d.get("errorDistribution", {}).values())
+    return d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, bad
+one = [rps(f"one-{r}") for r in range(1, rounds + 1)]
+two = [(a[0] + b[0], max(a[1], b[1]), a[2] + b[2]) for a, b in
+       ((rps(f"twoA-{r}"), rps(f"twoB-{r}")) for r in range(1, rounds + 1))]
+m1, m2 = statistics.median(x[0] for x in one), statistics.median(x[0] for x in two)
+print(json.dumps({
+    "scenario": "two_nodes", "backend": url.split(":")[0], "rounds": rounds,
+    "one_node_rps": [round(x[0], 1) for x in one], "two_nodes_rps": [round(x[0], 1) for x in two],
+    "one_node_median_rps": round(m1, 1), "two_nodes_median_rps": round(m2, 1),
+    "one_node_p99_ms": round(statistics.median(x[1] for x in one), 2),
+    "two_nodes_p99_ms": round(statistics.median(x[1] for x in two), 2),
+    "ratio": round(m2 / m1, 3), "non_2xx": sum(x[2] for x in one + two),
 }))
 PY
 fi

@@ -121,15 +121,6 @@ macro_rules! owned {
     };
 }
 
-pub fn list(conn: &mut DbConn, owner: UserId) -> Result<Vec<CredentialRow>, DbError> {
-    Ok(c::table
-        .filter(c::owner_id.eq(owner.get()))
-        .filter(c::deleted_at.is_null())
-        .order((c::created_at.asc(), c::id.asc()))
-        .select(CredentialRow::as_select())
-        .load(conn)?)
-}
-
 pub fn get(
     conn: &mut DbConn,
     owner: UserId,
@@ -139,24 +130,6 @@ pub fn get(
         .select(CredentialRow::as_select())
         .first(conn)
         .optional()?)
-}
-
-pub fn find_by_provider(
-    conn: &mut DbConn,
-    owner: UserId,
-    provider: &str,
-    environment: Option<&str>,
-) -> Result<Vec<CredentialRow>, DbError> {
-    let mut q = c::table
-        .filter(c::owner_id.eq(owner.get()))
-        .filter(c::provider.eq(provider))
-        .filter(c::deleted_at.is_null())
-        .select(CredentialRow::as_select())
-        .into_boxed();
-    if let Some(env) = environment {
-        q = q.filter(c::environment.eq(env));
-    }
-    Ok(q.order(c::environment.asc()).load(conn)?)
 }
 
 /// The credential with its current envelope, for reveal and verify.
@@ -323,12 +296,49 @@ pub fn with_profile(
     Ok((row, profile))
 }
 
-/// [`with_profile`] for each row.
-pub fn with_profiles(
+/// The owner's credentials with their current version's profile, in one query (a static
+/// one: its prepared statement is cached; this is the list endpoint's hot path).
+pub fn list_with_profiles(
     conn: &mut DbConn,
-    rows: Vec<CredentialRow>,
+    owner: UserId,
 ) -> Result<Vec<(CredentialRow, Option<String>)>, DbError> {
-    rows.into_iter().map(|r| with_profile(conn, r)).collect()
+    let rows: Vec<(CredentialRow, Option<String>)> = c::table
+        .left_join(
+            cv::table.on(cv::credential_id
+                .eq(c::id)
+                .and(cv::version.eq(c::current_version))),
+        )
+        .filter(c::owner_id.eq(owner.get()))
+        .filter(c::deleted_at.is_null())
+        .order((c::created_at.asc(), c::id.asc()))
+        .select((CredentialRow::as_select(), cv::profile.nullable()))
+        .load(conn)?;
+    Ok(rows)
+}
+
+/// The owner's credentials for `provider` (and `environment`, if given), with profiles.
+pub fn by_provider_with_profiles(
+    conn: &mut DbConn,
+    owner: UserId,
+    provider: &str,
+    environment: Option<&str>,
+) -> Result<Vec<(CredentialRow, Option<String>)>, DbError> {
+    let mut q = c::table
+        .left_join(
+            cv::table.on(cv::credential_id
+                .eq(c::id)
+                .and(cv::version.eq(c::current_version))),
+        )
+        .filter(c::owner_id.eq(owner.get()))
+        .filter(c::provider.eq(provider))
+        .filter(c::deleted_at.is_null())
+        .select((CredentialRow::as_select(), cv::profile.nullable()))
+        .into_boxed();
+    if let Some(e) = environment {
+        q = q.filter(c::environment.eq(e));
+    }
+    let rows: Vec<(CredentialRow, Option<String>)> = q.order(c::environment.asc()).load(conn)?;
+    Ok(rows)
 }
 
 /// One version's metadata (never key material).

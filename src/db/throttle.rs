@@ -85,7 +85,13 @@ fn admit_tx(
     now: UnixSeconds,
 ) -> Result<Admission, DbError> {
     // Writes first: SQLite takes its write lock at once, PostgreSQL locks each row, so
-    // concurrent attempts for one subject take turns through the check and the count.
+    // concurrent attempts for one subject take turns through the check and the count. Every
+    // transaction that writes throttle rows locks them in one order (by subject), so two
+    // logins, or a login and a success, never wait on each other in a cycle (PostgreSQL would
+    // abort one: "deadlock detected").
+    let mut ordered = limits.to_vec();
+    ordered.sort_by(|a, b| a.subject.cmp(b.subject));
+    let limits = &ordered[..];
     for limit in limits {
         let subject = limit.subject;
         diesel::update(
@@ -112,6 +118,7 @@ fn admit_tx(
     let subjects: Vec<&str> = limits.iter().map(|l| l.subject).collect();
     let rows: Vec<(String, Option<i64>)> = t::table
         .filter(t::subject.eq_any(&subjects))
+        .order(t::subject.asc())
         .select((t::subject, t::blocked_until))
         .load(tx)?;
     if let Some(until) = rows
@@ -151,7 +158,10 @@ fn admit_tx(
 /// address's earlier failures stay: a guesser may hold an account of their own).
 pub fn succeeded(conn: &mut DbConn, account: &str, undo: &Undo) -> Result<(), DbError> {
     conn.transaction(|tx| {
-        for (subject, before) in &undo.0 {
+        // In subject order, as `admit` locks them (see there).
+        let mut rows: Vec<&(String, Option<UnixSeconds>)> = undo.0.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for (subject, before) in rows {
             if subject == account {
                 diesel::delete(t::table.filter(t::subject.eq(subject))).execute(tx)?;
                 continue;

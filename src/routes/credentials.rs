@@ -262,10 +262,7 @@ pub async fn list(
         .owner(Action::CredentialRead)
         .await?;
     let rows = state
-        .db(move |c| {
-            let rows = repo::list(c, owner)?;
-            repo::with_profiles(c, rows)
-        })
+        .db(move |c| repo::list_with_profiles(c, owner))
         .await?;
     let views = rows.into_iter().map(view).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(views))
@@ -1162,13 +1159,12 @@ pub async fn by_provider(
         .transpose()?;
     let mut rows = state
         .db(move |c| {
-            let rows = repo::find_by_provider(
+            repo::by_provider_with_profiles(
                 c,
                 owner,
                 provider.as_str(),
                 environment.map(Environment::as_str),
-            )?;
-            repo::with_profiles(c, rows)
+            )
         })
         .await?;
     match rows.len() {

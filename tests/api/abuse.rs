@@ -1199,3 +1199,18 @@ async fn no_error_body_names_a_file_a_query_a_type_or_a_crate() {
         }
     }
 }
+
+#[tokio::test]
+async fn concurrent_correct_logins_never_deadlock_into_a_5xx() {
+    // The throttle's rows (the account's and the address's) are locked in one order by every
+    // login and every success; once they were not, and PostgreSQL answered "deadlock
+    // detected" (500) under a burst of correct logins.
+    let app = spawn_app_with(&[("HAZINA_DB_POOL_SIZE", "8"), ("HAZINA_WORKERS", "2")]).await;
+    let user = app.user().await;
+    for _ in 0..3 {
+        let burst = (0..24).map(|_| login_status_and_body(&app, &user.username, &user.password));
+        for (status, body) in futures_util::future::join_all(burst).await {
+            assert!(status == 200 || status == 429, "{status} {body}");
+        }
+    }
+}
