@@ -111,7 +111,8 @@ fn check(state: &AppState, name: &str, body: OperationBody) -> Result<Checked, A
                 operation.as_str()
             )))
         }
-        (None, _) => compute::daraja_timestamp(now),
+        (None, Operation::StkPassword) => compute::daraja_timestamp(now),
+        (None, _) => String::new(),
     };
     Ok(Checked {
         operation,

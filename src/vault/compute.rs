@@ -15,10 +15,17 @@ pub const STK_TIMESTAMP_SKEW_SECONDS: i64 = 300;
 
 /// `now` as a Daraja timestamp, `YYYYMMDDHHmmss` in Nairobi time.
 pub fn daraja_timestamp(now: i64) -> String {
-    chrono::DateTime::from_timestamp(now + NAIROBI_OFFSET_SECONDS, 0)
-        .unwrap_or_default()
-        .format("%Y%m%d%H%M%S")
-        .to_string()
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::from_timestamp(now + NAIROBI_OFFSET_SECONDS, 0).unwrap_or_default();
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// Checks a caller's Daraja timestamp: fourteen digits, a real Nairobi time, within five
