@@ -886,16 +886,7 @@ pub async fn reveal(
             actor: Actor::service(&service),
             meta: &meta,
         };
-        let lookup = match requested {
-            None => Lookup::NotFound,
-            Some(id) => {
-                let keyring = state.keyring.clone();
-                let scope = Scope::Service(service.id);
-                state
-                    .db(move |c| vault::find(c, &keyring, scope, &Address::Id(id), OP, 0))
-                    .await?
-            }
-        };
+        let lookup = find_for_service(&state, &service, requested.map(Address::Id), OP, 0).await?;
         return reveal_answer(&caller, requested, lookup).await;
     }
     let keyring = state.keyring.clone();
@@ -923,6 +914,25 @@ pub async fn reveal(
         meta: &meta,
     };
     reveal_answer(&caller, requested, lookup.unwrap_or(Lookup::NotFound)).await
+}
+
+/// What a service's request finds through the gate's `find`, on a database thread; an
+/// address that cannot name a row finds nothing (and is answered like a missing one).
+pub(crate) async fn find_for_service(
+    state: &AppState,
+    service: &AuthenticatedService,
+    address: Option<Address>,
+    operation: Operation,
+    grace_since: i64,
+) -> Result<Lookup, ApiError> {
+    let Some(address) = address else {
+        return Ok(Lookup::NotFound);
+    };
+    let keyring = state.keyring.clone();
+    let scope = Scope::Service(service.id);
+    state
+        .db(move |c| vault::find(c, &keyring, scope, &address, operation, grace_since))
+        .await
 }
 
 /// The reveal's answer, through the gate: the key (and the provider secrets) leave only once
@@ -1032,16 +1042,7 @@ pub async fn lookup(
         actor: Actor::service(service),
         meta: &meta,
     };
-    let lookup = match address {
-        None => Lookup::NotFound,
-        Some(address) => {
-            let keyring = state.keyring.clone();
-            let scope = Scope::Service(service.id);
-            state
-                .db(move |c| vault::find(c, &keyring, scope, &address, Operation::Reveal, 0))
-                .await?
-        }
-    };
+    let lookup = find_for_service(&state, service, address, Operation::Reveal, 0).await?;
     reveal_answer(&gate, None, lookup).await
 }
 

@@ -7,7 +7,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
-use super::credentials::{grace_since, LookupQuery};
+use super::credentials::{find_for_service, grace_since, LookupQuery};
 use crate::audit::{Action, Actor, Outcome, Reason, RequestMeta};
 use crate::auth::principal::bearer_token;
 use crate::auth::{AuthenticatedService, Caller};
@@ -147,17 +147,8 @@ pub async fn by_id(
             actor: Actor::service(&service),
             meta: &meta,
         };
-        let lookup = match requested {
-            None => Lookup::NotFound,
-            Some(id) => {
-                let scope = Scope::Service(service.id);
-                state
-                    .db(move |c| {
-                        vault::find(c, &keyring, scope, &Address::Id(id), operation, grace)
-                    })
-                    .await?
-            }
-        };
+        let address = requested.map(Address::Id);
+        let lookup = find_for_service(&state, &service, address, operation, grace).await?;
         return run(&caller, checked, requested, lookup).await;
     }
     let wanted = checked.as_ref().ok().map(|c| c.operation);
@@ -244,16 +235,7 @@ pub async fn by_lookup(
         actor: Actor::service(service),
         meta: &meta,
     };
-    let lookup = match address {
-        None => Lookup::NotFound,
-        Some(address) => {
-            let keyring = state.keyring.clone();
-            let scope = Scope::Service(service.id);
-            state
-                .db(move |c| vault::find(c, &keyring, scope, &address, operation, grace))
-                .await?
-        }
-    };
+    let lookup = find_for_service(&state, service, address, operation, grace).await?;
     run(&gate, checked, None, lookup).await
 }
 

@@ -250,6 +250,26 @@ impl TestApp {
         self.state.pool.get().unwrap()
     }
 
+    /// Reverts the `n` newest migrations on the app's database (rows stay where the down
+    /// migrations keep them); their versions, newest first.
+    pub fn revert_migrations(&self, n: usize) -> Vec<String> {
+        use diesel_migrations::MigrationHarness;
+        let url = hazina::config::DatabaseUrl::parse(&self.db.url()).unwrap();
+        let mut conn = hazina::db::establish(&url).unwrap();
+        (0..n)
+            .map(|_| match &mut conn {
+                DbConn::Sqlite(c) => c
+                    .revert_last_migration(hazina::db::SQLITE_MIGRATIONS)
+                    .unwrap()
+                    .to_string(),
+                DbConn::Postgres(c) => c
+                    .revert_last_migration(hazina::db::POSTGRES_MIGRATIONS)
+                    .unwrap()
+                    .to_string(),
+            })
+            .collect()
+    }
+
     /// Runs raw SQL (several statements allowed) against the app's database.
     pub fn sql(&self, statements: &str) {
         let mut conn = self.conn();

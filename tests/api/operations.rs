@@ -1478,7 +1478,6 @@ async fn with_owner_operations_off_owners_are_refused_but_granted_services_still
 
 #[tokio::test]
 async fn an_existing_database_upgrades_in_place_and_its_grants_allow_reveal_only() {
-    use diesel_migrations::MigrationHarness;
     use hazina::vault::Operation;
 
     let v = ServiceVault::new().await;
@@ -1492,24 +1491,10 @@ async fn an_existing_database_upgrades_in_place_and_its_grants_allow_reveal_only
     v.grant(&v.merchant, None).await;
     // Back to the previous release's schema with the rows in place, then a node of this
     // release starts on it and migrates it up again.
-    {
-        let url = hazina::config::DatabaseUrl::parse(&v.app.db.url()).unwrap();
-        let mut conn = hazina::db::establish(&url).unwrap();
-        let mut reverted = Vec::new();
-        for _ in 0..2 {
-            reverted.push(match &mut conn {
-                hazina::db::DbConn::Sqlite(c) => c
-                    .revert_last_migration(hazina::db::SQLITE_MIGRATIONS)
-                    .unwrap()
-                    .to_string(),
-                hazina::db::DbConn::Postgres(c) => c
-                    .revert_last_migration(hazina::db::POSTGRES_MIGRATIONS)
-                    .unwrap()
-                    .to_string(),
-            });
-        }
-        assert_eq!(reverted, ["20261201000009", "20261201000008"]);
-    }
+    assert_eq!(
+        v.app.revert_migrations(2),
+        ["20261201000009", "20261201000008"]
+    );
     let node = v.app.spawn_node().await;
     let token = node
         .login(&v.merchant.username, &v.merchant.password)
