@@ -9,12 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 out=${OUT:-/tmp/hazina-reveal.perf}
-cargo build --release --bins >&2
+[[ -n ${NO_BUILD:-} ]] || cargo build --release --bins >&2
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 export HAZINA_KEYRING=$work/k HAZINA_DATABASE_URL=sqlite://$work/p.db HAZINA_BIND=127.0.0.1:0
-export HAZINA_RATE_LIMIT_PER_MINUTE=0 HAZINA_LOG=warn HAZINA_SEED_PASSWORD="profile password 0123"
+export HAZINA_RATE_LIMIT_PER_MINUTE=0 HAZINA_LOG=${HAZINA_LOG:-warn} HAZINA_SEED_PASSWORD="profile password 0123"
 "$bin"/hazina keys init >/dev/null
 "$bin"/hazina-seed --credentials 10 --prefix prof >/dev/null
 "$bin"/hazina serve 2>"$work/log" &

@@ -4,8 +4,9 @@
 //! Lines are formatted on the thread that logs them but written to stderr by a dedicated
 //! thread (`tracing-appender`), so a request's worker never waits on the terminal or a pipe.
 //! The writer is lossless: when its buffer (128,000 lines) is full, loggers wait rather than
-//! drop lines. Keep the returned guard alive for the life of the process: dropping it flushes
-//! what is buffered.
+//! drop lines. The thread writes every line waiting at that moment in one `write(2)` (a
+//! buffer it flushes each time it has drained the queue), not one call per line. Keep the
+//! returned guard alive for the life of the process: dropping it flushes what is buffered.
 
 use std::io::IsTerminal;
 
@@ -21,7 +22,12 @@ pub fn init() -> LogGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("hazina-log")
-        .finish(std::io::stderr());
+        // tracing-appender flushes its writer whenever it has drained the queue, so nothing
+        // waits in this buffer beyond the batch it came with.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

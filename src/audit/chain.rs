@@ -152,7 +152,10 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
         diesel::update(head::table.filter(head::id.eq(1)))
             .set(head::seq.eq(head::seq))
             .execute(tx)?;
-        let Head { mut seq, hash } = read_head(tx)?;
+        let (mut seq, hash, tree_size) = head::table
+            .filter(head::id.eq(1))
+            .select((head::seq, head::hash, head::tree_size))
+            .first::<(i64, Vec<u8>, i64)>(tx)?;
         let mut prev = hash;
         let mut rows = Vec::with_capacity(events.len());
         for e in events {
@@ -169,17 +172,22 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
         }
         // The Merkle tree grows in the same transaction. A tree that lags the log (entries
         // written by a node from before the tree, during a rolling upgrade) catches up first.
+        let mut tree_size = tree_size;
         if !super::merkle::skipped_for_benchmark() {
             let first = rows[0].seq;
-            let lag = first - 1 - super::merkle::size(tx)? as i64;
-            if lag > 0 {
-                super::merkle::catch_up(tx, lag)?;
+            if first - 1 > tree_size {
+                super::merkle::catch_up(tx, first - 1 - tree_size)?;
             }
             let hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.as_slice()).collect();
-            super::merkle::extend(tx, first, &hashes)?;
+            tree_size = super::merkle::extend_nodes(tx, first, &hashes)?;
         }
+        // The chain head and the tree's size move together, in one statement.
         diesel::update(head::table.filter(head::id.eq(1)))
-            .set((head::seq.eq(seq), head::hash.eq(&prev)))
+            .set((
+                head::seq.eq(seq),
+                head::hash.eq(&prev),
+                head::tree_size.eq(tree_size),
+            ))
             .execute(tx)?;
         Ok(rows.iter().map(|r| r.seq).collect())
     })

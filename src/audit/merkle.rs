@@ -253,6 +253,22 @@ pub fn extend(tx: &mut DbConn, first_seq: i64, entry_hashes: &[&[u8]]) -> Result
     if entry_hashes.is_empty() {
         return Ok(());
     }
+    let covered = extend_nodes(tx, first_seq, entry_hashes)?;
+    diesel::update(
+        crate::db::schema::audit_head::table.filter(crate::db::schema::audit_head::id.eq(1)),
+    )
+    .set(crate::db::schema::audit_head::tree_size.eq(covered))
+    .execute(tx)?;
+    Ok(())
+}
+
+/// [`extend`] without recording the new size: the caller writes it (with the chain head, in
+/// one statement) and answers for it. Answers the size the tree now covers.
+pub(crate) fn extend_nodes(
+    tx: &mut DbConn,
+    first_seq: i64,
+    entry_hashes: &[&[u8]],
+) -> Result<i64, DbError> {
     let mut nodes = StoredNodes::new(tx);
     for (offset, entry_hash) in entry_hashes.iter().enumerate() {
         let mut index = (first_seq - 1) as u64 + offset as u64;
@@ -268,13 +284,7 @@ pub fn extend(tx: &mut DbConn, first_seq: i64, entry_hashes: &[&[u8]]) -> Result
             nodes.put(level, index, hash)?;
         }
     }
-    let covered = first_seq - 1 + entry_hashes.len() as i64;
-    diesel::update(
-        crate::db::schema::audit_head::table.filter(crate::db::schema::audit_head::id.eq(1)),
-    )
-    .set(crate::db::schema::audit_head::tree_size.eq(covered))
-    .execute(tx)?;
-    Ok(())
+    Ok(first_seq - 1 + entry_hashes.len() as i64)
 }
 
 /// Builds the tree over entries that are in the log but not yet in the tree (a log from

@@ -225,6 +225,26 @@ mod tests {
     use std::collections::BTreeSet;
     use std::path::Path;
 
+    /// `.cargo/config.toml` builds the bundled SQLite with the query planner stability
+    /// guarantee: without it every cached statement with a bound `LIMIT` (each `.first()`) is
+    /// parsed and planned again on every execution (SQLite 3.47+).
+    #[test]
+    fn bundled_sqlite_keeps_cached_statements_planned_once() {
+        use diesel::prelude::*;
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut c = SqliteConnection::establish(":memory:").unwrap();
+        let found: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM pragma_compile_options WHERE compile_options = 'ENABLE_QPSG'",
+        )
+        .get_result(&mut c)
+        .unwrap();
+        assert_eq!(found.n, 1, "SQLite was built without SQLITE_ENABLE_QPSG");
+    }
+
     fn migration_names(backend: &str) -> BTreeSet<String> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("migrations")
