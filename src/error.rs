@@ -165,6 +165,9 @@ impl From<DbError> for ApiError {
             DbError::Rejected(v) => ApiError::Invalid(v.0),
             DbError::Stale(current) => ApiError::PreconditionFailed(current),
             k @ DbError::KeyState(_) => ApiError::Unavailable(k.into()),
+            DbError::Archived(through) => ApiError::Invalid(format!(
+                "That needs audit entries 1 to {through}, which were archived; verify it against the archive file"
+            )),
             DbError::Tampered(what) => {
                 tracing::error!(
                     row = what,

@@ -157,6 +157,17 @@ enum AuditCommand {
         #[arg(long, conflicts_with = "since")]
         follow: bool,
     },
+    /// Move the entries older than a date to a new file that verifies on its own (with
+    /// `audit verify --export`), then delete them from the database. Archives end on a
+    /// multiple of 16 entries; proofs and checkpoints about the rest stay valid.
+    Archive {
+        /// Archive entries that occurred before this time (RFC 3339, or Unix seconds).
+        #[arg(long)]
+        before: String,
+        /// The archive file to create (never overwritten).
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -332,7 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot read checkpoint {}", path.display()))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let report = audit::chain::verify(&mut conn)?;
+            let report = audit::chain::verify(&mut conn, &vault.keyring)?;
             println!("{}", serde_json::to_string(&report)?);
             let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
             let signers = audit::checkpoint::signers(&mut conn, &vault.keyring, &origin)?;
@@ -387,6 +398,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::time::Duration::from_millis(200),
                 |chunk| out.write_all(&chunk).and_then(|()| out.flush()).is_ok(),
             )?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Archive { before, to }) => {
+            let before = parse_time("--before", &before)?;
+            let vault = open_vault(&config)?;
+            let mut conn = vault.pool.get()?;
+            let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
+            match audit::archive::archive(&mut conn, &vault.keyring, &origin, before, &to)? {
+                None => println!("nothing to archive: no run of 16 entries older than that"),
+                Some(done) => {
+                    println!(
+                        "archived entries {} to {} to {} and deleted them from the database; its checkpoint:",
+                        done.first_seq,
+                        done.last_seq,
+                        to.display()
+                    );
+                    print!("{}", done.checkpoint);
+                }
+            }
             Ok(())
         }
         Command::Audit(AuditCommand::Export { since, after, .. }) => {
@@ -568,13 +598,18 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
 
 /// RFC 3339 or Unix seconds → microseconds.
 fn parse_since(raw: &str) -> anyhow::Result<i64> {
+    parse_time("--since", raw)
+}
+
+/// An RFC 3339 time or Unix seconds, as microseconds since the epoch.
+fn parse_time(name: &str, raw: &str) -> anyhow::Result<i64> {
     if let Ok(secs) = raw.parse::<i64>() {
         return secs
             .checked_mul(1_000_000)
-            .context("--since is out of range");
+            .with_context(|| format!("{name} is out of range"));
     }
     Ok(chrono::DateTime::parse_from_rfc3339(raw)
-        .context("--since must be an RFC 3339 time or Unix seconds")?
+        .with_context(|| format!("{name} must be an RFC 3339 time or Unix seconds"))?
         .timestamp_micros())
 }
 

@@ -226,17 +226,32 @@ const VERIFY_BATCH: i64 = 1000;
 /// moved; then checks the head. Entries committed after the start are not looked at, so a
 /// log that grows during the check is never reported as tampered (the Merkle tree and signed
 /// checkpoints cover what lies beyond a head).
-pub fn verify(conn: &mut DbConn) -> Result<Verification, DbError> {
-    let head = read_head(conn)?;
-    let mut expected = 1i64;
-    let mut prev = GENESIS.to_vec();
-    let mut prev_self_consistent = true;
-    let mut checked = 0i64;
+///
+/// The chain starts after the archive anchor ([`super::archive`]), which must verify under
+/// one of the log's keys: an anchor edited or moved in the database fails at the entry after
+/// the stored one.
+pub fn verify(
+    conn: &mut DbConn,
+    keyring: &crate::crypto::Keyring,
+) -> Result<Verification, DbError> {
     let bad = |seq: i64, checked: i64| Verification {
         ok: false,
         checked,
         first_bad_seq: Some(seq),
     };
+    let start = match super::archive::anchor(conn, keyring) {
+        Ok(start) => start,
+        Err(DbError::Tampered(_)) => {
+            let stored = super::archive::anchor_unchecked(conn).map_or(0, |a| a.seq);
+            return Ok(bad(stored + 1, 0));
+        }
+        Err(e) => return Err(e),
+    };
+    let head = read_head(conn)?;
+    let mut expected = start.seq + 1;
+    let mut prev = start.hash;
+    let mut prev_self_consistent = true;
+    let mut checked = 0i64;
     loop {
         let batch: Vec<AuditRow> = log::table
             .filter(log::seq.ge(expected))
@@ -255,7 +270,8 @@ pub fn verify(conn: &mut DbConn) -> Result<Verification, DbError> {
             if row.prev_hash != prev {
                 // The link is broken. If this entry is intact, the previous one was rewritten
                 // (content and hash); otherwise this one was edited.
-                let culprit = if self_consistent && prev_self_consistent && row.seq > 1 {
+                let culprit = if self_consistent && prev_self_consistent && row.seq > start.seq + 1
+                {
                     row.seq - 1
                 } else {
                     row.seq

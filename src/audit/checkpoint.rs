@@ -84,7 +84,11 @@ impl Signer {
 
     /// The signed checkpoint of the tree of `size` leaves with root `root`.
     pub fn sign(&self, size: u64, root: &Hash) -> String {
-        let text = body(&self.origin, size, root);
+        self.sign_note(&body(&self.origin, size, root))
+    }
+
+    /// A signed note of `text` (which ends with a newline) under this signer's key.
+    pub fn sign_note(&self, text: &str) -> String {
         let sig = self.pair.sign(text.as_bytes());
         let mut blob = self.key_id.to_vec();
         blob.extend_from_slice(sig.as_ref());
@@ -288,7 +292,15 @@ pub fn check(
             &format!("the log holds {have} entries, fewer than the checkpoint's {size}: entries after {have} were removed or the database was restored from an older copy"),
         ));
     }
-    let now = super::merkle::root(&mut super::merkle::StoredNodes::new(conn), size)?;
+    let now = match super::merkle::root(&mut super::merkle::StoredNodes::new(conn), size) {
+        Err(DbError::Archived(through)) => {
+            return Ok(bad(
+                Some(size),
+                &format!("this checkpoint lies inside the archived part of the log (entries 1 to {through}): verify it against the archive file"),
+            ))
+        }
+        other => other?,
+    };
     if now != root {
         return Ok(bad(
             Some(size),

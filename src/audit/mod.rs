@@ -16,6 +16,7 @@
 //! - **Group commit.** One writer thread per process commits every entry waiting at that
 //!   moment in one transaction; callers wait asynchronously, never on a blocking thread.
 
+pub mod archive;
 pub mod chain;
 pub mod checkpoint;
 pub mod merkle;
@@ -100,6 +101,7 @@ closed_enum! {
         CredentialAccessLog => "credential.access_log",
         AdminProviderCertificateSet => "admin.provider_certificate_set",
         AdminProviderCertificateDelete => "admin.provider_certificate_delete",
+        AuditArchive => "audit.archive",
     }
 }
 

@@ -57,10 +57,45 @@ pub struct Report {
     pub checkpoints: Vec<Verdict>,
 }
 
-/// Leaves held in memory; complete subtrees hashed on demand.
-struct Leaves(Vec<Hash>);
+/// The tree of an export: the complete subtrees before its first entry (an archive's or a
+/// later export's frontier, left to right) and its own leaves, held in memory; complete
+/// subtrees hashed on demand.
+struct Tree {
+    /// Leaves before the export's first entry.
+    start: u64,
+    frontier: Vec<(u32, u64, Hash)>,
+    leaves: Vec<Hash>,
+}
 
-impl Nodes for Leaves {
+impl Tree {
+    /// The tree of an export from entry 1.
+    fn empty() -> Tree {
+        Tree {
+            start: 0,
+            frontier: Vec::new(),
+            leaves: Vec::new(),
+        }
+    }
+
+    fn new(start: u64, frontier: &[Hash]) -> Option<Tree> {
+        let mut placed = Vec::new();
+        let mut at = 0u64;
+        for level in (0..64u32).rev() {
+            let width = 1u64 << level;
+            if start & width != 0 {
+                placed.push((level, at >> level, *frontier.get(placed.len())?));
+                at += width;
+            }
+        }
+        (placed.len() == frontier.len()).then_some(Tree {
+            start,
+            frontier: placed,
+            leaves: Vec::new(),
+        })
+    }
+}
+
+impl Nodes for Tree {
     fn node(&mut self, level: u32, index: u64) -> Result<Hash, DbError> {
         fn hash(leaves: &[Hash]) -> Hash {
             match leaves {
@@ -71,13 +106,65 @@ impl Nodes for Leaves {
                 }
             }
         }
-        let width = 1usize << level;
-        let start = index as usize * width;
-        self.0
-            .get(start..start + width)
-            .map(hash)
-            .ok_or(DbError::Tampered("export (a tree node past its end)"))
+        if let Some((.., h)) = self
+            .frontier
+            .iter()
+            .find(|(l, i, _)| *l == level && *i == index)
+        {
+            return Ok(*h);
+        }
+        let width = 1u64 << level;
+        let low = index * width;
+        if low >= self.start {
+            let from = (low - self.start) as usize;
+            return self
+                .leaves
+                .get(from..from + width as usize)
+                .map(hash)
+                .ok_or(DbError::Tampered("export (a tree node past its end)"));
+        }
+        if low + width <= self.start || level == 0 {
+            return Err(DbError::Tampered("export (a tree node before its start)"));
+        }
+        let left = self.node(level - 1, index * 2)?;
+        let right = self.node(level - 1, index * 2 + 1)?;
+        Ok(merkle::node_hash(&left, &right))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Start {
+    seq: i64,
+    hash: String,
+    frontier: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartLine {
+    archived_before: Start,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointLine {
+    checkpoint: String,
+}
+
+/// Where an export starts: after entry `seq` with hash `hash`, under `frontier`.
+fn start_of(line: &str) -> Option<(i64, Vec<u8>, Tree)> {
+    let StartLine {
+        archived_before: start,
+    } = serde_json::from_str(line).ok()?;
+    let hash = hex::decode(&start.hash).ok().filter(|h| h.len() == 32)?;
+    let frontier = start
+        .frontier
+        .iter()
+        .map(|h| hex::decode(h).ok().and_then(|h| <Hash>::try_from(h).ok()))
+        .collect::<Option<Vec<Hash>>>()?;
+    let tree = Tree::new(u64::try_from(start.seq).ok().filter(|s| *s > 0)?, &frontier)?;
+    Some((start.seq, hash, tree))
 }
 
 fn row_of(line: Line) -> Option<AuditRow> {
@@ -107,21 +194,39 @@ fn row_of(line: Line) -> Option<AuditRow> {
     })
 }
 
-/// Verifies a whole export (from entry 1: `hazina audit export` without `--since`) against
-/// `checkpoints` signed under `key`.
+/// Verifies a whole export (`hazina audit export` without `--since`, or an archive file of
+/// `hazina audit archive`) against `checkpoints` signed under `key`, and against the
+/// checkpoints the file carries itself (an archive's).
 pub fn verify_export(export: &str, key: &Verifier, checkpoints: &[String]) -> Report {
-    let mut leaves = Vec::new();
-    let mut prev = GENESIS.to_vec();
+    let mut lines = export.lines().peekable();
     let mut first_bad = None;
+    let (start, mut prev, mut tree) = match lines.next_if(|l| l.contains("\"archived_before\"")) {
+        Some(first) => match start_of(first) {
+            Some(start) => start,
+            None => {
+                first_bad = Some(1);
+                (0, GENESIS.to_vec(), Tree::empty())
+            }
+        },
+        _ => (0, GENESIS.to_vec(), Tree::empty()),
+    };
+    let mut carried = Vec::new();
     let mut head_seen = false;
-    for (n, text) in export.lines().enumerate() {
-        let expected = n as i64 + 1;
+    for text in lines {
+        let expected = start + tree.leaves.len() as i64 + 1;
         if first_bad.is_some() || text.trim().is_empty() {
             break;
         }
         if text.contains("\"chain_head\"") {
             head_seen = true;
             break;
+        }
+        if text.starts_with("{\"checkpoint\"") {
+            match serde_json::from_str::<CheckpointLine>(text) {
+                Ok(line) => carried.push(line.checkpoint),
+                Err(_) => first_bad = Some(expected),
+            }
+            continue;
         }
         let row = serde_json::from_str::<Line>(text).ok().and_then(row_of);
         match row {
@@ -130,7 +235,7 @@ pub fn verify_export(export: &str, key: &Verifier, checkpoints: &[String]) -> Re
                     && row.prev_hash == prev
                     && row.compute_hash().as_slice() == row.hash.as_slice() =>
             {
-                leaves.push(merkle::leaf_hash(&row.hash));
+                tree.leaves.push(merkle::leaf_hash(&row.hash));
                 prev = row.hash;
             }
             _ => first_bad = Some(expected),
@@ -138,23 +243,24 @@ pub fn verify_export(export: &str, key: &Verifier, checkpoints: &[String]) -> Re
     }
     if first_bad.is_none() && !head_seen {
         // An export always ends with its chain head: without it, it was cut short.
-        first_bad = Some(leaves.len() as i64 + 1);
+        first_bad = Some(start + tree.leaves.len() as i64 + 1);
     }
-    let size = leaves.len() as u64;
-    let mut nodes = Leaves(leaves);
+    let checked = tree.leaves.len() as i64;
+    let size = start as u64 + tree.leaves.len() as u64;
     let verdicts: Vec<Verdict> = checkpoints
         .iter()
-        .map(|note| check(&mut nodes, size, key, note))
+        .chain(&carried)
+        .map(|note| check(&mut tree, size, key, note))
         .collect();
     Report {
         ok: first_bad.is_none() && verdicts.iter().all(|v| v.ok),
-        checked: size as i64,
+        checked,
         first_bad_seq: first_bad,
         checkpoints: verdicts,
     }
 }
 
-fn check(nodes: &mut Leaves, have: u64, key: &Verifier, note: &str) -> Verdict {
+fn check(nodes: &mut Tree, have: u64, key: &Verifier, note: &str) -> Verdict {
     let bad = |size: Option<u64>, problem: String| Verdict {
         tree_size: size,
         ok: false,

@@ -36,8 +36,9 @@ struct Args {
     /// Username prefix of the synthetic merchants.
     #[arg(long, default_value = "bench")]
     prefix: String,
-    /// Also append this many synthetic audit entries (`credential.read` by the first
-    /// merchant), chained and added to the Merkle tree as the vault itself does, in batches.
+    /// Also append this many synthetic audit entries (reveals and reads of the seeded
+    /// credentials, in turn, by the command line), chained and added to the Merkle tree as the
+    /// vault itself does, in batches.
     #[arg(long, default_value_t = 0)]
     audit_entries: u64,
 }
@@ -91,6 +92,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .take(args.credentials)
         .collect();
     let kek_version = db::key_versions::sealing_version(conn, &keyring)?;
+    let mut targets = Vec::with_capacity(slots.len());
     for chunk in slots.chunks(CHUNK) {
         let mut creds = Vec::with_capacity(chunk.len());
         let mut versions = Vec::with_capacity(chunk.len());
@@ -106,6 +108,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                 profile: None,
             };
             let sealed = envelope::seal_under(&keyring, kek_version, &aad, &secret)?;
+            targets.push(Target {
+                credential_id: Some(id),
+                owner_id: Some(*owner),
+                provider: Some(provider.as_str().to_owned()),
+                environment: Some((*env).to_owned()),
+            });
             creds.push((
                 c::id.eq(id),
                 c::owner_id.eq(*owner),
@@ -149,7 +157,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             db::keys::bump_wear(tx, kek_version, n)
         })?;
     }
-    seed_audit(conn, args.audit_entries, owner_ids.first().copied())?;
+    seed_audit(conn, args.audit_entries, &targets)?;
     println!(
         "{{\"merchants\":{owners},\"credentials\":{},\"first_merchant\":\"{}000000\",\"audit_entries\":{}}}",
         slots.len(),
@@ -159,25 +167,26 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends `count` audit entries through the vault's own append (chain and tree), in batches.
-fn seed_audit(conn: &mut DbConn, count: u64, owner: Option<i64>) -> anyhow::Result<()> {
+/// Appends `count` audit entries through the vault's own append (chain and tree), in batches:
+/// reveals and reads of `targets` in turn (entries with no target when there are none).
+fn seed_audit(conn: &mut DbConn, count: u64, targets: &[Target]) -> anyhow::Result<()> {
     const BATCH: u64 = 5000;
     let meta = RequestMeta::default();
     let mut done = 0;
     while done < count {
         let n = BATCH.min(count - done);
-        let events: Vec<Event> = (0..n)
-            .map(|_| {
-                let mut e = Event::new(
-                    Clock::System.now_micros(),
-                    Actor::system(),
-                    &meta,
-                    Action::CredentialRead,
-                );
-                if let Some(owner) = owner {
-                    e = e.target(Target::owner(owner));
+        let events: Vec<Event> = (done..done + n)
+            .map(|i| {
+                let action = if i % 2 == 0 {
+                    Action::CredentialReveal
+                } else {
+                    Action::CredentialRead
+                };
+                let e = Event::new(Clock::System.now_micros(), Actor::system(), &meta, action);
+                match targets.get((i as usize) % targets.len().max(1)) {
+                    Some(t) => e.target(t.clone()),
+                    None => e,
                 }
-                e
             })
             .collect();
         let refs: Vec<&Event> = events.iter().collect();

@@ -489,6 +489,11 @@ pub fn retire(
                         "Master-key version {version} still signs {signed} users, services, grants or provider certificates; finish a rotation first"
                     )));
                 }
+                if crate::audit::archive::signed_under(tx, keyring, version)? {
+                    return Err(KeyStateError::Conflict(format!(
+                        "Master-key version {version} still signs the audit archive's anchor; finish a rotation first"
+                    )));
+                }
                 diesel::update(kv::table.filter(kv::version.eq(version)))
                     .set((kv::state.eq(RETIRED), kv::retired_at.eq(Some(now))))
                     .execute(tx)?;

@@ -285,5 +285,12 @@ fn resign_authorization_rows(
             }
         }
     }
+    // The audit archive's anchor note, signed with the checkpoint key of a version.
+    conn.transaction(|tx| {
+        if lock_live_rotation(tx, rotation)? {
+            crate::audit::archive::resign_anchor(tx, keyring, rotation.target_version)?;
+        }
+        Ok::<_, DbError>(())
+    })?;
     Ok(())
 }

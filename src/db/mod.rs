@@ -205,6 +205,10 @@ pub enum DbError {
     /// Nothing was written and nothing was obeyed.
     #[error("a {0} row failed its integrity check")]
     Tampered(&'static str),
+    /// What was asked for needs audit entries that were archived (through this sequence
+    /// number) and are no longer in the database.
+    #[error("audit entries up to {0} were archived")]
+    Archived(i64),
     /// A domain rule refused the change inside the transaction (nothing was written).
     #[error("rejected: {0}")]
     Rejected(#[from] crate::domain::ValidationError),

@@ -103,6 +103,8 @@ diesel::table! {
         seq -> BigInt,
         hash -> Binary,
         tree_size -> BigInt,
+        archived_seq -> BigInt,
+        archived_note -> Nullable<Text>,
     }
 }
 

@@ -234,7 +234,8 @@ pub async fn verify(
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
-    let report = state.db(chain::verify).await?;
+    let keyring = state.keyring.clone();
+    let report = state.db(move |c| chain::verify(c, &keyring)).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -426,7 +427,7 @@ pub async fn verify_with_checkpoints(
     let (keyring, origin) = (state.keyring.clone(), state.audit_origin.clone());
     let (report, verdicts) = state
         .db(move |c| {
-            let report = chain::verify(c)?;
+            let report = chain::verify(c, &keyring)?;
             let signers = audit_checkpoint::signers(c, &keyring, &origin)?;
             let verdicts = notes
                 .iter()

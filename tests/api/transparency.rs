@@ -933,7 +933,10 @@ async fn a_tree_stored_at_every_level_upgrades_to_the_compact_tree_and_old_check
     let leaves = exported_leaves(&app, &auditor).await;
     // The schema before the compact tree, with the tree the previous release kept: every
     // complete subtree at every level, computed here from RFC 6962.
-    assert_eq!(app.revert_migrations(1), ["20261201000009"]);
+    assert_eq!(
+        app.revert_migrations(2),
+        ["20261201000010", "20261201000009"]
+    );
     let mut rows = Vec::new();
     let mut level = 0u32;
     while (1usize << level) <= leaves.len() {
@@ -982,4 +985,369 @@ async fn a_tree_stored_at_every_level_upgrades_to_the_compact_tree_and_old_check
     }
     let verdict = verify_with(&node, &auditor, &[&note]).await;
     assert_eq!(verdict["ok"], true, "{verdict}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Retention: `hazina audit archive` (issue 14).
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Archives every entry older than a minute from now (so: all of them, through a multiple of
+/// 16) to `file`.
+fn archive_all(app: &TestApp, file: &std::path::Path) -> std::process::Output {
+    let before = (unix_now() + 60).to_string();
+    cli(
+        app,
+        &[
+            "audit",
+            "archive",
+            "--before",
+            &before,
+            "--to",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
+/// `hazina audit verify --export FILE --public-key KEY [--checkpoint …]` with no database
+/// and no keyring.
+fn verify_offline(
+    file: &std::path::Path,
+    key: &str,
+    checkpoints: &[&std::path::Path],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"));
+    cmd.args(["audit", "verify", "--export"])
+        .arg(file)
+        .args(["--public-key", key]);
+    for c in checkpoints {
+        cmd.arg("--checkpoint").arg(c);
+    }
+    cmd.current_dir(file.parent().unwrap())
+        .env("HAZINA_DATABASE_URL", "sqlite:///nonexistent/dir/hazina.db")
+        .env("HAZINA_KEYRING", "/nonexistent/hazina.keyring")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// An archive file's entry hashes (as leaves), its checkpoint, its first line's start (if
+/// any) and its chain head's sequence number.
+struct ArchiveFile {
+    leaves: Vec<H>,
+    checkpoint: String,
+    starts_after: Option<i64>,
+    through: i64,
+}
+
+fn read_archive(file: &std::path::Path) -> ArchiveFile {
+    let text = std::fs::read_to_string(file).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    ArchiveFile {
+        leaves: lines
+            .iter()
+            .filter(|v| v.get("seq").is_some())
+            .map(|v| leaf(&hex::decode(v["hash"].as_str().unwrap()).unwrap()))
+            .collect(),
+        checkpoint: lines
+            .iter()
+            .find_map(|v| v["checkpoint"].as_str().map(str::to_owned))
+            .expect("the file carries its checkpoint"),
+        starts_after: lines[0]["archived_before"]["seq"].as_i64(),
+        through: lines.last().unwrap()["chain_head"]["seq"].as_i64().unwrap(),
+    }
+}
+
+/// A checkpoint's size and root, read by the independent signed-note code above.
+fn size_and_root(note: &str, key: &VerifierKey) -> (u64, H) {
+    let text = open_note(note, key).expect("the checkpoint verifies independently");
+    let mut lines = text.lines();
+    lines.next();
+    let size = lines.next().unwrap().parse().unwrap();
+    let root = B64
+        .decode(lines.next().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    (size, root)
+}
+
+fn entries_at_or_below(app: &TestApp, seq: i64) -> i64 {
+    app.sql_lines(&format!(
+        "SELECT CAST(COUNT(*) AS TEXT) AS line FROM audit_log WHERE seq <= {seq}"
+    ))[0]
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn archiving_moves_old_entries_to_a_file_that_verifies_and_the_rest_stays_provable() {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let vkey: Value = app
+        .get("/audit/public-key/", &auditor.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let vkey = vkey["key"].as_str().unwrap().to_owned();
+    let key = parse_vkey(&vkey);
+    // An auditor keeps a checkpoint early (fewer than 16 entries: it will lie inside the
+    // archive, at a size no stored subtree ends on) and one just before the archive.
+    let kept_early = checkpoint_of(&app, &auditor).await;
+    let (early_size, _) = size_and_root(&kept_early, &key);
+    assert!(early_size > 0 && early_size < 16, "{early_size}");
+    for _ in 0..40 {
+        app.user().await;
+    }
+    let kept_late = checkpoint_of(&app, &auditor).await;
+    let (late_size, _) = size_and_root(&kept_late, &key);
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("archive-1.jsonl");
+    let out = archive_all(&app, &first);
+    assert!(
+        out.status.success() && first.exists(),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a1 = read_archive(&first);
+    let b = a1.through;
+    assert!(b >= 16 && b % 16 == 0, "{b}");
+    assert_eq!(a1.starts_after, None);
+    assert_eq!(a1.leaves.len() as i64, b);
+    // Its checkpoint is of exactly the archived entries, checked independently.
+    let (size, root) = size_and_root(&a1.checkpoint, &key);
+    assert_eq!((size, root), (b as u64, mth(&a1.leaves)));
+    // It verifies offline on its own, and an edited copy does not.
+    let out = verify_offline(&first, &vkey, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let edited = dir.path().join("edited.jsonl");
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&edited, text.replacen("\"success\"", "\"denied\"", 1)).unwrap();
+    assert!(!verify_offline(&edited, &vkey, &[]).status.success());
+
+    // The database no longer holds them; its chain (from the anchor) verifies.
+    assert_eq!(entries_at_or_below(&app, b), 0);
+    let out = cli(&app, &["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // More history; every leaf is known from the archive and the export.
+    for _ in 0..4 {
+        app.user().await;
+    }
+    let now = checkpoint_of(&app, &auditor).await;
+    let (n, now_root) = size_and_root(&now, &key);
+    let mut leaves = a1.leaves.clone();
+    leaves.extend(exported_leaves(&app, &auditor).await);
+    assert!(leaves.len() as u64 >= n);
+    assert_eq!(now_root, mth(&leaves[..n as usize]));
+
+    // Kept checkpoints: one the database can still check, one it sends to the archive.
+    let report = verify_with(&app, &auditor, &[&kept_late, &kept_early]).await;
+    assert_eq!(report["first_bad_seq"], Value::Null, "{report}");
+    let late_checkable = late_size >= b as u64 || late_size % 16 == 0;
+    assert_eq!(report["checkpoints"][0]["ok"], late_checkable, "{report}");
+    assert_eq!(report["checkpoints"][1]["ok"], false, "{report}");
+    assert!(report["checkpoints"][1]["problem"]
+        .as_str()
+        .unwrap()
+        .contains("archived"));
+
+    // Proofs about the rest verify independently; proofs that need archived entries are 400.
+    for seq in [b as u64 + 1, n] {
+        let res = app
+            .get(
+                &format!("/audit/proofs/inclusion/?seq={seq}&tree_size={n}"),
+                &auditor.access,
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        let path = hashes(&body["audit_path"]);
+        assert!(verify_inclusion(
+            seq - 1,
+            n,
+            leaves[seq as usize - 1],
+            &path,
+            now_root
+        ));
+    }
+    let res = app
+        .get(
+            &format!("/audit/proofs/inclusion/?seq=1&tree_size={n}"),
+            &auditor.access,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    for from in [b as u64, 16] {
+        let res = app
+            .get(
+                &format!("/audit/proofs/consistency/?from={from}&to={n}"),
+                &auditor.access,
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        let proof = hashes(&body["proof"]);
+        assert!(verify_consistency(
+            from,
+            n,
+            &proof,
+            mth(&leaves[..from as usize]),
+            now_root
+        ));
+    }
+    let res = app
+        .get(
+            &format!("/audit/proofs/consistency/?from={early_size}&to={n}"),
+            &auditor.access,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // A whole export of what is left still verifies offline, against the new checkpoint.
+    let export = dir.path().join("export.jsonl");
+    std::fs::write(
+        &export,
+        app.get("/audit/export/", &auditor.access)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let note = dir.path().join("now.txt");
+    std::fs::write(&note, &now).unwrap();
+    let out = verify_offline(&export, &vkey, &[&note]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A second archive starts where the first ended, and verifies on its own too.
+    for _ in 0..24 {
+        app.user().await;
+    }
+    let second = dir.path().join("archive-2.jsonl");
+    let out = archive_all(&app, &second);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a2 = read_archive(&second);
+    assert_eq!(a2.starts_after, Some(b));
+    assert!(a2.through > b && a2.through % 16 == 0);
+    let out = verify_offline(&second, &vkey, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut all = a1.leaves.clone();
+    all.extend(&a2.leaves);
+    let (size, root) = size_and_root(&a2.checkpoint, &key);
+    assert_eq!((size, root), (a2.through as u64, mth(&all)));
+
+    // Archiving is audited, and a master-key rotation re-signs the anchor: the old version
+    // retires and the chain still verifies.
+    let actions =
+        app.sql_lines("SELECT action AS line FROM audit_log WHERE action = 'audit.archive'");
+    // (The first archive's own entry was old enough to go into the second archive.)
+    assert_eq!(actions.len(), 1);
+    assert!(std::fs::read_to_string(&second)
+        .unwrap()
+        .contains("\"audit.archive\""));
+    assert!(cli(&app, &["keys", "rotate"]).status.success());
+    let out = cli(&app, &["keys", "retire", "--version", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&app, &["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test]
+async fn a_moved_or_removed_archive_anchor_is_caught_and_archive_never_overwrites_a_file() {
+    let app = spawn_app().await;
+    for _ in 0..40 {
+        app.user().await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing older than the epoch: no file, nothing deleted.
+    let none = dir.path().join("none.jsonl");
+    let out = cli(
+        &app,
+        &[
+            "audit",
+            "archive",
+            "--before",
+            "0",
+            "--to",
+            none.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    assert!(!none.exists());
+    // An existing file is never overwritten, and then nothing is deleted.
+    let taken = dir.path().join("taken.jsonl");
+    std::fs::write(&taken, "mine").unwrap();
+    let out = archive_all(&app, &taken);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "mine");
+    assert_eq!(entries_at_or_below(&app, 16), 16);
+
+    let file = dir.path().join("a.jsonl");
+    assert!(archive_all(&app, &file).status.success());
+    let b = read_archive(&file).through;
+    for _ in 0..10 {
+        app.user().await;
+    }
+    let verifies = |app: &TestApp| cli(app, &["audit", "verify"]).status.success();
+    assert!(verifies(&app));
+    // The attacker deletes the next 16 entries too and moves the anchor over them.
+    app.sql(&format!(
+        "UPDATE audit_head SET archived_seq = {} WHERE id = 1",
+        b + 16
+    ));
+    assert!(!verifies(&app));
+    app.sql(&format!(
+        "UPDATE audit_head SET archived_seq = {b} WHERE id = 1"
+    ));
+    assert!(verifies(&app));
+    // … or removes the anchor, so the log would seem to start at entry 1.
+    let note = app.sql_lines("SELECT archived_note AS line FROM audit_head WHERE id = 1");
+    assert!(!note.is_empty());
+    app.sql("UPDATE audit_head SET archived_seq = 0, archived_note = NULL WHERE id = 1");
+    assert!(!verifies(&app));
+    // … or writes an anchor of their own.
+    app.sql(&format!(
+        "UPDATE audit_head SET archived_seq = {b}, archived_note = 'origin\narchive\n{b}\nAAAA\n\n\u{2014} origin AAAA\n' WHERE id = 1"
+    ));
+    assert!(!verifies(&app));
 }

@@ -1,0 +1,431 @@
+//! Retention: `hazina audit archive --before DATE --to FILE` moves the oldest entries to a
+//! file that verifies on its own, and deletes them from the database, while every proof and
+//! checkpoint about the entries that stay remains valid.
+//!
+//! - **Boundary.** Entries are archived through `B`: the last entry older than DATE, rounded
+//!   down to a multiple of 16, the smallest subtree the tree stores. Every node a proof about a
+//!   later entry needs is then either stored or hashed from entries still in the log. Stored
+//!   tree nodes are never deleted.
+//! - **The file.** JSON Lines. A later archive (one that does not start at entry 1) first
+//!   has a line saying where it starts: `{"archived_before":{"seq":A,"hash":…,"frontier":[…]}}`,
+//!   the hash of entry `A` and the roots of the complete subtrees that cover entries 1 to `A`,
+//!   left to right. Then come entries `A+1` to `B`, as `hazina audit export` writes them. Then a
+//!   signed checkpoint of the tree of size `B`, as `{"checkpoint":NOTE}`. Last comes the
+//!   file's chain head. `hazina audit verify --export FILE --public-key KEY` re-chains and
+//!   re-hashes the file and checks its checkpoint.
+//! - **The anchor.** The database keeps `archived_seq = B` and a note signed with the
+//!   checkpoint key that names `B` and entry `B`'s hash. Chain verification starts there.
+//!   Without the keyring nobody can move it. Deleting more entries, or putting an older
+//!   anchor back, breaks the chain at the first missing entry.
+//! - **Order.** The file is written and synced before anything is deleted. The deletion, the
+//!   new anchor and the `audit.archive` entry are one transaction, and it first checks that
+//!   the log still holds what the file holds. A crash leaves either nothing deleted or the
+//!   whole move done.
+
+use std::io::Write;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use diesel::prelude::*;
+
+use super::chain::{AuditRow, GENESIS};
+use super::checkpoint;
+use super::merkle::{self, Nodes, StoredNodes};
+use super::store::EntryView;
+use super::{Action, Actor, Event, RequestMeta};
+use crate::crypto::Keyring;
+use crate::db::schema::{audit_head as head, audit_log as log, audit_signer as signer_row};
+use crate::db::{DbConn, DbError};
+
+/// Archives end on a multiple of this: the smallest subtree the tree stores.
+pub const ALIGN: i64 = 1 << merkle::STORED_FROM_LEVEL;
+
+/// Where the log in the database starts: after entry `seq`, whose hash is `hash` (entry 0 and
+/// the genesis hash when nothing was archived).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: Vec<u8>,
+}
+
+impl Anchor {
+    pub fn genesis() -> Self {
+        Anchor {
+            seq: 0,
+            hash: GENESIS.to_vec(),
+        }
+    }
+}
+
+const TAMPERED: DbError = DbError::Tampered("audit_head (archive anchor)");
+
+/// The anchor note's body. Its second line is not a number, so it never reads as a checkpoint.
+fn body(origin: &str, seq: i64, hash: &[u8]) -> String {
+    format!("{origin}\narchive\n{seq}\n{}\n", B64.encode(hash))
+}
+
+fn parse_body(text: &str) -> Option<(&str, i64, Vec<u8>)> {
+    let mut lines = text.strip_suffix('\n')?.split('\n');
+    let origin = lines.next()?;
+    if lines.next()? != "archive" {
+        return None;
+    }
+    let seq: i64 = lines.next()?.parse().ok()?;
+    let hash = B64.decode(lines.next()?).ok()?;
+    if lines.next().is_some() || hash.len() != 32 || seq <= 0 {
+        return None;
+    }
+    Some((origin, seq, hash))
+}
+
+/// The key name a signed note names in its first signature line.
+fn signer_name(note: &str) -> Option<&str> {
+    let (_, signatures) = note.split_once("\n\n")?;
+    signatures
+        .lines()
+        .next()?
+        .strip_prefix("\u{2014} ")?
+        .split(' ')
+        .next()
+}
+
+/// The master-key version whose checkpoint key signed the anchor `note`, and what it says.
+fn open(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    note: &str,
+) -> Result<Option<(i32, i64, Vec<u8>)>, DbError> {
+    let Some(name) = signer_name(note) else {
+        return Ok(None);
+    };
+    let signers = checkpoint::signers(conn, keyring, name)?;
+    Ok(signers.iter().find_map(|(version, signer)| {
+        let (origin, seq, hash) = parse_body(signer.open(note)?)?;
+        (origin == name).then_some((*version, seq, hash))
+    }))
+}
+
+fn stored_anchor(conn: &mut DbConn) -> Result<(i64, Option<String>), DbError> {
+    Ok(head::table
+        .filter(head::id.eq(1))
+        .select((head::archived_seq, head::archived_note))
+        .first(conn)?)
+}
+
+/// The checked anchor: its note must verify under one of the log's keys and name the
+/// sequence number beside it. Anything else is tampering.
+pub fn anchor(conn: &mut DbConn, keyring: &Keyring) -> Result<Anchor, DbError> {
+    match stored_anchor(conn)? {
+        (0, None) => Ok(Anchor::genesis()),
+        (seq, Some(note)) if seq > 0 => match open(conn, keyring, &note)? {
+            Some((_, named, hash)) if named == seq => Ok(Anchor { seq, hash }),
+            _ => Err(TAMPERED),
+        },
+        _ => Err(TAMPERED),
+    }
+}
+
+/// The anchor as stored, unchecked (for an export, which the offline verifier checks against
+/// signed checkpoints instead).
+pub fn anchor_unchecked(conn: &mut DbConn) -> Result<Anchor, DbError> {
+    match stored_anchor(conn)? {
+        (seq, Some(note)) if seq > 0 => note
+            .split_once("\n\n")
+            .and_then(|(text, _)| parse_body(&format!("{text}\n")).map(|(_, _, h)| h))
+            .map(|hash| Anchor { seq, hash })
+            .ok_or(TAMPERED),
+        _ => Ok(Anchor::genesis()),
+    }
+}
+
+/// The roots of the complete subtrees that cover the first `size` leaves, left to right.
+pub fn frontier(nodes: &mut impl Nodes, size: u64) -> Result<Vec<merkle::Hash>, DbError> {
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    for level in (0..64u32).rev() {
+        let width = 1u64 << level;
+        if size & width != 0 {
+            out.push(nodes.node(level, start >> level)?);
+            start += width;
+        }
+    }
+    Ok(out)
+}
+
+/// The JSON line that says where a file of entries starts, when not at entry 1.
+pub fn start_line(conn: &mut DbConn, anchor: &Anchor) -> Result<Option<Vec<u8>>, DbError> {
+    if anchor.seq == 0 {
+        return Ok(None);
+    }
+    let frontier = frontier(&mut StoredNodes::new(conn), anchor.seq as u64)?;
+    let mut line = serde_json::to_vec(&serde_json::json!({
+        "archived_before": {
+            "seq": anchor.seq,
+            "hash": hex::encode(&anchor.hash),
+            "frontier": frontier.iter().map(hex::encode).collect::<Vec<_>>(),
+        }
+    }))
+    .unwrap_or_default();
+    line.push(b'\n');
+    Ok(Some(line))
+}
+
+/// What an archive moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// The signed checkpoint of the tree of size `last_seq`, also in the file.
+    pub checkpoint: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{0} already exists; archive to a new file")]
+    Exists(String),
+    #[error("cannot write the archive file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "the audit log no longer extends its last signed checkpoint ({0}); nothing was archived"
+    )]
+    Rewritten(String),
+    #[error("no master-key version can sign checkpoints")]
+    NoKey,
+    #[error("the audit log changed while the archive was written (another archive?); nothing was deleted, and the file can be removed")]
+    Changed,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for ArchiveError {
+    fn from(e: diesel::result::Error) -> Self {
+        ArchiveError::Db(e.into())
+    }
+}
+
+/// Moves the entries older than `before` (microseconds since the epoch; through the last
+/// multiple of 16) to `file`, then deletes them. `None` when there is nothing to archive
+/// (no file is written then).
+pub fn archive(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    origin: &str,
+    before: i64,
+    file: &Path,
+) -> Result<Option<Archived>, ArchiveError> {
+    let start = anchor(conn, keyring)?;
+    let (head_seq, tree_size): (i64, i64) = head::table
+        .filter(head::id.eq(1))
+        .select((head::seq, head::tree_size))
+        .first(conn)?;
+    let first_newer: Option<i64> = log::table
+        .filter(log::seq.gt(start.seq))
+        .filter(log::occurred_at.ge(before))
+        .select(diesel::dsl::min(log::seq))
+        .first(conn)?;
+    let last_older = first_newer.map_or(head_seq, |s| s - 1).min(tree_size);
+    let through = last_older / ALIGN * ALIGN;
+    if through <= start.seq {
+        return Ok(None);
+    }
+
+    // Sign nothing about a log that no longer extends what this log signed last.
+    let signers = checkpoint::signers(conn, keyring, origin)?;
+    let last: Option<String> = signer_row::table
+        .find(1)
+        .select(signer_row::last_checkpoint)
+        .first(conn)?;
+    if let Some(last) = last {
+        let verdict = checkpoint::check(conn, &signers, origin, &last)?;
+        if !verdict.ok {
+            return Err(ArchiveError::Rewritten(verdict.problem.unwrap_or_default()));
+        }
+    }
+    let signer = &signers.first().ok_or(ArchiveError::NoKey)?.1;
+    let root = merkle::root(&mut StoredNodes::new(conn), through as u64)?;
+    let note = signer.sign(through as u64, &root);
+
+    let last_hash = write_file(conn, &start, through, &note, file)?;
+
+    conn.transaction(|tx| {
+        diesel::update(head::table.filter(head::id.eq(1)))
+            .set(head::seq.eq(head::seq))
+            .execute(tx)?;
+        if anchor(tx, keyring)? != start {
+            return Err(ArchiveError::Changed);
+        }
+        let still: Option<Vec<u8>> = log::table
+            .filter(log::seq.eq(through))
+            .select(log::hash)
+            .first(tx)
+            .optional()?;
+        if still.as_deref() != Some(last_hash.as_slice()) {
+            return Err(ArchiveError::Changed);
+        }
+        let deleted = diesel::delete(
+            log::table
+                .filter(log::seq.gt(start.seq))
+                .filter(log::seq.le(through)),
+        )
+        .execute(tx)?;
+        if deleted as i64 != through - start.seq {
+            return Err(ArchiveError::Changed);
+        }
+        let anchor_note = signer.sign_note(&body(origin, through, &last_hash));
+        diesel::update(head::table.filter(head::id.eq(1)))
+            .set((
+                head::archived_seq.eq(through),
+                head::archived_note.eq(Some(anchor_note)),
+            ))
+            .execute(tx)?;
+        let event = Event::new(
+            crate::clock::Clock::System.now_micros(),
+            Actor::system(),
+            &RequestMeta::default(),
+            Action::AuditArchive,
+        );
+        super::chain::append(tx, &[&event])?;
+        Ok(())
+    })?;
+    Ok(Some(Archived {
+        first_seq: start.seq + 1,
+        last_seq: through,
+        checkpoint: note,
+    }))
+}
+
+/// Writes entries `start.seq + 1 ..= through` (checking their chain on the way), the
+/// checkpoint and the file's chain head to a new file, synced. Answers entry `through`'s hash.
+fn write_file(
+    conn: &mut DbConn,
+    start: &Anchor,
+    through: i64,
+    note: &str,
+    file: &Path,
+) -> Result<Vec<u8>, ArchiveError> {
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => ArchiveError::Exists(file.display().to_string()),
+            _ => ArchiveError::Io(e),
+        })?;
+    let mut w = std::io::BufWriter::new(out);
+    if let Some(line) = start_line(conn, start)? {
+        w.write_all(&line)?;
+    }
+    let mut prev = start.hash.clone();
+    let mut expected = start.seq + 1;
+    while expected <= through {
+        let rows: Vec<AuditRow> = log::table
+            .filter(log::seq.ge(expected))
+            .filter(log::seq.le(through))
+            .order(log::seq.asc())
+            .limit(1000)
+            .select(AuditRow::as_select())
+            .load(conn)?;
+        if rows.is_empty() {
+            return Err(DbError::Tampered("audit log (an entry to archive is missing)").into());
+        }
+        for row in rows {
+            if row.seq != expected
+                || row.prev_hash != prev
+                || row.compute_hash().as_slice() != row.hash.as_slice()
+            {
+                return Err(DbError::Tampered("audit log (an entry to archive)").into());
+            }
+            prev = row.hash.clone();
+            expected += 1;
+            serde_json::to_writer(&mut w, &EntryView::from(row)).map_err(std::io::Error::from)?;
+            w.write_all(b"\n")?;
+        }
+    }
+    serde_json::to_writer(&mut w, &serde_json::json!({ "checkpoint": note }))
+        .map_err(std::io::Error::from)?;
+    w.write_all(b"\n")?;
+    serde_json::to_writer(
+        &mut w,
+        &serde_json::json!({ "chain_head": { "seq": through, "hash": hex::encode(&prev) } }),
+    )
+    .map_err(std::io::Error::from)?;
+    w.write_all(b"\n")?;
+    let out = w.into_inner().map_err(|e| e.into_error())?;
+    out.sync_all()?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(prev)
+}
+
+/// Key rotation: re-signs the anchor under `target` (after checking it under its own key), so
+/// the version that signed it can be retired. A tampered anchor is left as it is.
+pub fn resign_anchor(conn: &mut DbConn, keyring: &Keyring, target: i32) -> Result<(), DbError> {
+    let (seq, Some(note)) = stored_anchor(conn)? else {
+        return Ok(());
+    };
+    let Some((version, named, hash)) = open(conn, keyring, &note)? else {
+        return Ok(());
+    };
+    let Some(name) = signer_name(&note) else {
+        return Ok(());
+    };
+    if version == target || named != seq {
+        return Ok(());
+    }
+    let Some(signer) = u32::try_from(target)
+        .ok()
+        .and_then(|v| checkpoint::Signer::new(keyring, v, name))
+    else {
+        return Ok(());
+    };
+    diesel::update(head::table.filter(head::id.eq(1)))
+        .set(head::archived_note.eq(Some(signer.sign_note(&body(name, seq, &hash)))))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Whether the anchor is signed under `version` (which then cannot be retired).
+pub fn signed_under(conn: &mut DbConn, keyring: &Keyring, version: i32) -> Result<bool, DbError> {
+    let (_, Some(note)) = stored_anchor(conn)? else {
+        return Ok(false);
+    };
+    Ok(open(conn, keyring, &note)?.is_some_and(|(v, ..)| v == version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_anchor_body_never_reads_as_a_checkpoint_and_round_trips() {
+        let text = body("example.com/log", 32, &[7u8; 32]);
+        assert!(checkpoint::parse_body(&text).is_none());
+        let (origin, seq, hash) = parse_body(&text).unwrap();
+        assert_eq!((origin, seq, hash), ("example.com/log", 32, vec![7u8; 32]));
+        assert!(parse_body("example.com/log\narchive\n0\nAAAA\n").is_none());
+        assert!(parse_body("example.com/log\n32\nroot\n").is_none());
+    }
+
+    #[test]
+    fn the_frontier_is_the_complete_subtrees_of_the_size_left_to_right() {
+        struct Named;
+        impl Nodes for Named {
+            fn node(&mut self, level: u32, index: u64) -> Result<merkle::Hash, DbError> {
+                let mut h = [0u8; 32];
+                h[0] = level as u8;
+                h[1] = index as u8;
+                Ok(h)
+            }
+        }
+        let got: Vec<(u8, u8)> = frontier(&mut Named, 48 + 8)
+            .unwrap()
+            .iter()
+            .map(|h| (h[0], h[1]))
+            .collect();
+        // 56 = 32 + 16 + 8: [0, 32), [32, 48), [48, 56).
+        assert_eq!(got, vec![(5, 0), (4, 2), (3, 6)]);
+        assert!(frontier(&mut Named, 0).unwrap().is_empty());
+    }
+}
