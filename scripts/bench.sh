@@ -436,7 +436,7 @@ if wants_named scale; then
   big_pid=$aux_pid
   big_base=$aux_base
   btok=$(curl -sf -X POST "$big_base/users/login/" -H 'Content-Type: application/json' \
-    -d '{"username":"big050000","password":"benchmark password 0123"}' |
+    -d "{\"username\":\"$(printf 'big%06d' $((scale_credentials / 20)))\",\"password\":\"benchmark password 0123\"}" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   bid=$(curl -sf "$big_base/payments/credentials/" -H "Authorization: Bearer $btok" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')

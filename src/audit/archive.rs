@@ -17,10 +17,14 @@
 //!   checkpoint key that names `B` and entry `B`'s hash. Chain verification starts there.
 //!   Without the keyring nobody can move it. Deleting more entries, or putting an older
 //!   anchor back, breaks the chain at the first missing entry.
-//! - **Order.** The file is written and synced before anything is deleted. The deletion, the
-//!   new anchor and the `audit.archive` entry are one transaction, and it first checks that
-//!   the log still holds what the file holds. A crash leaves either nothing deleted or the
-//!   whole move done.
+//! - **Order.** The file is written and synced before anything is deleted. Entries are then
+//!   deleted in bounded transactions (so reveals, whose audit entries wait for the head's
+//!   lock, are held up briefly, however large the archive). Each transaction first checks
+//!   that the log still holds what the file holds, deletes, and moves the anchor over what it
+//!   deleted. The first one also makes the vault's last signed checkpoint one of the whole
+//!   tree, which stays checkable after the deletion. The last one records `audit.archive`.
+//!   A crash leaves a consistent log: every entry is still in the database, or it is in the
+//!   file, and the anchor says where the database starts.
 
 use std::io::Write;
 use std::path::Path;
@@ -40,6 +44,10 @@ use crate::db::{DbConn, DbError};
 
 /// Archives end on a multiple of this: the smallest subtree the tree stores.
 pub const ALIGN: i64 = 1 << merkle::STORED_FROM_LEVEL;
+
+/// Entries deleted per transaction (a multiple of [`ALIGN`]): the audit writer waits for the
+/// head's lock only this long, however large the archive.
+const DELETE_CHUNK: i64 = 1 << 16;
 
 /// Where the log in the database starts: after entry `seq`, whose hash is `hash` (entry 0 and
 /// the genesis hash when nothing was archived).
@@ -246,48 +254,78 @@ pub fn archive(
     let root = merkle::root(&mut StoredNodes::new(conn), through as u64)?;
     let note = signer.sign(through as u64, &root);
 
-    let last_hash = write_file(conn, &start, through, &note, file)?;
+    let ends = write_file(conn, &start, through, &note, file)?;
 
-    conn.transaction(|tx| {
-        diesel::update(head::table.filter(head::id.eq(1)))
-            .set(head::seq.eq(head::seq))
+    let mut current = start.clone();
+    for (n, (end, end_hash)) in ends.iter().enumerate() {
+        let last_chunk = n + 1 == ends.len();
+        conn.transaction(|tx| {
+            diesel::update(head::table.filter(head::id.eq(1)))
+                .set(head::seq.eq(head::seq))
+                .execute(tx)?;
+            if anchor(tx, keyring)? != current {
+                return Err(ArchiveError::Changed);
+            }
+            let still: Option<Vec<u8>> = log::table
+                .filter(log::seq.eq(*end))
+                .select(log::hash)
+                .first(tx)
+                .optional()?;
+            if still.as_deref() != Some(end_hash.as_slice()) {
+                return Err(ArchiveError::Changed);
+            }
+            if n == 0 {
+                // The signer checks the log against its last checkpoint before each new one;
+                // one of a size inside the archive could no longer be checked. Replace it by
+                // one of the whole tree (after checking it, as the signer would).
+                if let Some(last) = signer_row::table
+                    .find(1)
+                    .select(signer_row::last_checkpoint)
+                    .first::<Option<String>>(tx)?
+                {
+                    let verdict = checkpoint::check(tx, &signers, origin, &last)?;
+                    if !verdict.ok {
+                        return Err(ArchiveError::Rewritten(verdict.problem.unwrap_or_default()));
+                    }
+                }
+                let size = merkle::size(tx)?;
+                let whole = signer.sign(size, &merkle::root(&mut StoredNodes::new(tx), size)?);
+                diesel::update(signer_row::table.find(1))
+                    .set(signer_row::last_checkpoint.eq(Some(whole)))
+                    .execute(tx)?;
+            }
+            let deleted = diesel::delete(
+                log::table
+                    .filter(log::seq.gt(current.seq))
+                    .filter(log::seq.le(*end)),
+            )
             .execute(tx)?;
-        if anchor(tx, keyring)? != start {
-            return Err(ArchiveError::Changed);
-        }
-        let still: Option<Vec<u8>> = log::table
-            .filter(log::seq.eq(through))
-            .select(log::hash)
-            .first(tx)
-            .optional()?;
-        if still.as_deref() != Some(last_hash.as_slice()) {
-            return Err(ArchiveError::Changed);
-        }
-        let deleted = diesel::delete(
-            log::table
-                .filter(log::seq.gt(start.seq))
-                .filter(log::seq.le(through)),
-        )
-        .execute(tx)?;
-        if deleted as i64 != through - start.seq {
-            return Err(ArchiveError::Changed);
-        }
-        let anchor_note = signer.sign_note(&body(origin, through, &last_hash));
-        diesel::update(head::table.filter(head::id.eq(1)))
-            .set((
-                head::archived_seq.eq(through),
-                head::archived_note.eq(Some(anchor_note)),
-            ))
-            .execute(tx)?;
-        let event = Event::new(
-            crate::clock::Clock::System.now_micros(),
-            Actor::system(),
-            &RequestMeta::default(),
-            Action::AuditArchive,
-        );
-        super::chain::append(tx, &[&event])?;
-        Ok(())
-    })?;
+            if deleted as i64 != end - current.seq {
+                return Err(ArchiveError::Changed);
+            }
+            let anchor_note = signer.sign_note(&body(origin, *end, end_hash));
+            diesel::update(head::table.filter(head::id.eq(1)))
+                .set((
+                    head::archived_seq.eq(*end),
+                    head::archived_note.eq(Some(anchor_note)),
+                ))
+                .execute(tx)?;
+            if last_chunk {
+                let event = Event::new(
+                    crate::clock::Clock::System.now_micros(),
+                    Actor::system(),
+                    &RequestMeta::default(),
+                    Action::AuditArchive,
+                );
+                super::chain::append(tx, &[&event])?;
+            }
+            Ok(())
+        })?;
+        current = Anchor {
+            seq: *end,
+            hash: end_hash.clone(),
+        };
+    }
     Ok(Some(Archived {
         first_seq: start.seq + 1,
         last_seq: through,
@@ -296,14 +334,15 @@ pub fn archive(
 }
 
 /// Writes entries `start.seq + 1 ..= through` (checking their chain on the way), the
-/// checkpoint and the file's chain head to a new file, synced. Answers entry `through`'s hash.
+/// checkpoint and the file's chain head to a new file, synced. Answers where each deletion
+/// chunk ends, with that entry's hash (the last is `through`).
 fn write_file(
     conn: &mut DbConn,
     start: &Anchor,
     through: i64,
     note: &str,
     file: &Path,
-) -> Result<Vec<u8>, ArchiveError> {
+) -> Result<Vec<(i64, Vec<u8>)>, ArchiveError> {
     let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -318,6 +357,7 @@ fn write_file(
     }
     let mut prev = start.hash.clone();
     let mut expected = start.seq + 1;
+    let mut ends = Vec::new();
     while expected <= through {
         let rows: Vec<AuditRow> = log::table
             .filter(log::seq.ge(expected))
@@ -335,6 +375,9 @@ fn write_file(
                 || row.compute_hash().as_slice() != row.hash.as_slice()
             {
                 return Err(DbError::Tampered("audit log (an entry to archive)").into());
+            }
+            if row.seq == through || (row.seq - start.seq) % DELETE_CHUNK == 0 {
+                ends.push((row.seq, row.hash.clone()));
             }
             prev = row.hash.clone();
             expected += 1;
@@ -356,7 +399,7 @@ fn write_file(
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok(prev)
+    Ok(ends)
 }
 
 /// Key rotation: re-signs the anchor under `target` (after checking it under its own key), so
