@@ -200,7 +200,7 @@ pub enum ArchiveError {
     Rewritten(String),
     #[error("no master-key version can sign checkpoints")]
     NoKey,
-    #[error("the audit log changed while the archive was written (another archive?); nothing was deleted, and the file can be removed")]
+    #[error("the audit log changed while the archive was moved (another archive?): what was deleted is in the file, the rest is still in the database")]
     Changed,
     #[error(transparent)]
     Db(#[from] DbError),
@@ -240,15 +240,8 @@ pub fn archive(
 
     // Sign nothing about a log that no longer extends what this log signed last.
     let signers = checkpoint::signers(conn, keyring, origin)?;
-    let last: Option<String> = signer_row::table
-        .find(1)
-        .select(signer_row::last_checkpoint)
-        .first(conn)?;
-    if let Some(last) = last {
-        let verdict = checkpoint::check(conn, &signers, origin, &last)?;
-        if !verdict.ok {
-            return Err(ArchiveError::Rewritten(verdict.problem.unwrap_or_default()));
-        }
+    if let Some(problem) = checkpoint::extends_last(conn, &signers, origin)? {
+        return Err(ArchiveError::Rewritten(problem));
     }
     let signer = &signers.first().ok_or(ArchiveError::NoKey)?.1;
     let root = merkle::root(&mut StoredNodes::new(conn), through as u64)?;
@@ -278,15 +271,8 @@ pub fn archive(
                 // The signer checks the log against its last checkpoint before each new one;
                 // one of a size inside the archive could no longer be checked. Replace it by
                 // one of the whole tree (after checking it, as the signer would).
-                if let Some(last) = signer_row::table
-                    .find(1)
-                    .select(signer_row::last_checkpoint)
-                    .first::<Option<String>>(tx)?
-                {
-                    let verdict = checkpoint::check(tx, &signers, origin, &last)?;
-                    if !verdict.ok {
-                        return Err(ArchiveError::Rewritten(verdict.problem.unwrap_or_default()));
-                    }
+                if let Some(problem) = checkpoint::extends_last(tx, &signers, origin)? {
+                    return Err(ArchiveError::Rewritten(problem));
                 }
                 let size = merkle::size(tx)?;
                 let whole = signer.sign(size, &merkle::root(&mut StoredNodes::new(tx), size)?);

@@ -314,6 +314,24 @@ pub fn check(
     })
 }
 
+/// Whether the log still extends the last checkpoint it signed (if any): what is wrong, in
+/// plain words, when it does not.
+pub fn extends_last(
+    conn: &mut DbConn,
+    signers: &[(i32, Signer)],
+    origin: &str,
+) -> Result<Option<String>, DbError> {
+    let last: Option<String> = signer_row::table
+        .find(1)
+        .select(signer_row::last_checkpoint)
+        .first(conn)?;
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    let verdict = check(conn, signers, origin, &last)?;
+    Ok((!verdict.ok).then(|| verdict.problem.unwrap_or_default()))
+}
+
 /// Why the signer refused to sign.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -345,15 +363,8 @@ pub fn sign_current(
             .set(signer_row::id.eq(signer_row::id))
             .execute(tx)?;
         let signers = signers(tx, keyring, origin)?;
-        let last: Option<String> = signer_row::table
-            .find(1)
-            .select(signer_row::last_checkpoint)
-            .first(tx)?;
-        if let Some(last) = last {
-            let verdict = check(tx, &signers, origin, &last)?;
-            if !verdict.ok {
-                return Err(SignError::Rewritten(verdict.problem.unwrap_or_default()));
-            }
+        if let Some(problem) = extends_last(tx, &signers, origin)? {
+            return Err(SignError::Rewritten(problem));
         }
         let signer = &signers.first().ok_or(SignError::NoKey)?.1;
         let size = super::merkle::size(tx)?;
