@@ -82,23 +82,36 @@ export HAZINA_LOG=${HAZINA_LOG:-warn}
 export HAZINA_SEED_PASSWORD="benchmark password 0123"
 echo "==> rate limiting is OFF for this benchmark (HAZINA_RATE_LIMIT_PER_MINUTE=0); login throttle limits raised to $((connections * 2)) in flight" >&2
 
+# port_of LOG: waits for the server whose stderr goes to LOG and prints its port.
+port_of() {
+  local p=
+  for _ in $(seq 1 400); do
+    p=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$1" | head -1)
+    [[ -n $p ]] && { echo "$p"; return; }
+    sleep 0.05
+  done
+  cat "$1" >&2
+  echo "server did not start" >&2
+  return 1
+}
+
+# token_for BASE USERNAME PASSWORD: an access token from a login.
+token_for() {
+  curl -sf -X POST "$1/users/login/" -H 'Content-Type: application/json' \
+    -d "{\"username\":\"$2\",\"password\":\"$3\"}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+
 "$bin/hazina" keys init >&2
 "$bin/hazina-seed" --credentials 10 --prefix bench >&2
 
 "$bin/hazina" serve 2>"$work/serve.log" &
 server_pid=$!
-port=
-for _ in $(seq 1 200); do
-  port=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$work/serve.log" | head -1)
-  [[ -n $port ]] && break
-  sleep 0.05
-done
-[[ -n $port ]] || { cat "$work/serve.log" >&2; echo "server did not start" >&2; exit 1; }
+port=$(port_of "$work/serve.log")
 base=http://127.0.0.1:$port
 
 login_body='{"username":"bench000000","password":"benchmark password 0123"}'
-token=$(curl -sf -X POST "$base/users/login/" -H 'Content-Type: application/json' -d "$login_body" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+token=$(token_for "$base" bench000000 "benchmark password 0123")
 id=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $token" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 key=$(curl -sf "$base/payments/credentials/$id/get-private-key/" -H "Authorization: Bearer $token" |
@@ -179,6 +192,21 @@ if wants reveal_during_login_flood; then
     "{\"unloaded_p99_ms\": $(printf '%.2f' "$unloaded"), \"logins_per_sec\": $logins}"
 fi
 
+# rotation_report SCENARIO NAME=VALUE...: `hazina keys rotate` with that environment; prints
+# its rate and the command's peak memory.
+rotation_report() {
+  local scenario=$1; shift
+  env "$@" python3 - "$bin/hazina" "$scenario" <<'PY'
+import json, re, resource, subprocess, sys
+out = subprocess.run([sys.argv[1], "keys", "rotate"], capture_output=True, text=True, check=True)
+m = re.search(r"re-wrapped (\d+) data keys .* in ([\d.]+) s \((\d+) rows/s\)", out.stdout)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"scenario": sys.argv[2], "rows": int(m.group(1)), "seconds": float(m.group(2)),
+                  "rows_per_sec": int(m.group(3)), "rss_peak_mb": round(peak / 1024, 1),
+                  "backend": "sqlite", "progress_lines": out.stderr.count("rewrapped")}))
+PY
+}
+
 if wants rotation; then
   # A separate database, so the row count is exactly what is rotated; memory is measured at
   # two sizes to show it stays flat in the row count.
@@ -187,15 +215,7 @@ if wants rotation; then
     mkdir -p "$rot"
     HAZINA_DATABASE_URL=sqlite://$rot/rot.db HAZINA_KEYRING=$rot/keyring "$bin/hazina" keys init >/dev/null
     HAZINA_DATABASE_URL=sqlite://$rot/rot.db HAZINA_KEYRING=$rot/keyring "$bin/hazina-seed" --credentials "$rows" --prefix rot >/dev/null
-    HAZINA_DATABASE_URL=sqlite://$rot/rot.db HAZINA_KEYRING=$rot/keyring python3 - "$bin/hazina" "$rows" <<'PY'
-import json, re, resource, subprocess, sys
-out = subprocess.run([sys.argv[1], "keys", "rotate"], capture_output=True, text=True, check=True)
-m = re.search(r"re-wrapped (\d+) data keys .* in ([\d.]+) s \((\d+) rows/s\)", out.stdout)
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"scenario": "rotation", "rows": int(m.group(1)), "seconds": float(m.group(2)),
-                  "rows_per_sec": int(m.group(3)), "rss_peak_mb": round(peak / 1024, 1),
-                  "backend": "sqlite", "progress_lines": out.stderr.count("rewrapped")}))
-PY
+    rotation_report rotation HAZINA_DATABASE_URL="sqlite://$rot/rot.db" HAZINA_KEYRING="$rot/keyring"
   done
 fi
 
@@ -206,13 +226,8 @@ start_server() {
   env "$@" HAZINA_DATABASE_URL="sqlite://$dir/db" HAZINA_KEYRING="$dir/keyring" \
     "$bin/hazina" serve 2>"$dir/serve.log" &
   aux_pid=$!
-  local p=
-  for _ in $(seq 1 400); do
-    p=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$dir/serve.log" | head -1)
-    [[ -n $p ]] && break
-    sleep 0.05
-  done
-  [[ -n $p ]] || { cat "$dir/serve.log" >&2; echo "server did not start" >&2; exit 1; }
+  local p
+  p=$(port_of "$dir/serve.log")
   aux_base=http://127.0.0.1:$p
 }
 stop_server() { kill "$aux_pid" 2>/dev/null || true; wait "$aux_pid" 2>/dev/null || true; }
@@ -265,13 +280,7 @@ if wants_named two_nodes; then
   # connections), interleaved rounds. Meant for PostgreSQL (HAZINA_BENCH_DATABASE_URL).
   HAZINA_LOG=warn "$bin/hazina" serve 2>"$work/serve2.log" &
   second_pid=$!
-  port2=
-  for _ in $(seq 1 200); do
-    port2=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$work/serve2.log" | head -1)
-    [[ -n $port2 ]] && break
-    sleep 0.05
-  done
-  [[ -n $port2 ]] || { cat "$work/serve2.log" >&2; echo "second node did not start" >&2; exit 1; }
+  port2=$(port_of "$work/serve2.log")
   base2=http://127.0.0.1:$port2
   half=$((connections / 2))
   echo "==> two_nodes: $rounds rounds of ${duration}s: one node at $connections connections, then two at $half each" >&2
@@ -322,8 +331,7 @@ if wants_named audit_tree; then
     for side in $order; do
       extra=(); [[ $side == notree ]] && extra=(HAZINA_BENCH_SKIP_AUDIT_TREE=1)
       start_server "$work/$side" "${extra[@]}"
-      t=$(curl -sf -X POST "$aux_base/users/login/" -H 'Content-Type: application/json' -d "$login_body" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+      t=$(token_for "$aux_base" bench000000 "benchmark password 0123")
       cid=$(curl -sf "$aux_base/payments/credentials/" -H "Authorization: Bearer $t" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
       oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "${duration}s" -c "$connections" \
@@ -371,9 +379,7 @@ if wants_named audit_scale; then
   verify_out=$(env "${export_env[@]}" "$bin/hazina" audit verify)
   verify_end=$(date +%s.%N)
   start_server "$scale"
-  at=$(curl -sf -X POST "$aux_base/users/login/" -H 'Content-Type: application/json' \
-    -d '{"username":"benchauditor","password":"auditor password 0123"}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  at=$(token_for "$aux_base" benchauditor "auditor password 0123")
   python3 - "$aux_base" "$at" "$seed_start" "$seed_end" "$verify_start" "$verify_end" "$verify_out" <<'PY'
 import http.client, json, random, sys, time, urllib.parse
 base, token, s0, s1, v0, v1, verify_out = sys.argv[1:8]
@@ -435,9 +441,7 @@ if wants_named scale; then
   start_server "$big"
   big_pid=$aux_pid
   big_base=$aux_base
-  btok=$(curl -sf -X POST "$big_base/users/login/" -H 'Content-Type: application/json' \
-    -d "{\"username\":\"$(printf 'big%06d' $((scale_credentials / 20)))\",\"password\":\"benchmark password 0123\"}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  btok=$(token_for "$big_base" "$(printf 'big%06d' $((scale_credentials / 20)))" "benchmark password 0123")
   bid=$(curl -sf "$big_base/payments/credentials/" -H "Authorization: Bearer $btok" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
   for round in $(seq 1 "$rounds"); do
@@ -445,9 +449,7 @@ if wants_named scale; then
     load "scale-big-$round" "$connections" -H "Authorization: Bearer $btok" "$big_base/payments/credentials/$bid/get-private-key/"
   done
   load scale-list "$connections" -H "Authorization: Bearer $btok" "$big_base/payments/credentials/"
-  at=$(curl -sf -X POST "$big_base/users/login/" -H 'Content-Type: application/json' \
-    -d '{"username":"bigauditor","password":"auditor password 0123"}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  at=$(token_for "$big_base" bigauditor "auditor password 0123")
   big_rss=$(awk '$1 == "VmHWM:" {print $2}' "/proc/$big_pid/status")
   small_rss=$(rss_kb VmHWM)
   python3 - "$work" "$rounds" "$big_base" "$at" "$big/db" "$big/verify.json" "$seed_start" "$seed_end" "$t0" "$t1" "$t2" "$big_rss" "$small_rss" <<'PY'
@@ -532,15 +534,7 @@ print(json.dumps(out))
 PY
   stop_server
   if [[ -n ${SCALE_ROTATION:-} ]]; then
-    python3 - "$bin/hazina" "${big_env[@]}" <<'PY'
-import json, os, re, resource, subprocess, sys
-env = dict(os.environ, **dict(kv.split("=", 1) for kv in sys.argv[2:]))
-out = subprocess.run([sys.argv[1], "keys", "rotate"], capture_output=True, text=True, check=True, env=env)
-m = re.search(r"re-wrapped (\d+) data keys .* in ([\d.]+) s \((\d+) rows/s\)", out.stdout)
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"scenario": "scale_rotation", "rows": int(m.group(1)), "seconds": float(m.group(2)),
-                  "rows_per_sec": int(m.group(3)), "rss_peak_mb": round(peak / 1024, 1)}))
-PY
+    rotation_report scale_rotation "${big_env[@]}"
   fi
 fi
 
@@ -564,8 +558,7 @@ if [[ -n $compare ]]; then
   start_server "$work/cmp" -u HAZINA_LOG
   peer_pids+=("$aux_pid")
   hz_base=$aux_base
-  hz_token=$(curl -sf -X POST "$hz_base/users/login/" -H 'Content-Type: application/json' -d "$login_body" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  hz_token=$(token_for "$hz_base" bench000000 "benchmark password 0123")
   hz_id=$(curl -sf "$hz_base/payments/credentials/" -H "Authorization: Bearer $hz_token" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
   declare -A url hdr write_args
