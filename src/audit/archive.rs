@@ -149,16 +149,9 @@ pub fn anchor_unchecked(conn: &mut DbConn) -> Result<Anchor, DbError> {
 
 /// The roots of the complete subtrees that cover the first `size` leaves, left to right.
 pub fn frontier(nodes: &mut impl Nodes, size: u64) -> Result<Vec<merkle::Hash>, DbError> {
-    let mut out = Vec::new();
-    let mut start = 0u64;
-    for level in (0..64u32).rev() {
-        let width = 1u64 << level;
-        if size & width != 0 {
-            out.push(nodes.node(level, start >> level)?);
-            start += width;
-        }
-    }
-    Ok(out)
+    merkle::frontier_nodes(size)
+        .map(|(level, index)| nodes.node(level, index))
+        .collect()
 }
 
 /// The JSON line that says where a file of entries starts, when not at entry 1.

@@ -152,7 +152,7 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
         diesel::update(head::table.filter(head::id.eq(1)))
             .set(head::seq.eq(head::seq))
             .execute(tx)?;
-        let (mut seq, hash, tree_size) = head::table
+        let (mut seq, hash, mut tree_size) = head::table
             .filter(head::id.eq(1))
             .select((head::seq, head::hash, head::tree_size))
             .first::<(i64, Vec<u8>, i64)>(tx)?;
@@ -172,7 +172,6 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
         }
         // The Merkle tree grows in the same transaction. A tree that lags the log (entries
         // written by a node from before the tree, during a rolling upgrade) catches up first.
-        let mut tree_size = tree_size;
         if !super::merkle::skipped_for_benchmark() {
             let first = rows[0].seq;
             if first - 1 > tree_size {

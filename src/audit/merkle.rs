@@ -64,6 +64,20 @@ fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
 }
 
+/// The complete subtrees that cover the first `size` leaves, left to right, as
+/// (`level`, `index`): one per set bit of `size`, largest first.
+pub fn frontier_nodes(size: u64) -> impl Iterator<Item = (u32, u64)> {
+    let mut start = 0u64;
+    (0..64u32).rev().filter_map(move |level| {
+        let width = 1u64 << level;
+        (size & width != 0).then(|| {
+            let node = (level, start >> level);
+            start += width;
+            node
+        })
+    })
+}
+
 /// Where the hashes of complete subtrees come from.
 pub trait Nodes {
     /// The hash of node (`level`, `index`), which must be complete.

@@ -78,16 +78,16 @@ impl Tree {
     }
 
     fn new(start: u64, frontier: &[Hash]) -> Option<Tree> {
-        let mut placed = Vec::new();
-        let mut at = 0u64;
-        for level in (0..64u32).rev() {
-            let width = 1u64 << level;
-            if start & width != 0 {
-                placed.push((level, at >> level, *frontier.get(placed.len())?));
-                at += width;
-            }
+        let nodes: Vec<(u32, u64)> = merkle::frontier_nodes(start).collect();
+        if nodes.len() != frontier.len() {
+            return None;
         }
-        (placed.len() == frontier.len()).then_some(Tree {
+        let placed = nodes
+            .into_iter()
+            .zip(frontier)
+            .map(|((level, index), hash)| (level, index, *hash))
+            .collect();
+        Some(Tree {
             start,
             frontier: placed,
             leaves: Vec::new(),
