@@ -8,6 +8,8 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 
+use crate::domain::{Environment, Provider};
+
 /// Where the data lives; the scheme picks the backend.
 #[derive(Debug, Clone)]
 pub enum DatabaseUrl {
@@ -135,6 +137,148 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// Abuse resistance (SPEC §7): rate limits, login throttling, who may read `/metrics`.
     pub abuse: AbuseSettings,
+    /// Where the token broker reaches each provider (SPEC §9.4).
+    pub providers: ProviderSettings,
+}
+
+/// Where the token broker reaches each provider, and how patiently (SPEC §9.4).
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// Base URLs (no trailing slash), per provider and environment: the published hosts
+    /// unless `HAZINA_PROVIDER_<PROVIDER>_<ENVIRONMENT>_URL` says otherwise.
+    urls: Vec<(Provider, Environment, String)>,
+    /// Every call's timeout (`HAZINA_PROVIDER_TIMEOUT_SECONDS`, default 5).
+    pub timeout: std::time::Duration,
+    /// Roots trusted besides the Mozilla set (`HAZINA_PROVIDER_CA_FILE`, PEM): a private
+    /// gateway's CA, a test CA.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+/// The published token hosts: Safaricom Daraja, KopoKopo, JPay Africa, Pagamio VAS.
+const PROVIDER_HOSTS: [(Provider, &str, &str); 4] = [
+    (
+        Provider::Mpesa,
+        "https://sandbox.safaricom.co.ke",
+        "https://api.safaricom.co.ke",
+    ),
+    (
+        Provider::KopoKopo,
+        "https://sandbox.kopokopo.com",
+        "https://api.kopokopo.com",
+    ),
+    (
+        Provider::JPay,
+        "https://sandbox.api.jpay.africa",
+        "https://api.jpay.africa",
+    ),
+    (
+        Provider::Pagamio,
+        "https://vas-sandbox-api.pagamio.tech",
+        "https://vas-api.pagamio.tech",
+    ),
+];
+
+impl ProviderSettings {
+    /// The base URL for `provider` in `environment` (empty for a provider with no token
+    /// endpoint; the broker never calls one).
+    pub fn url(&self, provider: Provider, environment: Environment) -> &str {
+        self.urls
+            .iter()
+            .find(|(p, e, _)| *p == provider && *e == environment)
+            .map(|(_, _, u)| u.as_str())
+            .unwrap_or_default()
+    }
+
+    /// The setting that names `provider`'s `environment` base URL.
+    pub fn setting(provider: Provider, environment: Environment) -> String {
+        format!(
+            "HAZINA_PROVIDER_{}_{}_URL",
+            provider.as_str().to_ascii_uppercase(),
+            environment.as_str().to_ascii_uppercase()
+        )
+    }
+}
+
+/// A provider base URL: `https://host[:port][/prefix]`, or `http://` to a loopback address
+/// (tests, local stubs); no credentials, query or fragment. Returned without a trailing `/`.
+pub fn provider_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw.trim())
+        .map_err(|_| "is not a URL such as https://api.example.com".to_owned())?;
+    let host = url.host_str().ok_or("names no host")?;
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err("must be https:// (plain http:// only to a loopback address)".into()),
+        _ => return Err("must be an https:// URL".into()),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold a user name or password".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn provider_settings(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<ProviderSettings, ConfigError> {
+    let mut urls = Vec::new();
+    for (provider, sandbox, live) in PROVIDER_HOSTS {
+        for (environment, default) in [(Environment::Sandbox, sandbox), (Environment::Live, live)] {
+            let setting = ProviderSettings::setting(provider, environment);
+            let url = match get(&setting) {
+                None => default.to_owned(),
+                Some(raw) => provider_url(&raw).map_err(|p| ConfigError {
+                    setting: provider_setting_name(provider, environment),
+                    problem: format!("`{}` {p}", raw.trim()),
+                })?,
+            };
+            urls.push((provider, environment, url));
+        }
+    }
+    let timeout = std::time::Duration::from_secs(u64::from(number(
+        get,
+        "HAZINA_PROVIDER_TIMEOUT_SECONDS",
+        5,
+        1..=60,
+    )?));
+    let extra_roots = match get("HAZINA_PROVIDER_CA_FILE") {
+        None => Vec::new(),
+        Some(path) => crate::tls::read_certificates(
+            "HAZINA_PROVIDER_CA_FILE",
+            std::path::Path::new(path.trim()),
+        )
+        .map_err(|e| bad(e.setting, e.problem))?,
+    };
+    Ok(ProviderSettings {
+        urls,
+        timeout,
+        extra_roots,
+    })
+}
+
+/// `ConfigError` names its setting with a `&'static str`; the eight provider URL settings
+/// are spelled out here.
+fn provider_setting_name(provider: Provider, environment: Environment) -> &'static str {
+    match (provider, environment) {
+        (Provider::Mpesa, Environment::Sandbox) => "HAZINA_PROVIDER_MPESA_SANDBOX_URL",
+        (Provider::Mpesa, Environment::Live) => "HAZINA_PROVIDER_MPESA_LIVE_URL",
+        (Provider::KopoKopo, Environment::Sandbox) => "HAZINA_PROVIDER_KOPOKOPO_SANDBOX_URL",
+        (Provider::KopoKopo, Environment::Live) => "HAZINA_PROVIDER_KOPOKOPO_LIVE_URL",
+        (Provider::JPay, Environment::Sandbox) => "HAZINA_PROVIDER_JPAY_SANDBOX_URL",
+        (Provider::JPay, Environment::Live) => "HAZINA_PROVIDER_JPAY_LIVE_URL",
+        (Provider::Pagamio, Environment::Sandbox) => "HAZINA_PROVIDER_PAGAMIO_SANDBOX_URL",
+        (Provider::Pagamio, Environment::Live) => "HAZINA_PROVIDER_PAGAMIO_LIVE_URL",
+        (Provider::InstaSend, Environment::Sandbox) => "HAZINA_PROVIDER_INSTASEND_SANDBOX_URL",
+        (Provider::InstaSend, Environment::Live) => "HAZINA_PROVIDER_INSTASEND_LIVE_URL",
+    }
 }
 
 /// Rate limits, login throttling and the `/metrics` allowlist (`HAZINA_RATE_LIMIT_*`,
@@ -320,6 +464,7 @@ impl Config {
 
         let tls = tls_settings(&get)?;
         let abuse = abuse_settings(&get)?;
+        let providers = provider_settings(&get)?;
 
         Ok(Config {
             database_url,
@@ -336,6 +481,7 @@ impl Config {
             db_pool_size,
             tls,
             abuse,
+            providers,
         })
     }
 }
@@ -546,6 +692,63 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn provider_urls_default_to_the_published_hosts_and_take_https_or_loopback_http() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(
+            c.providers.url(Provider::Mpesa, Environment::Sandbox),
+            "https://sandbox.safaricom.co.ke"
+        );
+        assert_eq!(
+            c.providers.url(Provider::Pagamio, Environment::Live),
+            "https://vas-api.pagamio.tech"
+        );
+        assert_eq!(c.providers.timeout, std::time::Duration::from_secs(5));
+        let c = cfg(&[
+            ("HAZINA_PROVIDER_JPAY_LIVE_URL", "http://127.0.0.1:9911/"),
+            (
+                "HAZINA_PROVIDER_KOPOKOPO_SANDBOX_URL",
+                "https://gw.example.com/k2/",
+            ),
+            ("HAZINA_PROVIDER_MPESA_LIVE_URL", "http://[::1]:8000"),
+            (
+                "HAZINA_PROVIDER_PAGAMIO_SANDBOX_URL",
+                "http://localhost:7000",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.providers.url(Provider::JPay, Environment::Live),
+            "http://127.0.0.1:9911"
+        );
+        assert_eq!(
+            c.providers.url(Provider::KopoKopo, Environment::Sandbox),
+            "https://gw.example.com/k2"
+        );
+        assert_eq!(
+            c.providers.url(Provider::Mpesa, Environment::Live),
+            "http://[::1]:8000"
+        );
+        for bad in [
+            "http://api.example.com",
+            "http://10.0.0.1:80",
+            "ftp://127.0.0.1",
+            "https://user:pw@api.example.com",
+            "https://api.example.com/?x=1",
+            "not a url",
+            "",
+        ] {
+            let e = cfg(&[("HAZINA_PROVIDER_MPESA_SANDBOX_URL", bad)]).unwrap_err();
+            assert_eq!(e.setting, "HAZINA_PROVIDER_MPESA_SANDBOX_URL", "{bad}");
+        }
+        for bad in ["0", "61", "five"] {
+            let e = cfg(&[("HAZINA_PROVIDER_TIMEOUT_SECONDS", bad)]).unwrap_err();
+            assert_eq!(e.setting, "HAZINA_PROVIDER_TIMEOUT_SECONDS");
+        }
+        let e = cfg(&[("HAZINA_PROVIDER_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert_eq!(e.setting, "HAZINA_PROVIDER_CA_FILE");
     }
 
     #[test]

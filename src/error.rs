@@ -48,6 +48,15 @@ pub enum ApiError {
     PreconditionFailed(i32),
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
+    /// A provider's token endpoint failed: 502 with its status, if it answered.
+    #[error("bad gateway: {0}")]
+    BadGateway(crate::broker::Failure),
+    /// A provider's token endpoint did not answer in time: 504.
+    #[error("gateway timeout")]
+    GatewayTimeout,
+    /// A provider said 429: no call is made for `retry_after` seconds; 503 with `Retry-After`.
+    #[error("provider backoff: {retry_after} s")]
+    ProviderBackoff { retry_after: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(anyhow::Error),
     #[error("internal error: {0}")]
@@ -76,6 +85,13 @@ impl ApiError {
                 format!("The credential has changed since that version; its current version is {v}")
             }
             ApiError::NotImplemented(m) => (*m).into(),
+            ApiError::BadGateway(_) => PROVIDER_FAILED.into(),
+            ApiError::GatewayTimeout => {
+                "The provider's token endpoint did not answer in time; try again".into()
+            }
+            ApiError::ProviderBackoff { retry_after } => format!(
+                "The provider is rate limiting token requests; hazina will not ask it again for {retry_after} s"
+            ),
             ApiError::Unavailable(_) => "Service temporarily unavailable; try again".into(),
             ApiError::Internal(_) => "Internal server error".into(),
         }
@@ -98,6 +114,9 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::ProviderBackoff { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -115,14 +134,26 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => {
                 res.insert_header(("WWW-Authenticate", "Bearer"));
             }
-            ApiError::TooManyRequests { retry_after, .. } => {
+            ApiError::TooManyRequests { retry_after, .. }
+            | ApiError::ProviderBackoff { retry_after } => {
                 res.insert_header(("Retry-After", (*retry_after).max(1).to_string()));
             }
             _ => {}
         }
-        res.json(json!({ "error": self.public_message() }))
+        match self {
+            // The provider's status helps whoever must fix the stored credentials (a 401
+            // means the key or secret is wrong); the provider's body is never passed on.
+            ApiError::BadGateway(crate::broker::Failure::Status(status)) => res.json(json!({
+                "error": self.public_message(),
+                "provider_status": status,
+            })),
+            _ => res.json(json!({ "error": self.public_message() })),
+        }
     }
 }
+
+/// The answer when a provider's token endpoint failed (its status, if any, goes beside it).
+pub const PROVIDER_FAILED: &str = "The provider's token endpoint failed; try again later";
 
 /// The answer to a service whose grant does not name the operation.
 pub const OPERATION_NOT_GRANTED: &str = "This service's grant does not allow this operation";
@@ -138,7 +169,11 @@ impl From<crate::vault::Refusal> for ApiError {
             }
             Refusal::Missing(m) => ApiError::Conflict(m),
             Refusal::Invalid(m) => ApiError::Invalid(m),
-            Refusal::NotImplemented(m) => ApiError::NotImplemented(m),
+            Refusal::Provider(crate::broker::Failure::Timeout) => ApiError::GatewayTimeout,
+            Refusal::Provider(crate::broker::Failure::RateLimited(retry_after)) => {
+                ApiError::ProviderBackoff { retry_after }
+            }
+            Refusal::Provider(failure) => ApiError::BadGateway(failure),
             Refusal::Storage(e) => ApiError::Internal(e),
             Refusal::Unavailable(e) => ApiError::Unavailable(e),
         }

@@ -24,7 +24,8 @@
 //! - its principal is established in [`auth::principal`];
 //! - the owner is checked inside the SQL of [`db::credentials`];
 //! - the secret is sealed and opened only in [`crypto::envelope`];
-//! - rate limits and size limits apply in [`limits`], login throttling in [`db::throttle`].
+//! - rate limits and size limits apply in [`limits`], login throttling in [`db::throttle`];
+//! - provider access tokens are exchanged and cached (in memory only) in [`broker`].
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -33,6 +34,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod crypto;

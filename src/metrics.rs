@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::audit::AuditLog;
+use crate::domain::Provider;
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -68,6 +69,114 @@ struct SubjectLabels {
     subject: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExchangeLabels {
+    provider: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderErrorLabels {
+    provider: &'static str,
+    error: &'static str,
+}
+
+/// The token broker's counters (SPEC §9.4), labelled by provider slug, call kind
+/// (`exchange`, `refresh`) and error kind: closed sets all. Never a token, never an id.
+#[derive(Clone)]
+pub struct BrokerMetrics {
+    exchanges: Family<ExchangeLabels, Counter>,
+    cache_hits: Family<ProviderLabels, Counter>,
+    errors: Family<ProviderErrorLabels, Counter>,
+    latency: Family<ExchangeLabels, Histogram, fn() -> Histogram>,
+}
+
+impl BrokerMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let exchanges = Family::<ExchangeLabels, Counter>::default();
+        registry.register(
+            "hazina_token_exchanges",
+            "Calls to a provider's token endpoint that returned a token, by provider and kind (exchange, refresh)",
+            exchanges.clone(),
+        );
+        let cache_hits = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "hazina_token_cache_hits",
+            "access-token answers served from the in-memory token cache, by provider",
+            cache_hits.clone(),
+        );
+        let errors = Family::<ProviderErrorLabels, Counter>::default();
+        registry.register(
+            "hazina_token_provider_errors",
+            "Failed calls to a provider's token endpoint, by provider and error (status, rate_limited, timeout, unreachable, malformed)",
+            errors.clone(),
+        );
+        let latency = Family::<ExchangeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "hazina_token_exchange_duration_seconds",
+            "Time a provider's token endpoint took to answer, by provider and kind",
+            latency.clone(),
+        );
+        BrokerMetrics {
+            exchanges,
+            cache_hits,
+            errors,
+            latency,
+        }
+    }
+
+    pub fn exchanged(&self, provider: Provider, kind: &'static str, seconds: f64) {
+        let labels = ExchangeLabels {
+            provider: provider.as_str(),
+            kind,
+        };
+        self.exchanges.get_or_create(&labels).inc();
+        self.latency.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn failed(
+        &self,
+        provider: Provider,
+        kind: &'static str,
+        error: &'static str,
+        seconds: f64,
+    ) {
+        self.errors
+            .get_or_create(&ProviderErrorLabels {
+                provider: provider.as_str(),
+                error,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ExchangeLabels {
+                provider: provider.as_str(),
+                kind,
+            })
+            .observe(seconds);
+    }
+
+    pub fn cache_hit(&self, provider: Provider) {
+        self.cache_hits
+            .get_or_create(&ProviderLabels {
+                provider: provider.as_str(),
+            })
+            .inc();
+    }
+}
+
+impl std::fmt::Debug for BrokerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerMetrics").finish_non_exhaustive()
+    }
+}
+
 /// Routes whose 200 answers hand out a decrypted private key.
 const REVEAL_ROUTES: &[&str] = &[
     "/payments/credentials/{id}/get-private-key/",
@@ -90,6 +199,7 @@ pub struct Metrics {
     login_throttled: Counter,
     login_lockouts: Family<SubjectLabels, Counter>,
     checkpoint_alarms: Counter,
+    broker: BrokerMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -158,8 +268,10 @@ impl Metrics {
             "Times the checkpoint signer refused to sign because the audit log no longer extends its last checkpoint",
             checkpoint_alarms.clone(),
         );
+        let broker = BrokerMetrics::register(&mut registry);
         registry.register_collector(Box::new(AuditCollector(audit)));
         Metrics {
+            broker,
             registry,
             requests,
             latency,
@@ -213,6 +325,11 @@ impl Metrics {
     pub fn set_rate_limiter_keys(&self, keys: usize) {
         self.rate_limiter_keys
             .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// The token broker's counters, to hand to [`crate::broker::Broker`].
+    pub fn broker(&self) -> BrokerMetrics {
+        self.broker.clone()
     }
 
     pub fn checkpoint_alarm(&self) {

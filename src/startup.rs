@@ -36,6 +36,8 @@ pub struct AppState {
     /// Set when the checkpoint signer found the log no longer extends the last checkpoint it
     /// signed: `/readyz` fails from then on (an operator must look).
     pub checkpoint_alarm: std::sync::atomic::AtomicBool,
+    /// Provider tokens, in memory only (SPEC §9.4).
+    pub broker: crate::broker::Broker,
 }
 
 impl AppState {
@@ -90,6 +92,24 @@ fn spawn_checkpoint_publisher(state: &web::Data<AppState>, path: std::path::Path
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the checkpoint publisher");
+    }
+}
+
+/// Every minute, drops the provider tokens (and refresh tokens) that have expired, so none
+/// lingers in memory until its credential is next used. Stops when the application is gone.
+fn spawn_token_sweeper(state: &web::Data<AppState>) {
+    let weak = std::sync::Arc::downgrade(&state.clone().into_inner());
+    let spawned = std::thread::Builder::new()
+        .name("hazina-token-sweep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            let Some(state) = weak.upgrade() else {
+                return;
+            };
+            state.broker.sweep(state.clock.now());
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the token sweeper");
     }
 }
 
@@ -293,12 +313,15 @@ impl Application {
                 crate::tls::CrlCheck::new(settings).context("cannot configure the client CRL")?,
             )),
         };
+        let metrics = crate::metrics::Metrics::new(audit.clone());
+        let broker = crate::broker::Broker::new(&config.providers, metrics.broker())?;
         let state = web::Data::new(AppState {
             pool,
             keyring,
             tokens,
             limits: crate::limits::Limits::new(&config.abuse, clock.clone()),
-            metrics: crate::metrics::Metrics::new(audit.clone()),
+            metrics,
+            broker,
             clock,
             config,
             audit,
@@ -306,6 +329,7 @@ impl Application {
             audit_origin,
             checkpoint_alarm: std::sync::atomic::AtomicBool::new(false),
         });
+        spawn_token_sweeper(&state);
         if let Some(path) = &state.config.audit_checkpoint_file {
             spawn_checkpoint_publisher(&state, path.clone(), state.config.audit_checkpoint_seconds);
         }

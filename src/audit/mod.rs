@@ -137,6 +137,9 @@ closed_enum! {
         OwnerOperationsDisabled => "owner_operations_disabled",
         OwnerDisabled => "owner_disabled",
         SignatureMismatch => "signature_mismatch",
+        ProviderError => "provider_error",
+        ProviderRateLimited => "provider_rate_limited",
+        ProviderTimeout => "provider_timeout",
     }
 }
 

@@ -450,6 +450,8 @@ pub async fn update(
     let Some(found) = updated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
+    // A new key, environment or settings: the provider token was issued for the old ones.
+    state.broker.forget(found.0.id);
     Ok(HttpResponse::Ok().json(view(found)?))
 }
 
@@ -478,6 +480,7 @@ pub async fn delete(
     else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
+    state.broker.forget(row.id);
     let provider = provider_of(&row)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "message": format!(
@@ -646,6 +649,12 @@ async fn write_new_version(
             .transpose()
         })
         .await
+        .inspect(|written| {
+            // The provider token was issued for the version this one replaces.
+            if let Some((row, _)) = written {
+                state.broker.forget(row.id);
+            }
+        })
 }
 
 pub async fn rotate(
@@ -1124,6 +1133,7 @@ pub async fn toggle_status(
     else {
         return Err(trail.not_found(ACTION, Some(id)).await);
     };
+    state.broker.forget(row.0.id);
     let provider = provider_of(&row.0)?;
     let state_word = if row.0.is_active {
         "activated"

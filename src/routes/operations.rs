@@ -4,6 +4,7 @@
 
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use base64::Engine;
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
@@ -252,6 +253,14 @@ struct SecurityCredential<'a> {
     certificate_sha256: &'a str,
 }
 
+/// `access-token`: the provider's token, never the secret it was exchanged for.
+#[derive(Serialize)]
+struct AccessToken<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_at: String,
+}
+
 #[derive(Serialize)]
 struct WebhookVerdict {
     valid: bool,
@@ -286,6 +295,16 @@ async fn run(
         body,
         timestamp,
     } = checked;
+    if operation == Operation::AccessToken {
+        let handed = vault::access_token(caller, reference, requested, lookup).await?;
+        let answer = serde_json::to_vec(&AccessToken {
+            access_token: handed.issued.access.value.expose_secret(),
+            token_type: "Bearer",
+            expires_at: crate::clock::rfc3339(handed.issued.access.expires_at),
+        })
+        .map_err(ApiError::internal)?;
+        return Ok(no_store_json(answer));
+    }
     let answer = vault::release(
         caller,
         operation,
@@ -339,10 +358,14 @@ async fn run(
         },
     )
     .await?;
-    Ok(HttpResponse::Ok()
+    Ok(no_store_json(answer))
+}
+
+fn no_store_json(body: Vec<u8>) -> HttpResponse {
+    HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .content_type("application/json")
-        .body(answer))
+        .body(body)
 }
 
 fn webhook_verify(o: &Opened<'_>, body: &OperationBody) -> Result<Answer<Vec<u8>>, Refusal> {

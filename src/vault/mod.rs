@@ -10,8 +10,9 @@
 //!    durable audit entry (with the operation and the caller's payment reference) and only
 //!    then hands the answer out. Fail closed: no entry, no answer.
 //!
-//! Nothing here knows HTTP; the handlers in `routes::credentials` and `routes::operations` are
-//! thin wrappers that authenticate, parse and shape the answer.
+//! Nothing here knows the API's HTTP; the handlers in `routes::credentials` and
+//! `routes::operations` are thin wrappers that authenticate, parse and shape the answer.
+//! `access-token` goes on to the provider through [`crate::broker`], after the gate.
 
 pub mod compute;
 
@@ -284,7 +285,7 @@ pub struct Opened<'a> {
     pub provider: Provider,
     pub version: i32,
     pub contents: Contents,
-    pub profile: Profile,
+    pub profile: &'a Profile,
     /// The previous version's number and contents, inside the webhook grace window.
     pub previous: Option<(i32, Contents)>,
     pub certificate: Option<&'a CertificateRow>,
@@ -305,12 +306,13 @@ pub enum Refusal {
     Missing(String),
     #[error("invalid: {0}")]
     Invalid(String),
-    #[error("not implemented: {0}")]
-    NotImplemented(&'static str),
     #[error("storage failure: {0}")]
     Storage(anyhow::Error),
     #[error("audit unavailable: {0}")]
     Unavailable(anyhow::Error),
+    /// The provider's token endpoint failed (`access-token`).
+    #[error("provider: {0}")]
+    Provider(crate::broker::Failure),
 }
 
 /// Who asks, from where: the audit trail's half of a request.
@@ -358,6 +360,36 @@ pub async fn release<T>(
     lookup: Lookup,
     compute: impl FnOnce(&Opened<'_>) -> Result<Answer<T>, Refusal>,
 ) -> Result<T, Refusal> {
+    let admitted = admit(caller, operation, reference, requested, lookup).await?;
+    let opened = admitted.open(caller).await?;
+    let answer = compute(&opened)?;
+    drop(opened);
+    admitted.record(caller, answer.reason).await?;
+    Ok(answer.value)
+}
+
+/// A credential the gate let through for one operation: found, granted, holding what the
+/// operation needs; not yet opened.
+pub struct Admitted {
+    operation: Operation,
+    reference: Option<String>,
+    pub row: CredentialRow,
+    version: VersionRow,
+    previous: Option<VersionRow>,
+    certificate: Option<CertificateRow>,
+    profile: Profile,
+    pub provider: Provider,
+}
+
+/// Refuses what `find` refused (audited), then checks the profile holds what `operation`
+/// needs (409 naming it) and that its provider certificate is intact.
+pub async fn admit(
+    caller: &Caller<'_>,
+    operation: Operation,
+    reference: Option<Reference>,
+    requested: Option<CredentialId>,
+    lookup: Lookup,
+) -> Result<Admitted, Refusal> {
     let action = action_of(operation);
     let reference = reference.map(Reference::into_inner);
     let with_op = |ev: Event| match operation {
@@ -402,11 +434,6 @@ pub async fn release<T>(
     if !operation.applies_to(provider) {
         return Err(Refusal::NoSuchOperation);
     }
-    if operation == Operation::AccessToken {
-        return Err(Refusal::NotImplemented(
-            "The access-token operation (the provider token broker) is not available yet",
-        ));
-    }
 
     // What the operation needs must be there: said by the profile, before anything opens.
     let Some(profile) = Profile::parse(version.profile.as_deref()) else {
@@ -427,7 +454,7 @@ pub async fn release<T>(
             )));
         }
     }
-    let certificate = match (&certificate, operation) {
+    let certificate = match (certificate, operation) {
         (provider_certs::Found::Intact(c), _) => Some(c),
         (provider_certs::Found::Tampered(_), _) => {
             let ev = caller
@@ -452,44 +479,135 @@ pub async fn release<T>(
         }
         (provider_certs::Found::None, _) => None,
     };
-
-    let keyring = &caller.state.keyring;
-    let contents =
-        match envelope::open_contents(keyring, &aad_of(&row, &version), &version.envelope()) {
-            Ok(c) => c,
-            Err(e) => return Err(open_refused(caller, action, &row, &e).await),
-        };
-    // The previous version only ever widens what validates inside the grace window: if it
-    // does not open, the current one alone decides.
-    let previous = previous.and_then(|p| {
-        envelope::open_contents(keyring, &aad_of(&row, &p), &p.envelope())
-            .ok()
-            .map(|c| (p.version, c))
-    });
-    let opened = Opened {
-        row: &row,
-        provider,
-        version: version.version,
-        contents,
-        profile,
+    Ok(Admitted {
+        operation,
+        reference,
+        row,
+        version,
         previous,
         certificate,
-    };
-    let answer = compute(&opened)?;
-    drop(opened);
+        profile,
+        provider,
+    })
+}
 
-    // Fail closed: the answer leaves only once its entry is durable.
-    let ev = caller
-        .event(action)
-        .target(Target::credential(&row))
-        .outcome(Outcome::Success, answer.reason);
-    caller
+impl Admitted {
+    fn with_op(&self, ev: Event) -> Event {
+        match self.operation {
+            Operation::Reveal => ev,
+            op => ev.operation(op.as_str(), self.reference.clone()),
+        }
+    }
+
+    /// The version's envelope, opened (a failure is audited: tampering or storage).
+    pub async fn open(&self, caller: &Caller<'_>) -> Result<Opened<'_>, Refusal> {
+        let keyring = &caller.state.keyring;
+        let row = &self.row;
+        let contents = match envelope::open_contents(
+            keyring,
+            &aad_of(row, &self.version),
+            &self.version.envelope(),
+        ) {
+            Ok(c) => c,
+            Err(e) => return Err(open_refused(caller, action_of(self.operation), row, &e).await),
+        };
+        // The previous version only ever widens what validates inside the grace window: if
+        // it does not open, the current one alone decides.
+        let previous = self.previous.as_ref().and_then(|p| {
+            envelope::open_contents(keyring, &aad_of(row, p), &p.envelope())
+                .ok()
+                .map(|c| (p.version, c))
+        });
+        Ok(Opened {
+            row,
+            provider: self.provider,
+            version: self.version.version,
+            contents,
+            profile: &self.profile,
+            previous,
+            certificate: self.certificate.as_ref(),
+        })
+    }
+
+    /// The durable success entry. Fail closed: the answer leaves only once it is written.
+    pub async fn record(&self, caller: &Caller<'_>, reason: Option<Reason>) -> Result<(), Refusal> {
+        let ev = caller
+            .event(action_of(self.operation))
+            .target(Target::credential(&self.row))
+            .outcome(Outcome::Success, reason);
+        caller
+            .state
+            .audit
+            .record(self.with_op(ev))
+            .await
+            .map(|_| ())
+            .map_err(|e| Refusal::Unavailable(anyhow::anyhow!("audit entry not written: {e}")))
+    }
+
+    /// A failed use, best effort (the caller gets an error either way).
+    pub async fn record_failure(&self, caller: &Caller<'_>, reason: Reason) {
+        let ev = caller
+            .event(action_of(self.operation))
+            .target(Target::credential(&self.row))
+            .outcome(Outcome::Error, Some(reason));
+        caller.best_effort(self.with_op(ev)).await;
+    }
+}
+
+/// The `access-token` operation (SPEC §9.4): through the gate like every operation, then the
+/// broker's cached token, or the one exchange in flight for the credential. The envelope is
+/// opened even for a cached token, so a row edited in the database (its owner, provider,
+/// environment or version) is refused as tampered before any token leaves. The entry is
+/// durable before the token is handed out; the token itself is never in it.
+pub async fn access_token(
+    caller: &Caller<'_>,
+    reference: Option<Reference>,
+    requested: Option<CredentialId>,
+    lookup: Lookup,
+) -> Result<crate::broker::Handed, Refusal> {
+    let admitted = admit(caller, Operation::AccessToken, reference, requested, lookup).await?;
+    if !admitted.row.is_active {
+        return Err(Refusal::Missing(
+            "This credential is inactive; activate it before asking for a provider token".into(),
+        ));
+    }
+    let Some(key) = admitted.row.api_key.clone() else {
+        return Err(Refusal::Missing(
+            "This credential has no api_key (the provider's key or username); set it first".into(),
+        ));
+    };
+    let environment = Environment::parse(&admitted.row.environment)
+        .map_err(|_| Refusal::Storage(anyhow::anyhow!("stored environment is unknown")))?;
+    let opened = admitted.open(caller).await?;
+    let asked = caller
         .state
-        .audit
-        .record(with_op(ev))
-        .await
-        .map_err(|e| Refusal::Unavailable(anyhow::anyhow!("audit entry not written: {e}")))?;
-    Ok(answer.value)
+        .broker
+        .token(crate::broker::Ask {
+            credential_id: admitted.row.id,
+            version: opened.version,
+            provider: admitted.provider,
+            environment,
+            key: &key,
+            secret: &opened.contents.private_key,
+            now: caller.state.clock.now(),
+        })
+        .await;
+    drop(opened);
+    match asked {
+        Ok(handed) => {
+            admitted.record(caller, None).await?;
+            Ok(handed)
+        }
+        Err(failure) => {
+            let reason = match failure {
+                crate::broker::Failure::RateLimited(_) => Reason::ProviderRateLimited,
+                crate::broker::Failure::Timeout => Reason::ProviderTimeout,
+                _ => Reason::ProviderError,
+            };
+            admitted.record_failure(caller, reason).await;
+            Err(Refusal::Provider(failure))
+        }
+    }
 }
 
 /// A stored version that did not open: a failed authentication means the row, its envelope

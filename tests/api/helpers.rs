@@ -241,6 +241,11 @@ impl TestApp {
         start_node(self.db.clone(), self.dir.clone(), &[]).await
     }
 
+    /// Another node, with extra settings.
+    pub async fn spawn_node_with(&self, settings: &[(&str, &str)]) -> TestApp {
+        start_node(self.db.clone(), self.dir.clone(), settings).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -313,7 +318,10 @@ impl TestApp {
             }
             TestDatabase::Postgres { .. } => {
                 let mut out = Vec::new();
-                for table in ["users", "sessions", "credentials", "credential_versions"] {
+                let tables = self.sql_lines(
+                    "SELECT tablename::text AS line FROM pg_tables WHERE schemaname = 'public'",
+                );
+                for table in tables {
                     for line in self.sql_lines(&format!(
                         "SELECT row_to_json(t)::text AS line FROM {table} t"
                     )) {

@@ -16,7 +16,10 @@ use hazina::domain::Role;
 use hazina::routes::ROUTE_TABLE;
 
 use crate::helpers::*;
-use crate::pki::{spawn_tls_app, ClientCert, ClientCerts, TestPki, SERVICE_URI};
+use crate::pki::{
+    spawn_tls_app, spawn_tls_app_with, ClientCert, ClientCerts, TestPki, SERVICE_URI,
+};
+use crate::stubs::{Kind, Mode, Stub};
 
 /// The base URI the whole document is registered under, so `#/components/...` resolves.
 const SPEC_URI: &str = "urn:hazina:openapi";
@@ -849,7 +852,24 @@ fn a_request_body_the_spec_refuses_fails_the_check() {
 async fn every_route_answers_as_documented_through_a_full_flow() {
     // Over HTTPS with optional client certificates, so a service can take part.
     let pki = TestPki::new();
-    let mut api = Contract::with(spawn_tls_app(&pki, ClientCerts::Optional).await);
+    // A Daraja stub for the token broker, holding the credential made below.
+    let daraja_stub = Stub::start(
+        Kind::Daraja,
+        "daraja-consumer-key",
+        "daraja-consumer-secret",
+    )
+    .await;
+    let mut api = Contract::with(
+        spawn_tls_app_with(
+            &pki,
+            ClientCerts::Optional,
+            &[(
+                "HAZINA_PROVIDER_MPESA_SANDBOX_URL",
+                daraja_stub.url.as_str(),
+            )],
+        )
+        .await,
+    );
 
     api.send(Method::GET, "/healthz", None, Body::None, 200)
         .await;
@@ -1039,7 +1059,8 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
         .await;
     api.post(&op("security-credential"), &m, json!({}), 409)
         .await;
-    api.post(&op("access-token"), &m, json!({}), 501).await;
+    let token = api.post(&op("access-token"), &m, json!({}), 200).await;
+    assert_eq!(token["access_token"], json!(daraja_stub.token(1)));
     api.post(&op("reveal"), &m, json!({}), 404).await;
     let dir = tempfile::tempdir().unwrap();
     let pem = rsa_certificate(dir.path());
@@ -1151,7 +1172,12 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
         .collect();
     assert_eq!(
         references,
-        [&json!("order-1"), &json!("b2c-1"), &json!("order-2")]
+        [
+            &json!("order-1"),
+            &Value::Null,
+            &json!("b2c-1"),
+            &json!("order-2")
+        ]
     );
     assert_eq!(by_reference["events"].as_array().unwrap().len(), 1);
     assert_eq!(by_reference["events"][0]["operation"], "stk-password");
@@ -1502,6 +1528,52 @@ async fn malformed_and_invalid_requests_answer_400_as_documented() {
     api.get("/audit/export/?since=soon", &auditor, 400).await;
 
     assert_eq!(api.statuses_seen(), BTreeSet::from([200, 201, 400]));
+}
+
+#[tokio::test]
+async fn provider_failures_answer_502_503_and_504_as_documented() {
+    let stub = Stub::start(Kind::KopoKopo, "client-id", "client-secret").await;
+    let mut api = Contract::with(
+        spawn_app_with(&[
+            ("HAZINA_PROVIDER_KOPOKOPO_LIVE_URL", stub.url.as_str()),
+            ("HAZINA_PROVIDER_KOPOKOPO_SANDBOX_URL", stub.url.as_str()),
+            ("HAZINA_PROVIDER_TIMEOUT_SECONDS", "1"),
+        ])
+        .await,
+    );
+    let (m, _) = api.login_as(Role::User).await;
+    let mut paths = Vec::new();
+    for environment in ["live", "sandbox"] {
+        let created = api
+            .post(
+                "/payments/credentials/",
+                &m,
+                json!({ "provider": "kopokopo", "environment": environment,
+                        "api_key": "client-id", "private_key": "client-secret" }),
+                201,
+            )
+            .await;
+        paths.push(format!(
+            "/payments/credentials/{}/operations/access-token/",
+            created["id"]
+        ));
+    }
+    stub.set_mode(Mode::Status(500));
+    let failed = api.post(&paths[0], &m, json!({}), 502).await;
+    assert_eq!(failed["provider_status"], 500);
+    stub.set_mode(Mode::Hang);
+    api.post(&paths[0], &m, json!({}), 504).await;
+    stub.set_mode(Mode::Answer);
+    api.post(&paths[0], &m, json!({}), 200).await;
+    stub.set_mode(Mode::RateLimited(45));
+    api.post(&paths[1], &m, json!({}), 503).await;
+    // Another user's credential: 404.
+    let (other, _) = api.login_as(Role::User).await;
+    api.post(&paths[0], &other, json!({}), 404).await;
+    assert_eq!(
+        api.statuses_seen(),
+        BTreeSet::from([200, 201, 404, 502, 503, 504])
+    );
 }
 
 #[tokio::test]

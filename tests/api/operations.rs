@@ -601,17 +601,11 @@ async fn an_intasend_challenge_is_compared_and_operations_outside_a_provider_ans
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{name}");
         assert_json_4xx(res).await;
     }
-    // The token broker is not there yet: a clear 501 in JSON.
     let pagamio = app
         .create_credential(&owner, "pagamio", "live", "pagamio-password-01")
         .await["id"]
         .as_i64()
         .unwrap();
-    let res = app
-        .post(&op_path(pagamio, "access-token"), &owner.access, &json!({}))
-        .await;
-    assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED);
-    assert!(res.json::<Value>().await.unwrap()["error"].is_string());
     // A missing secret is 409 naming it.
     let res = app
         .post(

@@ -227,6 +227,21 @@ impl TestPki {
             .unwrap()
     }
 
+    /// A rustls server config presenting the test server certificate (for 127.0.0.1 and
+    /// localhost), e.g. for a stub provider over HTTPS.
+    pub fn server_config(&self) -> rustls::ServerConfig {
+        let certs = hazina::tls::read_certificates("test", &self.server_cert_path).unwrap();
+        let key = hazina::tls::read_private_key("test", &self.server_key_path).unwrap();
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap()
+    }
+
     fn path(p: &Path) -> String {
         p.display().to_string()
     }
@@ -247,6 +262,15 @@ pub enum ClientCerts {
 /// `https://127.0.0.1:<port>` and its `client` trusts the test CA and presents no
 /// certificate, so every `TestApp` helper (`user()`, `get`, …) speaks HTTPS.
 pub async fn spawn_tls_app(pki: &TestPki, client_certs: ClientCerts) -> TestApp {
+    spawn_tls_app_with(pki, client_certs, &[]).await
+}
+
+/// As [`spawn_tls_app`], with extra `HAZINA_*` settings.
+pub async fn spawn_tls_app_with(
+    pki: &TestPki,
+    client_certs: ClientCerts,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let cert = TestPki::path(&pki.server_cert_path);
     let key = TestPki::path(&pki.server_key_path);
     let ca = TestPki::path(&pki.ca_path);
@@ -260,6 +284,7 @@ pub async fn spawn_tls_app(pki: &TestPki, client_certs: ClientCerts) -> TestApp 
     if client_certs == ClientCerts::Required {
         settings.push(("HAZINA_TLS_REQUIRE_CLIENT_CERT", "true"));
     }
+    settings.extend_from_slice(extra);
     let mut app = spawn_app_with(&settings).await;
     app.address = format!("https://127.0.0.1:{}", app.port);
     app.client = pki.https_client(None);
