@@ -9,8 +9,10 @@
 # two fresh databases) and audit_scale (`audit verify` rate and proof latency at
 # AUDIT_ENTRIES entries, default 1,000,000). The default run leaves the audit ones out (they
 # take minutes); name them with -s. So does stk-password (the M-Pesa STK password operation
-# beside the reveal on the same credential, interleaved rounds) and two_nodes (reveal on one
-# node, then on two nodes sharing the database: for PostgreSQL).
+# beside the reveal on the same credential, interleaved rounds), access-token (the token
+# broker's cached tokens beside the reveal, against a Daraja stub on loopback, interleaved
+# rounds) and two_nodes (reveal on one node, then on two nodes sharing the database: for
+# PostgreSQL).
 #
 #   scripts/bench.sh [-d SECONDS] [-c CONNECTIONS] [-r ROTATION_ROWS] [-s SCENARIO ...]
 #
@@ -65,6 +67,7 @@ work=$(mktemp -d)
 server_pid=
 cleanup() {
   [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null || true
+  [[ -n ${stub_pid:-} ]] && kill "$stub_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -104,6 +107,36 @@ token_for() {
 
 "$bin/hazina" keys init >&2
 "$bin/hazina-seed" --credentials 10 --prefix bench >&2
+
+stub_pid=
+if wants_named access-token; then
+  # A Daraja token endpoint on loopback for the token broker: answers every exchange with a
+  # one-hour token and counts the calls (the scenario measures the broker's cache hits).
+  python3 - "$work/stub-calls" >"$work/stub.port" <<'PY' &
+import http.server, json, sys
+calls = 0
+class Daraja(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        global calls
+        calls += 1
+        open(sys.argv[1], "w").write(str(calls))
+        body = json.dumps({"access_token": f"bench-token-{calls}", "expires_in": "3599"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Daraja)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+PY
+  stub_pid=$!
+  for _ in $(seq 1 100); do [[ -s $work/stub.port ]] && break; sleep 0.05; done
+  export HAZINA_PROVIDER_MPESA_SANDBOX_URL=http://127.0.0.1:$(cat "$work/stub.port")
+fi
 
 "$bin/hazina" serve 2>"$work/serve.log" &
 server_pid=$!
@@ -271,6 +304,47 @@ print(json.dumps({
     "reveal_p99_ms": round(statistics.median([x[1] for x in rev]), 2),
     "ratio": round(s / r, 3), "bar": "stk-password >= reveal", "met": s >= r,
     "non_2xx": sum(x[2] for x in stk + rev),
+}))
+PY
+fi
+
+if wants_named access-token; then
+  # The token broker's cache hits beside the reveal, on the same M-Pesa credential,
+  # interleaved rounds; one exchange with the stub for the whole run.
+  mid=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $token" |
+    python3 -c 'import json,sys; print(next(c["id"] for c in json.load(sys.stdin) if c["provider"] == "mpesa" and c["environment"] == "sandbox"))')
+  curl -sf -X POST "$base/payments/credentials/$mid/operations/access-token/" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' -d '{}' >/dev/null
+  echo "==> access-token: $rounds interleaved rounds of ${duration}s, access-token vs reveal on credential $mid" >&2
+  token_round() {
+    load "token-$1" "$connections" "${auth[@]}" -m POST -H 'Content-Type: application/json' \
+      -d '{"reference":"bench-order"}' "$base/payments/credentials/$mid/operations/access-token/"
+  }
+  reveal_round() { load "tokenreveal-$1" "$connections" "${auth[@]}" "$base/payments/credentials/$mid/get-private-key/"; }
+  for round in $(seq 1 "$rounds"); do
+    if (( round % 2 == 1 )); then token_round "$round"; reveal_round "$round"; else reveal_round "$round"; token_round "$round"; fi
+  done
+  python3 - "$work" "$rounds" "$(cat "$work/stub-calls")" <<'PY'
+import json, statistics, sys
+work, rounds, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def side(name):
+    out = []
+    for r in range(1, rounds + 1):
+        d = json.load(open(f"{work}/{name}-{r}.json"))
+        codes = d.get("statusCodeDistribution", {})
+        bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(d.get("errorDistribution", {}).values())
+        out.append((d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, bad))
+    return out
+tok, rev = side("token"), side("tokenreveal")
+t, r = statistics.median([x[0] for x in tok]), statistics.median([x[0] for x in rev])
+print(json.dumps({
+    "scenario": "access-token", "rounds": rounds,
+    "access_token_rps": [round(x[0], 1) for x in tok], "reveal_rps": [round(x[0], 1) for x in rev],
+    "access_token_median_rps": round(t, 1), "reveal_median_rps": round(r, 1),
+    "access_token_p99_ms": round(statistics.median([x[1] for x in tok]), 2),
+    "reveal_p99_ms": round(statistics.median([x[1] for x in rev]), 2),
+    "ratio": round(t / r, 3), "bar": "access-token >= reveal", "met": t >= r,
+    "provider_calls": calls, "non_2xx": sum(x[2] for x in tok + rev),
 }))
 PY
 fi
