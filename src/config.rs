@@ -276,8 +276,8 @@ fn provider_setting_name(provider: Provider, environment: Environment) -> &'stat
         (Provider::JPay, Environment::Live) => "HAZINA_PROVIDER_JPAY_LIVE_URL",
         (Provider::Pagamio, Environment::Sandbox) => "HAZINA_PROVIDER_PAGAMIO_SANDBOX_URL",
         (Provider::Pagamio, Environment::Live) => "HAZINA_PROVIDER_PAGAMIO_LIVE_URL",
-        (Provider::InstaSend, Environment::Sandbox) => "HAZINA_PROVIDER_INSTASEND_SANDBOX_URL",
-        (Provider::InstaSend, Environment::Live) => "HAZINA_PROVIDER_INSTASEND_LIVE_URL",
+        // IntaSend has no token endpoint: never read.
+        (Provider::InstaSend, _) => "HAZINA_PROVIDER_<PROVIDER>_<ENVIRONMENT>_URL",
     }
 }
 
@@ -335,6 +335,48 @@ fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
         problem: problem.into(),
     }
 }
+
+/// Every setting `serve` reads, with its default: what `hazina serve --help` prints (a test
+/// checks that every setting this module reads is here).
+pub const SETTINGS_HELP: &str = "\
+Settings (environment variables; a .env file in the working directory is read too):
+  HAZINA_DATABASE_URL                    sqlite://hazina.db   sqlite://<path> or postgres://user[:password]@host[:port]/db
+  HAZINA_BIND                            127.0.0.1:8080       host:port to listen on
+  HAZINA_KEYRING                         hazina.keyring       master keyring file (mode 0600)
+  HAZINA_KEYRING_DATA                    (none)               the keyring JSON itself, instead of a file
+  HAZINA_LOG                             info                 log filter (tracing EnvFilter syntax), checked at start-up
+  HAZINA_OWNER_REVEAL                    true                 false leaves reveals to services only
+  HAZINA_OWNER_OPERATIONS                true                 false leaves provider operations to services only
+  HAZINA_WEBHOOK_GRACE_SECONDS           86400                the previous webhook secret's validity after a rotation
+  HAZINA_MAX_BODY_BYTES                  65536                larger request bodies answer 413
+  HAZINA_WORKERS                         (CPU count)          HTTP worker threads
+  HAZINA_DB_POOL_SIZE                    16                   database connections per process
+  HAZINA_RATE_LIMIT_PER_MINUTE           100                  per user and per other address; 0 = off
+  HAZINA_SERVICE_RATE_LIMIT_PER_MINUTE   6000                 per service certificate; 0 = unlimited
+  HAZINA_LOGIN_MAX_FAILURES_ACCOUNT      10                   failed logins per name before 429
+  HAZINA_LOGIN_MAX_FAILURES_ADDRESS      30                   failed logins per address before 429
+  HAZINA_LOGIN_BACKOFF_SECONDS           60                   the first lockout; doubles per failure, at most an hour
+  HAZINA_METRICS_ALLOW_CIDRS             127.0.0.1/32,::1/128 who reads /metrics without a token
+  HAZINA_TRUSTED_PROXIES                 (none)               proxies whose X-Forwarded-For is believed
+  HAZINA_TLS_CERT, HAZINA_TLS_KEY        (none)               serve HTTPS with this PEM chain and key
+  HAZINA_TLS_CLIENT_CA                   (none)               verify client certificates signed by this CA
+  HAZINA_TLS_REQUIRE_CLIENT_CERT         false                refuse connections without a client certificate
+  HAZINA_TLS_CLIENT_CRL                  (none)               client-certificate revocation lists, re-read on change
+  HAZINA_AUDIT_ORIGIN                    (random, fixed)      the audit log's name in its checkpoints
+  HAZINA_AUDIT_CHECKPOINT_FILE           (none)               append signed checkpoints to this file
+  HAZINA_AUDIT_CHECKPOINT_SECONDS        60                   how often
+  HAZINA_PROVIDER_MPESA_SANDBOX_URL      https://sandbox.safaricom.co.ke
+  HAZINA_PROVIDER_MPESA_LIVE_URL         https://api.safaricom.co.ke
+  HAZINA_PROVIDER_KOPOKOPO_SANDBOX_URL   https://sandbox.kopokopo.com
+  HAZINA_PROVIDER_KOPOKOPO_LIVE_URL      https://api.kopokopo.com
+  HAZINA_PROVIDER_JPAY_SANDBOX_URL       https://sandbox.api.jpay.africa
+  HAZINA_PROVIDER_JPAY_LIVE_URL          https://api.jpay.africa
+  HAZINA_PROVIDER_PAGAMIO_SANDBOX_URL    https://vas-sandbox-api.pagamio.tech
+  HAZINA_PROVIDER_PAGAMIO_LIVE_URL       https://vas-api.pagamio.tech
+                                                              token broker base URLs (http:// only to loopback)
+  HAZINA_PROVIDER_TIMEOUT_SECONDS        5                    every provider call's timeout
+  HAZINA_PROVIDER_CA_FILE                (none)               extra PEM roots for provider calls
+";
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://hazina.db";
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";

@@ -12,6 +12,8 @@ use crate::domain::ValidationError;
 pub const NOT_FOUND: &str = "Payment credentials not found or access denied";
 pub const TOO_MANY_REQUESTS: &str = "Too many requests; retry later";
 pub const HEADERS_TOO_LARGE: &str = "Request header fields are too large";
+/// An access token that verified but has expired (also the RFC 6750 `error_description`).
+pub const TOKEN_EXPIRED: &str = "The access token expired";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,6 +31,13 @@ pub enum ApiError {
     Invalid(String),
     #[error("unauthenticated: {0}")]
     Unauthorized(&'static str),
+    /// A bearer token was presented and is not good: malformed, badly signed, revoked, not an
+    /// access token (RFC 6750 `invalid_token`).
+    #[error("invalid bearer token")]
+    InvalidToken,
+    /// A bearer token that verifies but has expired: the client should refresh it.
+    #[error("expired bearer token")]
+    TokenExpired,
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
     #[error("conflict: {0}")]
@@ -78,6 +87,8 @@ impl ApiError {
             ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::NotFound(m) => {
                 (*m).into()
             }
+            ApiError::InvalidToken => crate::auth::principal::UNAUTHENTICATED.into(),
+            ApiError::TokenExpired => TOKEN_EXPIRED.into(),
             ApiError::PayloadTooLarge => "Request body is too large".into(),
             ApiError::HeadersTooLarge => HEADERS_TOO_LARGE.into(),
             ApiError::TooManyRequests { message, .. } => (*message).into(),
@@ -106,7 +117,9 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::InvalidToken | ApiError::TokenExpired => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -131,8 +144,18 @@ impl ResponseError for ApiError {
         }
         let mut res = HttpResponse::build(self.status_code());
         match self {
+            // RFC 6750 §3: no error code when no token came; `invalid_token` when one did.
             ApiError::Unauthorized(_) => {
                 res.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            ApiError::InvalidToken => {
+                res.insert_header(("WWW-Authenticate", r#"Bearer error="invalid_token""#));
+            }
+            ApiError::TokenExpired => {
+                res.insert_header((
+                    "WWW-Authenticate",
+                    format!(r#"Bearer error="invalid_token", error_description="{TOKEN_EXPIRED}""#),
+                ));
             }
             ApiError::TooManyRequests { retry_after, .. }
             | ApiError::ProviderBackoff { retry_after } => {
@@ -143,6 +166,10 @@ impl ResponseError for ApiError {
         match self {
             // The provider's status helps whoever must fix the stored credentials (a 401
             // means the key or secret is wrong); the provider's body is never passed on.
+            ApiError::TokenExpired => res.json(json!({
+                "error": TOKEN_EXPIRED,
+                "code": "token_expired",
+            })),
             ApiError::BadGateway(crate::broker::Failure::Status(status)) => res.json(json!({
                 "error": self.public_message(),
                 "provider_status": status,

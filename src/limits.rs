@@ -13,6 +13,9 @@
 //!   `X-RateLimit-Remaining`; a refusal is `429 {"error": "Too many requests; retry later"}`
 //!   with `Retry-After` (seconds). Refusals are counted in `/metrics` and audited at most
 //!   once per key per minute, so a flood cannot flood the audit log.
+//! - **Probes.** `GET`/`HEAD` of `/healthz`, `/readyz` and `/metrics` count against no budget
+//!   (a load balancer's probes would lock out its own address); `/metrics` keeps its own
+//!   allowlist, and the size limits below still apply.
 //! - **Sizes.** A `Content-Length` over `HAZINA_MAX_BODY_BYTES` is refused with 413 on every
 //!   route, before the body is read; request heads over [`MAX_HEADER_BYTES`] (or with more
 //!   than [`MAX_HEADERS`] fields) get 431. Both answer JSON. (Heads larger than actix-http's
@@ -422,7 +425,13 @@ where
             let fut = self.service.call(req);
             return Box::pin(async move { Ok(fut.await?.map_into_left_body()) });
         };
-        let decision = state.limits.decide(req.request(), &state);
+        // A load balancer's probes never spend (or are refused by) a budget: otherwise its
+        // own address would lock itself out. `/metrics` stays guarded by its allowlist.
+        let decision = if is_probe(&req) {
+            Decision::Unlimited
+        } else {
+            state.limits.decide(req.request(), &state)
+        };
         let refuse = |req: ServiceRequest, error: ApiError, decision: &Decision| {
             let mut res = error.error_response();
             match decision {
@@ -482,6 +491,14 @@ where
             Ok(res.map_into_left_body())
         })
     }
+}
+
+/// `GET` or `HEAD` of `/healthz`, `/readyz` or `/metrics`: outside every rate limit.
+fn is_probe(req: &ServiceRequest) -> bool {
+    matches!(
+        *req.method(),
+        actix_web::http::Method::GET | actix_web::http::Method::HEAD
+    ) && matches!(req.path(), "/healthz" | "/readyz" | "/metrics")
 }
 
 /// The client's address. The TCP peer — unless the peer is one of `HAZINA_TRUSTED_PROXIES`:

@@ -33,6 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the HTTP API (applies migrations first).
+    #[command(after_help = hazina::config::SETTINGS_HELP)]
     Serve,
     /// Apply database migrations and exit.
     Migrate,
@@ -190,6 +191,29 @@ enum UsersCommand {
         #[arg(long)]
         username: String,
     },
+    /// Enable a disabled user; they may log in again.
+    Enable {
+        #[arg(long)]
+        username: String,
+    },
+    /// List every user: name, role, enabled or disabled, created.
+    List,
+    /// Set a user's password (read from the first line of standard input); every session of
+    /// theirs ends.
+    SetPassword {
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input (required: passwords never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Set a user's role; it applies from their next request.
+    SetRole {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_parser = ["user", "admin", "auditor"])]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -217,8 +241,21 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `.env` first, so HAZINA_LOG may come from it too; a bad filter stops everything.
+    let dotenv = config::load_dotenv();
+    let filter = match hazina::telemetry::filter_from_env() {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("hazina: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Lives until `main` returns: dropping it flushes the log lines still buffered.
-    let _logs = hazina::telemetry::init();
+    let _logs = hazina::telemetry::init(filter);
+    if let Err(e) = dotenv {
+        eprintln!("hazina: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -231,7 +268,6 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Every command may hold the keyring, a password or a decrypted key: no core dumps.
     startup::disable_core_dumps();
-    config::load_dotenv()?;
     let config = Config::from_env()?;
     match cli.command {
         Command::Serve => {
@@ -280,6 +316,76 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(db::DbError::Conflict) => {
                     bail!("a user named `{}` already exists", username.as_str())
                 }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Users(UsersCommand::Enable { username }) => {
+            let vault = open_vault(&config)?;
+            let mut conn = vault.pool.get()?;
+            let enabled = audit::chain::with_entry(
+                &mut conn,
+                |tx| db::users::enable(tx, &vault.keyring, &username),
+                |id| id.map(|id| cli_event(Action::AdminUserEnable, Target::owner(id))),
+            )?;
+            if enabled.is_none() {
+                bail!("no user named `{username}`");
+            }
+            println!("enabled `{username}`; they may log in again");
+            Ok(())
+        }
+        Command::Users(UsersCommand::List) => {
+            let vault = open_vault(&config)?;
+            let rows = db::users::list(&mut *vault.pool.get()?)?;
+            println!("{:<32} {:<8} {:<9} created", "username", "role", "state");
+            for row in rows {
+                let state = match (row.intact(&vault.keyring), row.is_disabled) {
+                    (false, _) => "TAMPERED",
+                    (true, true) => "disabled",
+                    (true, false) => "enabled",
+                };
+                println!(
+                    "{:<32} {:<8} {:<9} {}",
+                    row.username,
+                    row.role,
+                    state,
+                    hazina::clock::rfc3339(row.created_at)
+                );
+            }
+            Ok(())
+        }
+        Command::Users(UsersCommand::SetPassword { username, .. }) => {
+            let password = Password::parse(read_password()?)?;
+            let hash = password::hash(password.secret())?;
+            let vault = open_vault(&config)?;
+            let mut conn = vault.pool.get()?;
+            let now = Clock::System.now();
+            let set = audit::chain::with_entry(
+                &mut conn,
+                |tx| db::users::set_password(tx, &vault.keyring, &username, &hash, None, now),
+                |id| id.map(|id| cli_event(Action::AdminUserPassword, Target::owner(id))),
+            )?;
+            if set.is_none() {
+                bail!("no user named `{username}`");
+            }
+            println!("set the password of `{username}`; every session of theirs has ended");
+            Ok(())
+        }
+        Command::Users(UsersCommand::SetRole { username, role }) => {
+            let role = Role::parse(&role)?;
+            let vault = open_vault(&config)?;
+            let mut conn = vault.pool.get()?;
+            let set = audit::chain::with_entry(
+                &mut conn,
+                |tx| db::users::set_role(tx, &vault.keyring, &username, role),
+                |id| id.map(|id| cli_event(Action::AdminUserRole, Target::owner(id))),
+            );
+            match set {
+                Ok(Some(_)) => {
+                    println!("`{username}` is now {}", role.as_str());
+                    Ok(())
+                }
+                Ok(None) => bail!("no user named `{username}`"),
+                Err(db::DbError::Rejected(why)) => bail!("{}", why.0),
                 Err(e) => Err(e.into()),
             }
         }

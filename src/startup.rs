@@ -71,6 +71,49 @@ impl AppState {
     }
 }
 
+/// Files a start created (a new SQLite database and its journal files, a development
+/// keyring), removed again when the start fails: a failed start leaves nothing behind.
+#[derive(Default)]
+struct CreatedFiles {
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl CreatedFiles {
+    fn file(&mut self, path: &std::path::Path) {
+        self.paths.push(path.to_path_buf());
+    }
+
+    fn sqlite(&mut self, path: &std::path::Path) {
+        self.file(path);
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            self.paths.push(name.into());
+        }
+    }
+
+    /// The start succeeded: the files stay.
+    fn keep(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for CreatedFiles {
+    fn drop(&mut self) {
+        for path in &self.paths {
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a file this failed start created")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a file this failed start created")
+                }
+            }
+        }
+    }
+}
+
 /// Every `every`, while the audit log grows, signs a checkpoint and appends it to `path`
 /// (created 0600, each note fsynced), for a write-once mount or a log shipper. Stops when the
 /// application is gone.
@@ -264,6 +307,23 @@ impl Application {
     /// Everything but accepting connections: keyring, database, migrations, listener.
     pub fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         disable_core_dumps();
+        // The address first: a port in use is refused before anything is created.
+        let listener = TcpListener::bind(&config.bind)
+            .with_context(|| format!("cannot bind {}", config.bind))?;
+        // What this start creates is removed again if it fails.
+        let mut created = CreatedFiles::default();
+        if let crate::config::DatabaseUrl::Sqlite(path) = &config.database_url {
+            if db::create_sqlite_file(path)
+                .with_context(|| format!("cannot create {}", path.display()))?
+            {
+                created.sqlite(path);
+            }
+        }
+        if let KeyringSource::File(path) = &config.keyring {
+            if !path.exists() {
+                created.file(path);
+            }
+        }
         let Vault {
             pool,
             keyring,
@@ -290,8 +350,6 @@ impl Application {
         crate::rotation::warn_about_wear(&pool, crate::rotation::DEFAULT_WEAR_WARNING)?;
         crate::auth::password::warm_up();
 
-        let listener = TcpListener::bind(&config.bind)
-            .with_context(|| format!("cannot bind {}", config.bind))?;
         let port = listener.local_addr()?.port();
         // Workers default to one per core. Each worker's blocking pool (database calls) is
         // bounded by its share of the connection pool: more threads could only wait for a
@@ -379,6 +437,7 @@ impl Application {
         server = server
             .workers(workers)
             .worker_max_blocking_threads(blocking_per_worker);
+        created.keep();
         Ok(Application {
             port,
             server: server.run(),

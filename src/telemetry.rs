@@ -17,8 +17,29 @@ pub struct LogGuard {
     _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
-pub fn init() -> LogGuard {
-    let filter = EnvFilter::try_from_env("HAZINA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// The log filter from `HAZINA_LOG` (default `info`). A filter that does not parse is an
+/// error naming the setting, never silently replaced by the default.
+pub fn filter_from_env() -> Result<EnvFilter, crate::config::ConfigError> {
+    match std::env::var("HAZINA_LOG") {
+        Err(std::env::VarError::NotPresent) => Ok(EnvFilter::new("info")),
+        Err(std::env::VarError::NotUnicode(_)) => Err(crate::config::ConfigError {
+            setting: "HAZINA_LOG",
+            problem: "is not valid UTF-8".into(),
+        }),
+        Ok(raw) => EnvFilter::builder()
+            .parse(raw.trim())
+            .map_err(|e| crate::config::ConfigError {
+                setting: "HAZINA_LOG",
+                problem: format!(
+                    "`{}` is not a log filter such as `info` or `warn,hazina=debug`: {e}",
+                    raw.trim()
+                ),
+            }),
+    }
+}
+
+/// Installs the subscriber with `filter` (see [`filter_from_env`]).
+pub fn init(filter: EnvFilter) -> LogGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("hazina-log")

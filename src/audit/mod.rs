@@ -102,6 +102,10 @@ closed_enum! {
         AdminProviderCertificateSet => "admin.provider_certificate_set",
         AdminProviderCertificateDelete => "admin.provider_certificate_delete",
         AuditArchive => "audit.archive",
+        AdminUserEnable => "admin.user_enable",
+        AdminUserRole => "admin.user_role",
+        AdminUserPassword => "admin.user_password",
+        UserPasswordChange => "user.password_change",
     }
 }
 

@@ -121,11 +121,13 @@ impl PendingUser {
             None => state
                 .tokens
                 .validate(token, TokenType::Access, state.clock.now())
-                .map_err(|_| ApiError::Unauthorized(UNAUTHENTICATED))?,
+                .map_err(|e| match e {
+                    // Only a token whose signature verified can be called expired.
+                    crate::auth::jwt::TokenError::Expired => ApiError::TokenExpired,
+                    _ => ApiError::InvalidToken,
+                })?,
         };
-        let user = claims
-            .user_id()
-            .ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
+        let user = claims.user_id().ok_or(ApiError::InvalidToken)?;
         Ok((
             PendingUser {
                 user,
@@ -157,7 +159,7 @@ impl PendingUser {
         state: &AppState,
         live: Option<sessions::LiveSession>,
     ) -> Result<AuthenticatedUser, ApiError> {
-        let live = live.ok_or(ApiError::Unauthorized(UNAUTHENTICATED))?;
+        let live = live.ok_or(ApiError::InvalidToken)?;
         if !live.intact {
             // The user's row was edited outside hazina: its role, hash or flags mean nothing.
             let ev = Event::new(
@@ -173,7 +175,7 @@ impl PendingUser {
             .target(crate::audit::Target::owner(self.user.get()))
             .outcome(Outcome::Denied, Some(Reason::RowTampered));
             state.audit.record_best_effort(ev).await;
-            return Err(ApiError::Unauthorized(UNAUTHENTICATED));
+            return Err(ApiError::InvalidToken);
         }
         if !allowed(
             live.allowed_cidrs.as_deref(),
@@ -195,7 +197,7 @@ impl PendingUser {
             state.audit.record_best_effort(ev).await;
             return Err(ApiError::Forbidden(OUTSIDE_ALLOWLIST));
         }
-        let role = Role::parse(&live.role).map_err(|_| ApiError::Unauthorized(UNAUTHENTICATED))?;
+        let role = Role::parse(&live.role).map_err(|_| ApiError::InvalidToken)?;
         Ok(AuthenticatedUser {
             id: self.user,
             username: live.username,

@@ -163,6 +163,10 @@ impl r2d2::ManageConnection for Manager {
 
 /// Builds the pool, failing fast (one clear error) when the database cannot be reached.
 pub fn build_pool(url: &DatabaseUrl, size: u32) -> Result<Pool, ConnectError> {
+    if let DatabaseUrl::Sqlite(path) = url {
+        create_sqlite_file(path)
+            .map_err(|e| ConnectError(format!("cannot create {}: {e}", path.display())))?;
+    }
     // Open one connection eagerly so a bad URL is one clear error, not a pool timeout.
     let mut first = establish(url)?;
     check_durability(&mut first)?;
@@ -180,6 +184,24 @@ pub fn build_pool(url: &DatabaseUrl, size: u32) -> Result<Pool, ConnectError> {
         .error_handler(Box::new(r2d2::LoggingErrorHandler))
         .build(Manager { url: url.clone() })
         .map_err(|e| ConnectError(format!("cannot build the connection pool: {e}")))
+}
+
+/// Creates a missing SQLite database file, empty and mode 0600, before SQLite opens it:
+/// SQLite would create it with the umask's mode (0644 by default), readable by every local
+/// user, beside a 0600 keyring. Its `-wal` and `-shm` files take the database file's mode.
+/// An existing file is left as it is. Returns whether the file was created here.
+pub fn create_sqlite_file(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// A repository failure. `Conflict` is a unique-key violation the caller should see as 409.
@@ -312,5 +334,24 @@ mod tests {
         }
         // The parser really sees columns (so the comparison above is not vacuous).
         assert!(all.contains("credentials.owner_id"), "{all:?}");
+
+        // diesel.toml names the schema file and the migration directories that exist.
+        let root = env!("CARGO_MANIFEST_DIR");
+        let toml = std::fs::read_to_string(format!("{root}/diesel.toml")).unwrap();
+        let value = |key: &str| -> String {
+            toml.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .find_map(|l| l.trim().strip_prefix(key)?.trim().strip_prefix('='))
+                .map(|v| v.trim().trim_matches('"').to_owned())
+                .unwrap_or_else(|| panic!("diesel.toml has no {key}"))
+        };
+        let schema = value("file");
+        assert_eq!(schema, "src/db/schema.rs");
+        assert!(std::path::Path::new(&format!("{root}/{schema}")).is_file());
+        assert_eq!(value("dir"), "migrations/sqlite");
+        for backend in ["sqlite", "postgres"] {
+            assert!(toml.contains(&format!("migrations/{backend}")));
+            assert!(std::path::Path::new(&format!("{root}/migrations/{backend}")).is_dir());
+        }
     }
 }

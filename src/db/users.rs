@@ -267,7 +267,102 @@ pub fn disable(
     keyring: &Keyring,
     username: &str,
 ) -> Result<Option<i64>, DbError> {
-    change(conn, keyring, username, |row| row.is_disabled = true)
+    conn.transaction(|tx| {
+        let Some(mut row) = lock_intact(tx, keyring, username)? else {
+            return Ok(None);
+        };
+        if is_last_admin(tx, keyring, &row)? {
+            return Err(last_admin());
+        }
+        row.is_disabled = true;
+        rewrite(tx, keyring, &row)?;
+        Ok(Some(row.id))
+    })
+}
+
+/// Enables a disabled user (they log in again; their old sessions stay ended). Their id, or
+/// `None` if there is no such user.
+pub fn enable(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    username: &str,
+) -> Result<Option<i64>, DbError> {
+    change(conn, keyring, username, |row| row.is_disabled = false)
+}
+
+/// Sets a user's role. Refused (`Rejected`) when it would leave no enabled administrator.
+/// Their id, or `None` if there is no such user.
+pub fn set_role(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    username: &str,
+    role: Role,
+) -> Result<Option<i64>, DbError> {
+    conn.transaction(|tx| {
+        let Some(mut row) = lock_intact(tx, keyring, username)? else {
+            return Ok(None);
+        };
+        if role != Role::Admin && is_last_admin(tx, keyring, &row)? {
+            return Err(last_admin());
+        }
+        row.role = role.as_str().to_owned();
+        rewrite(tx, keyring, &row)?;
+        Ok(Some(row.id))
+    })
+}
+
+/// Replaces a user's password hash and ends every live session of theirs except `keep` (the
+/// caller's own, when a user changes their own password). Their id, or `None` if there is
+/// no such user.
+pub fn set_password(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    username: &str,
+    password_hash: &str,
+    keep: Option<&str>,
+    now: UnixSeconds,
+) -> Result<Option<i64>, DbError> {
+    use super::schema::sessions as s;
+    conn.transaction(|tx| {
+        let Some(mut row) = lock_intact(tx, keyring, username)? else {
+            return Ok(None);
+        };
+        row.password_hash = password_hash.to_owned();
+        rewrite(tx, keyring, &row)?;
+        let live = s::table
+            .filter(s::user_id.eq(row.id))
+            .filter(s::revoked_at.is_null())
+            .filter(s::expires_at.gt(now));
+        match keep {
+            Some(sid) => diesel::update(live.filter(s::id.ne(sid)))
+                .set(s::revoked_at.eq(Some(now)))
+                .execute(tx)?,
+            None => diesel::update(live)
+                .set(s::revoked_at.eq(Some(now)))
+                .execute(tx)?,
+        };
+        Ok(Some(row.id))
+    })
+}
+
+/// Whether `row` is the only enabled, intact administrator.
+fn is_last_admin(tx: &mut DbConn, keyring: &Keyring, row: &UserRow) -> Result<bool, DbError> {
+    if row.role != Role::Admin.as_str() || row.is_disabled {
+        return Ok(false);
+    }
+    let others = u::table
+        .filter(u::role.eq(Role::Admin.as_str()))
+        .filter(u::is_disabled.eq(false))
+        .filter(u::id.ne(row.id))
+        .select(UserRow::as_select())
+        .load(tx)?;
+    Ok(!others.iter().any(|o| o.intact(keyring)))
+}
+
+fn last_admin() -> DbError {
+    DbError::Rejected(crate::domain::ValidationError(
+        "That would leave no enabled administrator; make another user an admin first".into(),
+    ))
 }
 
 /// Every user, by name (administration).

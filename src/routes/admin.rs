@@ -167,6 +167,106 @@ pub async fn disable_user(
         .json(serde_json::json!({ "message": "User disabled; their sessions no longer work" })))
 }
 
+/// Enables a disabled user: they may log in again (sessions ended by the disable stay ended).
+pub async fn enable_user(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminUserEnable).await?;
+    let username = path.into_inner();
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminUserEnable);
+    state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| users::enable(tx, &keyring, &username),
+                |id| id.map(|id| entry.target(Target::owner(id))),
+            )
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({ "message": "User enabled; they may log in again" })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBody {
+    role: String,
+}
+
+/// Sets a user's role; it applies from their next request. The last enabled administrator
+/// keeps theirs.
+pub async fn set_user_role(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+    body: web::Json<JsonObject<RoleBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminUserRole).await?;
+    let username = path.into_inner();
+    let role = Role::parse(&body.into_inner().0.role)?;
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminUserRole);
+    let name = username.clone();
+    state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| users::set_role(tx, &keyring, &name, role),
+                |id| id.map(|id| entry.target(Target::owner(id))),
+            )
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "username": username, "role": role.as_str() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordBody {
+    password: SecretString,
+}
+
+/// Resets a user's password (they forgot it, or it leaked): every session of theirs ends.
+pub async fn set_user_password(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    path: web::Path<String>,
+    body: web::Json<JsonObject<PasswordBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminUserPassword).await?;
+    let username = path.into_inner();
+    let password = Password::parse(body.into_inner().0.password)?;
+    let hash = state
+        .hasher
+        .run(move || password::hash(password.secret()))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.into()))?
+        .map_err(ApiError::internal)?;
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminUserPassword);
+    let now = state.clock.now();
+    state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| users::set_password(tx, &keyring, &username, &hash, None, now),
+                |id| id.map(|id| entry.target(Target::owner(id))),
+            )
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    Ok(HttpResponse::Ok().json(
+        serde_json::json!({ "message": "Password set; every session of this user has ended" }),
+    ))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowlistBody {

@@ -1087,14 +1087,19 @@ pub async fn verify(
         &candidate,
     )
     .map_err(ApiError::internal)?;
-    // Fail closed: an answer about a secret is given only once it is on the record.
-    let reason = (!is_valid).then_some(Reason::KeyMismatch);
+    // Fail closed: an answer about a secret is given only once it is on the record. A wrong
+    // candidate is a denial (a security team counts guesses by it), never a success.
+    let (outcome, reason) = if is_valid {
+        (Outcome::Success, None)
+    } else {
+        (Outcome::Denied, Some(Reason::KeyMismatch))
+    };
     trail
         .durable(
             trail
                 .event(ACTION)
                 .target(Target::credential(&row))
-                .outcome(Outcome::Success, reason),
+                .outcome(outcome, reason),
         )
         .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({

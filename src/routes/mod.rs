@@ -41,6 +41,7 @@ route_table! {
     post   "/users/login/" => sessions::login,
     post   "/users/token/refresh/" => sessions::refresh,
     post   "/users/logout/" => sessions::logout,
+    post   "/users/password/" => sessions::change_password,
 
     // actix tries routes in this order and each `{param}` costs a regex match: the hot
     // paths come first. The static lookup route must precede `{id}`, which would match it.
@@ -65,6 +66,9 @@ route_table! {
     get    "/admin/users/" => admin::list_users,
     post   "/admin/users/" => admin::create_user,
     post   "/admin/users/{username}/disable/" => admin::disable_user,
+    post   "/admin/users/{username}/enable/" => admin::enable_user,
+    put    "/admin/users/{username}/role/" => admin::set_user_role,
+    put    "/admin/users/{username}/password/" => admin::set_user_password,
     put    "/admin/users/{username}/allowlist/" => admin::set_user_allowlist,
     post   "/admin/users/{username}/sessions/revoke/" => admin::revoke_user_sessions,
     get    "/admin/services/" => admin::list_services,

@@ -406,3 +406,83 @@ pub async fn logout(
     .await;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Logged out successfully" })))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordBody {
+    old_password: SecretString,
+    new_password: SecretString,
+}
+
+/// The answer to a wrong current password.
+pub const WRONG_PASSWORD: &str = "The current password is wrong";
+
+/// `POST /users/password/`: the caller changes their own password. The current one is
+/// required (a stolen access token alone cannot take the account over); every other session
+/// of theirs ends (this one stays), and the change is audited.
+pub async fn change_password(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    meta: RequestMeta,
+    body: web::Json<JsonObject<ChangePasswordBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let ChangePasswordBody {
+        old_password,
+        new_password,
+    } = body.into_inner().0;
+    let new_password = crate::domain::Password::parse(new_password)?;
+    let id = user.id.get();
+    let stored = state
+        .db(move |c| users::find_by_id(c, id))
+        .await?
+        .filter(|row| row.intact(&state.keyring))
+        .ok_or(ApiError::InvalidToken)?;
+    let hash = stored.password_hash.clone();
+    let (matches, new_hash) = state
+        .hasher
+        .run(move || {
+            let matches = password::verify(&old_password, Some(&hash));
+            let new_hash = matches
+                .then(|| password::hash(new_password.secret()))
+                .transpose();
+            (matches, new_hash)
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable(e.into()))?;
+    let actor = Actor::user(&user);
+    if !matches {
+        audit(&state, &meta, actor, Action::UserPasswordChange, |e| {
+            e.target(Target::owner(id))
+                .outcome(Outcome::Denied, Some(Reason::BadPassword))
+        })
+        .await;
+        return Err(ApiError::Forbidden(WRONG_PASSWORD));
+    }
+    let new_hash = new_hash
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no hash for a matching password")))?;
+    let keyring = state.keyring.clone();
+    let username = user.username.clone();
+    let sid = user.session_id.clone();
+    let now = state.clock.now();
+    let entry = Event::new(
+        state.clock.now_micros(),
+        actor,
+        &meta,
+        Action::UserPasswordChange,
+    )
+    .target(Target::owner(id));
+    state
+        .db(move |c| {
+            crate::audit::chain::with_entry(
+                c,
+                |tx| users::set_password(tx, &keyring, &username, &new_hash, Some(&sid), now),
+                |changed| changed.map(|_| entry),
+            )
+        })
+        .await?
+        .ok_or(ApiError::InvalidToken)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": "Password changed; your other sessions have ended"
+    })))
+}

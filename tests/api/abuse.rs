@@ -24,6 +24,8 @@ const ADMINS_ONLY: &str = "Only administrators may do this";
 const METRICS_FORBIDDEN: &str =
     "Metrics are available to administrators and to allowed addresses only";
 const LIST: &str = "/payments/credentials/";
+/// A path no route takes: any caller may ask, and it counts against a budget like any call.
+const NO_ROUTE: &str = "/no-such-route/";
 
 /// A header's value as text; panics when it is missing.
 fn header(res: &Response, name: &str) -> String {
@@ -162,22 +164,52 @@ async fn a_spent_budget_refills_as_the_minute_passes() {
 async fn unauthenticated_requests_are_limited_per_source_address() {
     let app = spawn_app_with(&[("HAZINA_RATE_LIMIT_PER_MINUTE", "3")]).await;
 
+    // An unauthenticated API call (health probes are outside every budget).
     let mut served = Vec::new();
     for _ in 0..3 {
-        let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+        let res = app.client.get(app.url(NO_ROUTE)).send().await.unwrap();
         served.push((res.status(), budget(&res)));
     }
-    let refused = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let refused = app.client.get(app.url(NO_ROUTE)).send().await.unwrap();
 
     assert_eq!(
         served,
         vec![
-            (StatusCode::OK, (3, 2)),
-            (StatusCode::OK, (3, 1)),
-            (StatusCode::OK, (3, 0)),
+            (StatusCode::NOT_FOUND, (3, 2)),
+            (StatusCode::NOT_FOUND, (3, 1)),
+            (StatusCode::NOT_FOUND, (3, 0)),
         ]
     );
     assert_rate_limited(refused, 3).await;
+}
+
+#[tokio::test]
+async fn load_balancer_probes_never_spend_the_address_budget() {
+    let app = spawn_app_with(&[("HAZINA_RATE_LIMIT_PER_MINUTE", "100")]).await;
+
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        for _ in 0..105 {
+            let res = app.client.get(app.url(path)).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+            assert!(res.headers().get("x-ratelimit-limit").is_none(), "{path}");
+        }
+    }
+    // The address's budget is whole for its API calls.
+    let res = app.client.get(app.url(NO_ROUTE)).send().await.unwrap();
+    assert_eq!(budget(&res), (100, 99));
+    // /metrics stays guarded: from outside the allowlist a probe still needs an admin.
+    let guarded = spawn_app_with(&[
+        ("HAZINA_RATE_LIMIT_PER_MINUTE", "100"),
+        ("HAZINA_METRICS_ALLOW_CIDRS", ""),
+    ])
+    .await;
+    let res = guarded
+        .client
+        .get(guarded.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -298,22 +330,22 @@ async fn a_service_has_its_own_budget_by_certificate() {
 
     let mut served = Vec::new();
     for _ in 0..3 {
-        let res = service.get(app.url("/healthz")).send().await.unwrap();
+        let res = service.get(app.url(NO_ROUTE)).send().await.unwrap();
         served.push((res.status(), budget(&res)));
     }
-    let refused = service.get(app.url("/healthz")).send().await.unwrap();
-    let anonymous = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let refused = service.get(app.url(NO_ROUTE)).send().await.unwrap();
+    let anonymous = app.client.get(app.url(NO_ROUTE)).send().await.unwrap();
 
     assert_eq!(
         served,
         vec![
-            (StatusCode::OK, (3, 2)),
-            (StatusCode::OK, (3, 1)),
-            (StatusCode::OK, (3, 0)),
+            (StatusCode::NOT_FOUND, (3, 2)),
+            (StatusCode::NOT_FOUND, (3, 1)),
+            (StatusCode::NOT_FOUND, (3, 0)),
         ]
     );
     assert_rate_limited(refused, 3).await;
-    assert_eq!(anonymous.status(), StatusCode::OK);
+    assert_eq!(anonymous.status(), StatusCode::NOT_FOUND);
     assert_eq!(budget(&anonymous), (2, 1), "the address budget is separate");
 }
 

@@ -639,7 +639,7 @@ async fn verifying_the_right_key_is_recorded_as_a_success() {
 }
 
 #[tokio::test]
-async fn verifying_a_wrong_key_is_recorded_as_a_success_with_key_mismatch() {
+async fn verifying_a_wrong_key_is_recorded_as_denied_with_key_mismatch() {
     let app = spawn_app().await;
     let auditor = app.user_with_role(Role::Auditor).await;
     let alice = app.user().await;
@@ -662,7 +662,7 @@ async fn verifying_a_wrong_key_is_recorded_as_a_success_with_key_mismatch() {
         user_actor(&alice),
         "credential.verify",
         credential_target(&cred, &alice),
-        "success",
+        "denied",
         Some("key_mismatch"),
         &id,
     );

@@ -117,6 +117,138 @@ async fn the_cli_names_a_bad_setting_in_one_line() {
 }
 
 #[tokio::test]
+async fn serve_help_lists_every_setting_that_start_up_reads() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    // Every HAZINA_ name the configuration code reads, found in its source.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["src/config.rs", "src/telemetry.rs"] {
+        let source = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        for piece in source.split('"').skip(1).step_by(2) {
+            let name: String = piece
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if name.starts_with("HAZINA_") && name.len() == piece.len() {
+                names.insert(name);
+            }
+        }
+    }
+    assert!(names.len() > 30, "{names:?}");
+    for name in &names {
+        assert!(
+            help.contains(name.as_str()),
+            "serve --help does not list {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_log_filter_is_refused_in_one_line_naming_hazina_log() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["[[[", "info,hazina=loud", "=debug"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+            .arg("migrate")
+            .current_dir(dir.path())
+            .env("HAZINA_LOG", bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{bad}: {stderr}");
+        assert!(stderr.contains("HAZINA_LOG"), "{bad}: {stderr}");
+    }
+    // Nothing was started, so nothing was created.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // A good filter, from `.env` too, is taken.
+    std::fs::write(dir.path().join(".env"), "HAZINA_LOG=warn,hazina=debug\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_sqlite_database_and_its_wal_are_created_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    if backend() != Backend::Sqlite {
+        eprintln!("runs in the SQLite half");
+        return;
+    }
+    let app = spawn_app().await;
+    let user = app.user().await;
+    app.create_credential(&user, "kopokopo", "sandbox", "k2-secret-0001")
+        .await;
+    let TestDatabase::Sqlite { path } = &*app.db else {
+        unreachable!()
+    };
+    for file in [
+        path.clone(),
+        std::path::PathBuf::from(format!("{}-wal", path.display())),
+        std::path::PathBuf::from(format!("{}-shm", path.display())),
+        app.keyring_path.clone(),
+    ] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_start_leaves_no_file_behind() {
+    if backend() != Backend::Sqlite {
+        eprintln!("runs in the SQLite half");
+        return;
+    }
+    // The port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("HAZINA_BIND", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The keyring does not load: the database made for it goes again.
+    let keyring = dir.path().join("elsewhere.keyring");
+    std::fs::write(&keyring, "not a keyring").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("HAZINA_BIND", "127.0.0.1:0")
+        .env("HAZINA_KEYRING", &keyring)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("elsewhere.keyring")]);
+}
+
+#[tokio::test]
 async fn start_up_refuses_a_postgres_whose_synchronous_commit_is_off() {
     if backend() != Backend::Postgres {
         eprintln!("runs in the PostgreSQL half (HAZINA_TEST_BACKEND=postgres)");

@@ -237,11 +237,13 @@ async fn two_hundred_concurrent_callers_cause_exactly_one_exchange() {
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while app.state.broker.waiting(id) < 200 {
+    // Until every caller waits on the broker and the one exchange has reached the provider.
+    while app.state.broker.waiting(id) < 200 || stub.seen().is_empty() {
         assert!(
             Instant::now() < deadline,
-            "only {} callers reached the broker",
-            app.state.broker.waiting(id)
+            "only {} callers reached the broker; the provider saw {} calls",
+            app.state.broker.waiting(id),
+            stub.seen().len()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -1254,6 +1254,50 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
         .await;
     api.post_empty("/admin/users/merchant-two/disable/", ad, 200)
         .await;
+    api.post_empty("/admin/users/merchant-two/enable/", ad, 200)
+        .await;
+    let role = api
+        .put(
+            "/admin/users/merchant-two/role/",
+            ad,
+            json!({ "role": "auditor" }),
+            200,
+        )
+        .await;
+    assert_eq!(
+        role,
+        json!({ "username": "merchant-two", "role": "auditor" })
+    );
+    api.put(
+        "/admin/users/merchant-two/password/",
+        ad,
+        json!({ "password": "a reset password 0001" }),
+        200,
+    )
+    .await;
+    // A user's own password.
+    let (own, _) = api.login_as(Role::User).await;
+    api.post(
+        "/users/password/",
+        &own,
+        json!({ "old_password": "not the password", "new_password": "a brand new password 1" }),
+        403,
+    )
+    .await;
+    api.post(
+        "/users/password/",
+        &own,
+        json!({ "old_password": PASSWORD, "new_password": "short" }),
+        400,
+    )
+    .await;
+    api.post(
+        "/users/password/",
+        &own,
+        json!({ "old_password": PASSWORD, "new_password": "a brand new password 1" }),
+        200,
+    )
+    .await;
     api.send(Method::GET, "/metrics", None, Body::None, 200)
         .await;
 
@@ -1354,6 +1398,12 @@ fn acceptable_body(template: &str) -> Body {
             "identity": "spiffe://payments/someone-new",
         })),
         "/admin/grants/" => Body::Json(json!({ "service": "nothing", "owner": "nobody-here" })),
+        "/admin/users/{username}/role/" => Body::Json(json!({ "role": "auditor" })),
+        "/admin/users/{username}/password/" => Body::Json(json!({ "password": PASSWORD })),
+        "/users/password/" => Body::Json(json!({
+            "old_password": PASSWORD,
+            "new_password": "a brand new password 1",
+        })),
         "/audit/verify/" => Body::Json(json!({ "checkpoints": [] })),
         "/admin/certificates/revoked/" => Body::Json(json!({ "fingerprint": "ab".repeat(32) })),
         "/payments/credentials/{id}/rollback/" | "/admin/keys/retire/" => {
@@ -1878,7 +1928,7 @@ async fn admin_routes_answer_as_documented() {
             "No such live grant"
         ]
     );
-    assert_eq!(routes.len(), 9);
+    assert_eq!(routes.len(), 12);
     for status in [403, 201, 409, 400, 404] {
         assert!(
             api.seen

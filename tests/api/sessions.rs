@@ -338,10 +338,50 @@ async fn an_expired_access_token_is_refused_while_a_fresh_login_works() {
     // Act
     let res = app.get(PROTECTED, &user.access).await;
 
-    // Assert
-    assert_error(res, StatusCode::UNAUTHORIZED, UNAUTHENTICATED).await;
+    // Assert: RFC 6750's invalid_token, saying why, and a code a client can act on.
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Bearer error="invalid_token", error_description="The access token expired""#
+    );
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({ "error": "The access token expired", "code": "token_expired" })
+    );
     let (fresh, _) = token_pair(app.login(&user.username, PASSWORD).await).await;
     assert_eq!(app.get(PROTECTED, &fresh).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_garbage_or_revoked_token_is_only_invalid_and_a_missing_one_is_only_challenged() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    // Not a token at all, and a token whose signature fails.
+    let mut tampered = user.access.clone();
+    tampered.pop();
+    tampered.push(if user.access.ends_with('A') { 'B' } else { 'A' });
+    for bad in ["garbage", tampered.as_str()] {
+        let res = app.get(PROTECTED, bad).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            r#"Bearer error="invalid_token""#
+        );
+        assert_error(res, StatusCode::UNAUTHORIZED, UNAUTHENTICATED).await;
+    }
+    // A revoked session's token is valid in form, and still only invalid.
+    let res = app.post_empty("/users/logout/", &user.access).await;
+    assert!(res.status().is_success());
+    let res = app.get(PROTECTED, &user.access).await;
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Bearer error="invalid_token""#
+    );
+    assert_error(res, StatusCode::UNAUTHORIZED, UNAUTHENTICATED).await;
+    // No token: the bare challenge (RFC 6750 §3.1: no error code).
+    let res = app.client.get(app.url(PROTECTED)).send().await.unwrap();
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    assert_error(res, StatusCode::UNAUTHORIZED, UNAUTHENTICATED).await;
 }
 
 #[tokio::test]
