@@ -183,9 +183,16 @@ print(json.dumps(out))
 PY
 }
 
+# cpu_ticks: the main server's user + system CPU so far, in clock ticks (/proc/PID/stat).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat" 2>/dev/null || echo 0; }
 load() { # load NAME CONNECTIONS oha-args...
   local name=$1 conns=$2; shift 2
+  local before
+  before=$(cpu_ticks)
   oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "${duration}s" -c "$conns" "$@" >"$work/$name.json"
+  # The server's CPU over the round (the load generator shares the cores: a side that costs
+  # the client more leaves the server less, whatever the server's own cost).
+  echo $(( $(cpu_ticks) - before )) "$(getconf CLK_TCK)" >"$work/$name.cpu"
 }
 
 auth=(-H "Authorization: Bearer $token")
@@ -265,6 +272,48 @@ start_server() {
 }
 stop_server() { kill "$aux_pid" 2>/dev/null || true; wait "$aux_pid" 2>/dev/null || true; }
 
+# interleaved_summary SCENARIO A_FILES A_NAME B_FILES B_NAME EXTRA_JSON: one JSON line for two
+# sides measured in interleaved rounds ($work/A_FILES-N.json, $work/B_FILES-N.json): each
+# round's rate, the medians, the p99s, the ratio A / B and whether A kept up with B.
+interleaved_summary() {
+  python3 - "$work" "$rounds" "$@" <<'PY'
+import json, statistics, sys
+work, rounds, scenario, a_files, a, b_files, b, extra = sys.argv[1], int(sys.argv[2]), *sys.argv[3:9]
+def side(name):
+    out = []
+    for r in range(1, rounds + 1):
+        d = json.load(open(f"{work}/{name}-{r}.json"))
+        codes = d.get("statusCodeDistribution", {})
+        bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(d.get("errorDistribution", {}).values())
+        out.append((d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, bad))
+    return out
+one, two = side(a_files), side(b_files)
+m1, m2 = statistics.median([x[0] for x in one]), statistics.median([x[0] for x in two])
+def cpu_per_request(name):
+    # server CPU microseconds per answered request, per round (from load's .cpu files)
+    out = []
+    for r in range(1, rounds + 1):
+        d = json.load(open(f"{work}/{name}-{r}.json"))
+        ticks, hz = open(f"{work}/{name}-{r}.cpu").read().split()
+        answered = sum(d.get("statusCodeDistribution", {}).values())
+        out.append(int(ticks) / int(hz) * 1e6 / max(answered, 1))
+    return statistics.median(out)
+out = {
+    "scenario": scenario, "rounds": rounds,
+    f"{a}_rps": [round(x[0], 1) for x in one], f"{b}_rps": [round(x[0], 1) for x in two],
+    f"{a}_median_rps": round(m1, 1), f"{b}_median_rps": round(m2, 1),
+    f"{a}_p99_ms": round(statistics.median([x[1] for x in one]), 2),
+    f"{b}_p99_ms": round(statistics.median([x[1] for x in two]), 2),
+    "ratio": round(m1 / m2, 3), "bar": f"{scenario} >= {b}", "met": m1 >= m2,
+    "non_2xx": sum(x[2] for x in one + two),
+    f"{a}_server_cpu_us_per_request": round(cpu_per_request(a_files), 1),
+    f"{b}_server_cpu_us_per_request": round(cpu_per_request(b_files), 1),
+}
+out.update(json.loads(extra))
+print(json.dumps(out))
+PY
+}
+
 if wants_named stk-password; then
   # The provider operation beside the reveal, on the same M-Pesa credential, interleaved.
   mid=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $token" |
@@ -283,29 +332,7 @@ if wants_named stk-password; then
     # Alternate which goes first, so drift over the run does not favour either.
     if (( round % 2 == 1 )); then stk_round "$round"; reveal_round "$round"; else reveal_round "$round"; stk_round "$round"; fi
   done
-  python3 - "$work" "$rounds" <<'PY'
-import json, statistics, sys
-work, rounds = sys.argv[1], int(sys.argv[2])
-def side(name):
-    out = []
-    for r in range(1, rounds + 1):
-        d = json.load(open(f"{work}/{name}-{r}.json"))
-        codes = d.get("statusCodeDistribution", {})
-        bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(d.get("errorDistribution", {}).values())
-        out.append((d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, bad))
-    return out
-stk, rev = side("stk"), side("stkreveal")
-s, r = statistics.median([x[0] for x in stk]), statistics.median([x[0] for x in rev])
-print(json.dumps({
-    "scenario": "stk-password", "rounds": rounds,
-    "stk_password_rps": [round(x[0], 1) for x in stk], "reveal_rps": [round(x[0], 1) for x in rev],
-    "stk_password_median_rps": round(s, 1), "reveal_median_rps": round(r, 1),
-    "stk_password_p99_ms": round(statistics.median([x[1] for x in stk]), 2),
-    "reveal_p99_ms": round(statistics.median([x[1] for x in rev]), 2),
-    "ratio": round(s / r, 3), "bar": "stk-password >= reveal", "met": s >= r,
-    "non_2xx": sum(x[2] for x in stk + rev),
-}))
-PY
+  interleaved_summary stk-password stk stk_password stkreveal reveal '{}'
 fi
 
 if wants_named access-token; then
@@ -324,29 +351,8 @@ if wants_named access-token; then
   for round in $(seq 1 "$rounds"); do
     if (( round % 2 == 1 )); then token_round "$round"; reveal_round "$round"; else reveal_round "$round"; token_round "$round"; fi
   done
-  python3 - "$work" "$rounds" "$(cat "$work/stub-calls")" <<'PY'
-import json, statistics, sys
-work, rounds, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def side(name):
-    out = []
-    for r in range(1, rounds + 1):
-        d = json.load(open(f"{work}/{name}-{r}.json"))
-        codes = d.get("statusCodeDistribution", {})
-        bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(d.get("errorDistribution", {}).values())
-        out.append((d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, bad))
-    return out
-tok, rev = side("token"), side("tokenreveal")
-t, r = statistics.median([x[0] for x in tok]), statistics.median([x[0] for x in rev])
-print(json.dumps({
-    "scenario": "access-token", "rounds": rounds,
-    "access_token_rps": [round(x[0], 1) for x in tok], "reveal_rps": [round(x[0], 1) for x in rev],
-    "access_token_median_rps": round(t, 1), "reveal_median_rps": round(r, 1),
-    "access_token_p99_ms": round(statistics.median([x[1] for x in tok]), 2),
-    "reveal_p99_ms": round(statistics.median([x[1] for x in rev]), 2),
-    "ratio": round(t / r, 3), "bar": "access-token >= reveal", "met": t >= r,
-    "provider_calls": calls, "non_2xx": sum(x[2] for x in tok + rev),
-}))
-PY
+  interleaved_summary access-token token access_token tokenreveal reveal \
+    "{\"provider_calls\": $(cat "$work/stub-calls")}"
 fi
 
 if wants_named two_nodes; then

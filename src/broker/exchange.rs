@@ -244,13 +244,19 @@ pub fn parse(provider: Provider, body: &[u8], now: i64) -> Result<Issued, Malfor
 }
 
 /// A token value must be something a client can put in an `Authorization` header: visible
-/// ASCII, bounded. Its lifetime must be positive; more than a day is believed as a day.
-fn token(value: String, now: i64, lifetime: Option<i64>) -> Result<Token, Malformed> {
+/// ASCII, bounded.
+fn token_value(value: String) -> Result<SecretString, Malformed> {
     let value = SecretString::from(value);
     let v = value.expose_secret();
     if v.is_empty() || v.len() > MAX_TOKEN_BYTES || !v.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Malformed);
     }
+    Ok(value)
+}
+
+/// An access token: its lifetime must be positive; more than a day is believed as a day.
+fn token(value: String, now: i64, lifetime: Option<i64>) -> Result<Token, Malformed> {
+    let value = token_value(value)?;
     let lifetime = lifetime.filter(|s| *s > 0).ok_or(Malformed)?;
     Ok(Token {
         value,
@@ -258,14 +264,10 @@ fn token(value: String, now: i64, lifetime: Option<i64>) -> Result<Token, Malfor
     })
 }
 
+/// A refresh token, believed for at most the published seven days.
 fn refresh_token(value: String, now: i64, lifetime: i64) -> Result<Token, Malformed> {
-    let value = SecretString::from(value);
-    let v = value.expose_secret();
-    if v.is_empty() || v.len() > MAX_TOKEN_BYTES || !v.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Malformed);
-    }
     Ok(Token {
-        value,
+        value: token_value(value)?,
         expires_at: now.saturating_add(lifetime.clamp(1, REFRESH_SECONDS)),
     })
 }

@@ -3,11 +3,13 @@
 //!
 //! What it guarantees:
 //! - **Tokens live in memory only**, as `SecretString` (zeroized on drop), one slot per
-//!   credential. A slot belongs to one credential *version*, environment and `api_key`: a
-//!   rotation, a rollback, an environment or key change (on any node) means the next call
-//!   finds the slot bound to something else, drops it and exchanges afresh; the node that made
-//!   the change also drops it at once ([`Broker::forget`]), as it does on deactivation and
-//!   deletion. Nothing is ever written to the database, a log line, an audit entry or a metric.
+//!   credential. A slot is bound to the exact row and version that were opened for its
+//!   exchange (owner, provider, environment, version, profile, envelope, `api_key`; see
+//!   [`crate::vault::binding_of`]): a rotation, a rollback, an environment or key change (on
+//!   any node), or an edit in the database, means the next call finds the slot bound to
+//!   something else, opens the credential again, drops the slot and exchanges afresh; the node
+//!   that made a change also drops it at once ([`Broker::forget`]), as it does on deactivation
+//!   and deletion. Nothing is ever written to the database, a log line, an audit entry or a metric.
 //! - **Reuse until 60 s before expiry**, then renewal: through the refresh token where the
 //!   provider issues one (JPay, Pagamio; a refused refresh falls back to a full exchange),
 //!   otherwise by exchanging the stored credentials again.
@@ -35,7 +37,6 @@ use std::time::Instant;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::config::ProviderSettings;
@@ -89,7 +90,9 @@ pub struct BuildError(String);
 /// What a caller asks for: the credential version it opened, and its key and secret.
 pub struct Ask<'a> {
     pub credential_id: i64,
-    pub version: i32,
+    /// What the token is for ([`crate::vault::binding_of`]): a slot bound to anything else is
+    /// dropped and exchanged afresh.
+    pub binding: [u8; 32],
     pub provider: Provider,
     pub environment: Environment,
     /// The stored `api_key` (consumer key, client id, app key, username).
@@ -105,24 +108,8 @@ pub struct Handed {
     pub cached: bool,
 }
 
-/// Which version a slot's token was issued for. The key is kept as a hash: enough to notice
-/// a change, nothing worth reading.
-#[derive(Clone, PartialEq, Eq)]
-struct Binding {
-    version: i32,
-    environment: Environment,
-    key: [u8; 32],
-}
-
-impl Binding {
-    fn of(ask: &Ask<'_>) -> Self {
-        Binding {
-            version: ask.version,
-            environment: ask.environment,
-            key: Sha256::digest(ask.key.as_bytes()).into(),
-        }
-    }
-}
+/// A slot's binding: the hash of the row and version its token was exchanged for.
+type Binding = [u8; 32];
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<Issued>, Failure>>>;
 
@@ -218,16 +205,41 @@ impl Broker {
         })
     }
 
+    /// The cached token for `binding`, while it has more than [`RENEW_BEFORE_SECONDS`] to
+    /// live; `None` otherwise (then [`Broker::token`], after opening the credential).
+    pub fn cached(
+        &self,
+        credential_id: i64,
+        binding: &Binding,
+        provider: Provider,
+        now: i64,
+    ) -> Option<Handed> {
+        let slots = lock(&self.inner.slots);
+        let slot = slots.get(&credential_id)?;
+        if slot.binding != *binding {
+            return None;
+        }
+        let issued = slot.issued.as_ref()?;
+        if now >= issued.access.expires_at - RENEW_BEFORE_SECONDS {
+            return None;
+        }
+        self.inner.metrics.cache_hit(provider);
+        Some(Handed {
+            issued: issued.clone(),
+            cached: true,
+        })
+    }
+
     /// A token for the asked version: the cached one while it has more than
     /// [`RENEW_BEFORE_SECONDS`] to live, else the outcome of the one call in flight for the
     /// credential (started here if there is none).
     pub async fn token(&self, ask: Ask<'_>) -> Result<Handed, Failure> {
         let flight = {
             let mut slots = lock(&self.inner.slots);
-            let binding = Binding::of(&ask);
+            let binding = ask.binding;
             let slot = slots
                 .entry(ask.credential_id)
-                .or_insert_with(|| Slot::new(binding.clone()));
+                .or_insert_with(|| Slot::new(binding));
             if slot.binding != binding {
                 // Another version (or key, or environment): its tokens go (zeroized) now.
                 *slot = Slot::new(binding);

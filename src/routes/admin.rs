@@ -143,6 +143,36 @@ pub async fn list_users(
     Ok(HttpResponse::Ok().json(views))
 }
 
+/// One audited change to a user's row, by name: `change` runs in the entry's transaction;
+/// 404 when there is no such user.
+async fn change_user(
+    state: &AppState,
+    admin: &Admin<'_>,
+    action: Action,
+    username: String,
+    change: impl FnOnce(
+            &mut crate::db::DbConn,
+            &crate::crypto::Keyring,
+            &str,
+        ) -> Result<Option<i64>, crate::db::DbError>
+        + Send
+        + 'static,
+) -> Result<(), ApiError> {
+    let keyring = state.keyring.clone();
+    let entry = admin.event(action);
+    state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| change(tx, &keyring, &username),
+                |id| id.map(|id| entry.target(Target::owner(id))),
+            )
+        })
+        .await?
+        .ok_or(ApiError::NotFound("No such user"))?;
+    Ok(())
+}
+
 pub async fn disable_user(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
@@ -150,19 +180,14 @@ pub async fn disable_user(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminUserDisable).await?;
-    let username = path.into_inner();
-    let keyring = state.keyring.clone();
-    let entry = admin.event(Action::AdminUserDisable);
-    state
-        .db(move |c| {
-            chain::with_entry(
-                c,
-                |tx| users::disable(tx, &keyring, &username),
-                |id| id.map(|id| entry.target(Target::owner(id))),
-            )
-        })
-        .await?
-        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    change_user(
+        &state,
+        &admin,
+        Action::AdminUserDisable,
+        path.into_inner(),
+        users::disable,
+    )
+    .await?;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "message": "User disabled; their sessions no longer work" })))
 }
@@ -175,19 +200,14 @@ pub async fn enable_user(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminUserEnable).await?;
-    let username = path.into_inner();
-    let keyring = state.keyring.clone();
-    let entry = admin.event(Action::AdminUserEnable);
-    state
-        .db(move |c| {
-            chain::with_entry(
-                c,
-                |tx| users::enable(tx, &keyring, &username),
-                |id| id.map(|id| entry.target(Target::owner(id))),
-            )
-        })
-        .await?
-        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    change_user(
+        &state,
+        &admin,
+        Action::AdminUserEnable,
+        path.into_inner(),
+        users::enable,
+    )
+    .await?;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "message": "User enabled; they may log in again" })))
 }
@@ -210,19 +230,14 @@ pub async fn set_user_role(
     let admin = Admin::check(&state, &user, meta, Action::AdminUserRole).await?;
     let username = path.into_inner();
     let role = Role::parse(&body.into_inner().0.role)?;
-    let keyring = state.keyring.clone();
-    let entry = admin.event(Action::AdminUserRole);
-    let name = username.clone();
-    state
-        .db(move |c| {
-            chain::with_entry(
-                c,
-                |tx| users::set_role(tx, &keyring, &name, role),
-                |id| id.map(|id| entry.target(Target::owner(id))),
-            )
-        })
-        .await?
-        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    change_user(
+        &state,
+        &admin,
+        Action::AdminUserRole,
+        username.clone(),
+        move |tx, keyring, name| users::set_role(tx, keyring, name, role),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "username": username, "role": role.as_str() })))
 }
 
@@ -249,19 +264,15 @@ pub async fn set_user_password(
         .await
         .map_err(|e| ApiError::Unavailable(e.into()))?
         .map_err(ApiError::internal)?;
-    let keyring = state.keyring.clone();
-    let entry = admin.event(Action::AdminUserPassword);
     let now = state.clock.now();
-    state
-        .db(move |c| {
-            chain::with_entry(
-                c,
-                |tx| users::set_password(tx, &keyring, &username, &hash, None, now),
-                |id| id.map(|id| entry.target(Target::owner(id))),
-            )
-        })
-        .await?
-        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    change_user(
+        &state,
+        &admin,
+        Action::AdminUserPassword,
+        username,
+        move |tx, keyring, name| users::set_password(tx, keyring, name, &hash, None, now),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(
         serde_json::json!({ "message": "Password set; every session of this user has ended" }),
     ))
@@ -287,19 +298,14 @@ pub async fn set_user_allowlist(
     let username = path.into_inner();
     let cidrs = parse_allowlist(&body.into_inner().0.allowed_cidrs)?;
     let stored = cidrs.clone();
-    let name = username.clone();
-    let keyring = state.keyring.clone();
-    let entry = admin.event(Action::AdminUserAllowlist);
-    state
-        .db(move |c| {
-            chain::with_entry(
-                c,
-                |tx| users::set_allowed_cidrs(tx, &keyring, &name, stored.as_deref()),
-                |id| id.map(|id| entry.target(Target::owner(id))),
-            )
-        })
-        .await?
-        .ok_or_else(|| ApiError::NotFound("No such user"))?;
+    change_user(
+        &state,
+        &admin,
+        Action::AdminUserAllowlist,
+        username.clone(),
+        move |tx, keyring, name| users::set_allowed_cidrs(tx, keyring, name, stored.as_deref()),
+    )
+    .await?;
     let allowed: Vec<&str> = cidrs.as_deref().map_or(vec![], |l| l.split(',').collect());
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "username": username,

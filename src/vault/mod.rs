@@ -360,7 +360,7 @@ pub async fn release<T>(
     lookup: Lookup,
     compute: impl FnOnce(&Opened<'_>) -> Result<Answer<T>, Refusal>,
 ) -> Result<T, Refusal> {
-    let admitted = admit(caller, operation, reference, requested, lookup).await?;
+    let mut admitted = admit(caller, operation, reference, requested, lookup).await?;
     let opened = admitted.open(caller).await?;
     let answer = compute(&opened)?;
     drop(opened);
@@ -377,7 +377,8 @@ pub struct Admitted {
     version: VersionRow,
     previous: Option<VersionRow>,
     certificate: Option<CertificateRow>,
-    profile: Profile,
+    /// Parsed in `admit` when the operation needs a secret or setting; else at `open`.
+    profile: Option<Profile>,
     pub provider: Provider,
 }
 
@@ -436,19 +437,30 @@ pub async fn admit(
     }
 
     // What the operation needs must be there: said by the profile, before anything opens.
-    let Some(profile) = Profile::parse(version.profile.as_deref()) else {
-        return Err(open_refused(caller, action, &row, &EnvelopeError::Authentication).await);
-    };
     let (secrets, settings) = operation.needs(provider);
+    let profile = if secrets.is_empty() && settings.is_empty() {
+        // Nothing to check here; the profile is bound by the AAD and read when it opens.
+        None
+    } else {
+        match Profile::parse(version.profile.as_deref()) {
+            Some(p) => Some(p),
+            None => {
+                return Err(
+                    open_refused(caller, action, &row, &EnvelopeError::Authentication).await,
+                )
+            }
+        }
+    };
+    let needed = profile.as_ref();
     for name in secrets {
-        if !profile.has_secret(name) {
+        if !needed.is_some_and(|p| p.has_secret(name)) {
             return Err(Refusal::Missing(format!(
                 "This credential has no {name}; set it with a rotation (secrets.{name}) first"
             )));
         }
     }
     for name in settings {
-        if !profile.settings.contains_key(*name) {
+        if !needed.is_some_and(|p| p.settings.contains_key(*name)) {
             return Err(Refusal::Missing(format!(
                 "This credential has no {name}; set it in its settings first"
             )));
@@ -500,7 +512,22 @@ impl Admitted {
     }
 
     /// The version's envelope, opened (a failure is audited: tampering or storage).
-    pub async fn open(&self, caller: &Caller<'_>) -> Result<Opened<'_>, Refusal> {
+    pub async fn open(&mut self, caller: &Caller<'_>) -> Result<Opened<'_>, Refusal> {
+        let action = action_of(self.operation);
+        if self.profile.is_none() {
+            match Profile::parse(self.version.profile.as_deref()) {
+                Some(p) => self.profile = Some(p),
+                None => {
+                    return Err(open_refused(
+                        caller,
+                        action,
+                        &self.row,
+                        &EnvelopeError::Authentication,
+                    )
+                    .await)
+                }
+            }
+        }
         let keyring = &caller.state.keyring;
         let row = &self.row;
         let contents = match envelope::open_contents(
@@ -509,7 +536,7 @@ impl Admitted {
             &self.version.envelope(),
         ) {
             Ok(c) => c,
-            Err(e) => return Err(open_refused(caller, action_of(self.operation), row, &e).await),
+            Err(e) => return Err(open_refused(caller, action, row, &e).await),
         };
         // The previous version only ever widens what validates inside the grace window: if
         // it does not open, the current one alone decides.
@@ -518,12 +545,15 @@ impl Admitted {
                 .ok()
                 .map(|c| (p.version, c))
         });
+        let Some(profile) = self.profile.as_ref() else {
+            return Err(open_refused(caller, action, row, &EnvelopeError::Authentication).await);
+        };
         Ok(Opened {
             row,
             provider: self.provider,
             version: self.version.version,
             contents,
-            profile: &self.profile,
+            profile,
             previous,
             certificate: self.certificate.as_ref(),
         })
@@ -555,17 +585,21 @@ impl Admitted {
 }
 
 /// The `access-token` operation (SPEC §9.4): through the gate like every operation, then the
-/// broker's cached token, or the one exchange in flight for the credential. The envelope is
-/// opened even for a cached token, so a row edited in the database (its owner, provider,
-/// environment or version) is refused as tampered before any token leaves. The entry is
-/// durable before the token is handed out; the token itself is never in it.
+/// broker's cached token, or the one exchange in flight for the credential.
+///
+/// A cached token is handed out only for a row and version byte-identical to the ones that
+/// were opened (their AAD authenticated) when it was exchanged: the broker's slot is bound to
+/// a hash of the owner, id, provider, environment, version, profile, envelope and `api_key`
+/// ([`binding_of`]). A row edited in the database (its owner, say) has another binding, so it
+/// is opened again, and refused as tampered, before any token leaves. The entry is durable
+/// before the token is handed out; the token itself is never in it.
 pub async fn access_token(
     caller: &Caller<'_>,
     reference: Option<Reference>,
     requested: Option<CredentialId>,
     lookup: Lookup,
 ) -> Result<crate::broker::Handed, Refusal> {
-    let admitted = admit(caller, Operation::AccessToken, reference, requested, lookup).await?;
+    let mut admitted = admit(caller, Operation::AccessToken, reference, requested, lookup).await?;
     if !admitted.row.is_active {
         return Err(Refusal::Missing(
             "This credential is inactive; activate it before asking for a provider token".into(),
@@ -578,21 +612,28 @@ pub async fn access_token(
     };
     let environment = Environment::parse(&admitted.row.environment)
         .map_err(|_| Refusal::Storage(anyhow::anyhow!("stored environment is unknown")))?;
-    let opened = admitted.open(caller).await?;
-    let asked = caller
-        .state
-        .broker
-        .token(crate::broker::Ask {
-            credential_id: admitted.row.id,
-            version: opened.version,
-            provider: admitted.provider,
-            environment,
-            key: &key,
-            secret: &opened.contents.private_key,
-            now: caller.state.clock.now(),
-        })
-        .await;
-    drop(opened);
+    let broker = &caller.state.broker;
+    let now = caller.state.clock.now();
+    let binding = binding_of(&admitted.row, &admitted.version, &key);
+    let asked = match broker.cached(admitted.row.id, &binding, admitted.provider, now) {
+        Some(handed) => Ok(handed),
+        None => {
+            let opened = admitted.open(caller).await?;
+            let asked = broker
+                .token(crate::broker::Ask {
+                    credential_id: opened.row.id,
+                    binding,
+                    provider: opened.provider,
+                    environment,
+                    key: &key,
+                    secret: &opened.contents.private_key,
+                    now,
+                })
+                .await;
+            drop(opened);
+            asked
+        }
+    };
     match asked {
         Ok(handed) => {
             admitted.record(caller, None).await?;
@@ -608,6 +649,32 @@ pub async fn access_token(
             Err(Refusal::Provider(failure))
         }
     }
+}
+
+/// What a provider token is bound to: SHA-256 over every stored field that decides what the
+/// token is for and that the envelope's AAD authenticates (owner, id, provider, environment,
+/// version, profile), the envelope itself, and the `api_key` the exchange sends, each
+/// length-prefixed so no two rows encode alike.
+pub fn binding_of(row: &CredentialRow, version: &VersionRow, api_key: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(b"hazina/token-binding/v1");
+    field(&row.owner_id.to_be_bytes());
+    field(&row.id.to_be_bytes());
+    field(row.provider.as_bytes());
+    field(row.environment.as_bytes());
+    field(&version.version.to_be_bytes());
+    field(version.profile.as_deref().unwrap_or("").as_bytes());
+    field(&version.format.to_be_bytes());
+    field(&version.kek_version.to_be_bytes());
+    field(&version.wrapped_dek);
+    field(&version.ciphertext);
+    field(api_key.as_bytes());
+    h.finalize().into()
 }
 
 /// A stored version that did not open: a failed authentication means the row, its envelope

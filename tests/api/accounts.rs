@@ -1,8 +1,8 @@
 //! Accounts (SPEC §13): an admin lists, enables, re-roles and resets users (API and command
 //! line); a user changes their own password, which ends their other sessions.
 
-use reqwest::{Response, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
+use serde_json::json;
 
 use hazina::domain::Role;
 
@@ -10,13 +10,6 @@ use crate::helpers::*;
 
 const LIST: &str = "/payments/credentials/";
 const NEW_PASSWORD: &str = "a brand new password 0001";
-
-async fn body_of(res: Response, status: StatusCode) -> Value {
-    let got = res.status();
-    let text = res.text().await.unwrap();
-    assert_eq!(got, status, "{text}");
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-}
 
 /// `action|outcome|reason` of every audit entry with `action`, oldest first.
 fn audited(app: &TestApp, action: &str) -> Vec<String> {

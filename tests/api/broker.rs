@@ -16,13 +16,6 @@ use crate::stubs::{Kind, Mode, Stub};
 const KEY: &str = "consumer-key-0001";
 const SECRET: &str = "consumer-secret-0001";
 
-async fn body_of(res: Response, status: StatusCode) -> Value {
-    let got = res.status();
-    let text = res.text().await.unwrap();
-    assert_eq!(got, status, "{text}");
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-}
-
 fn token_path(id: i64) -> String {
     format!("/payments/credentials/{id}/operations/access-token/")
 }
@@ -762,4 +755,36 @@ async fn no_token_or_secret_appears_in_logs_the_database_the_audit_export_or_met
         assert!(!text.contains(stub.nonce()), "a token reached the {place}");
         assert!(!text.contains(SECRET), "the secret reached the {place}");
     }
+}
+
+#[tokio::test]
+async fn a_cached_token_is_never_handed_out_for_a_row_edited_in_the_database() {
+    let stub = Stub::start(Kind::Daraja, KEY, SECRET).await;
+    let app = vault_for(&stub, Kind::Daraja, &[]).await;
+    let owner = app.user().await;
+    let mallory = app.user().await;
+    let id = credential(&app, &owner, Kind::Daraja).await;
+    assert_eq!(token_of(&app, &owner.access, id).await, stub.token(1));
+
+    // A database writer moves the credential to mallory: the SQL now finds it for her, but the
+    // row differs from the one the token was exchanged for, so it is opened again, and its
+    // AAD (the owner) fails: the generic 500 of a stored row that does not open (as for a
+    // reveal), audited as tampering, and no token.
+    app.sql_execute(&format!(
+        "UPDATE credentials SET owner_id = {} WHERE id = {id}",
+        mallory.id
+    ));
+    let res = ask(&app, &mallory.access, id).await;
+    let body = body_of(res, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(body, json!({ "error": "Internal server error" }));
+    // Moved back: the cached token is good again, without a call.
+    app.sql_execute(&format!(
+        "UPDATE credentials SET owner_id = {} WHERE id = {id}",
+        owner.id
+    ));
+    assert_eq!(token_of(&app, &owner.access, id).await, stub.token(1));
+    assert_eq!(stub.seen().len(), 1);
+    let violations =
+        app.sql_lines("SELECT reason AS line FROM audit_log WHERE action = 'integrity.violation'");
+    assert_eq!(violations, ["row_tampered"]);
 }

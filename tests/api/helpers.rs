@@ -466,6 +466,14 @@ pub async fn assert_error(res: Response, status: StatusCode, message: &str) {
     assert_eq!(body["error"], message, "{body}");
 }
 
+/// The JSON body of an answer that must have `status` (the body is shown when it has not).
+pub async fn body_of(res: Response, status: StatusCode) -> Value {
+    let got = res.status();
+    let text = res.text().await.unwrap();
+    assert_eq!(got, status, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
 /// Asserts a JSON 4xx (never a 5xx) and returns the body.
 pub async fn assert_json_4xx(res: Response) -> Value {
     let status = res.status();

@@ -23,13 +23,6 @@ const DARAJA_EXAMPLE_UNIX: i64 = 1_588_261_189;
 const DARAJA_EXAMPLE_PASSWORD: &str = "MTc0Mzc5YmZiMjc5ZjlhYTliZGJjZjE1OGU5N2RkNzFhNDY3Y2QyZTBjODkzMDU5YjEwZjc4ZTZiNzJhZGExZWQyYzkxOTIwMjAwNDMwMTgzOTQ5";
 const NOT_GRANTED: &str = "This service's grant does not allow this operation";
 
-async fn body_of(res: Response, status: StatusCode) -> Value {
-    let got = res.status();
-    let text = res.text().await.unwrap();
-    assert_eq!(got, status, "{text}");
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-}
-
 fn op_path(id: i64, name: &str) -> String {
     format!("/payments/credentials/{id}/operations/{name}/")
 }

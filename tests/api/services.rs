@@ -65,14 +65,6 @@ async fn status_and_bytes(res: Response) -> (StatusCode, Vec<u8>) {
     (status, res.bytes().await.unwrap().to_vec())
 }
 
-/// The body of an answer that must have `status`.
-async fn body_of(res: Response, status: StatusCode) -> Value {
-    let got = res.status();
-    let text = res.text().await.unwrap();
-    assert_eq!(got, status, "{text}");
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-}
-
 fn key_of(owner: &TestUser, provider: &str, environment: &str) -> String {
     format!("{provider}-{environment}-private-key-of-{}", owner.username)
 }
