@@ -13,9 +13,9 @@
 //!   `X-RateLimit-Remaining`; a refusal is `429 {"error": "Too many requests; retry later"}`
 //!   with `Retry-After` (seconds). Refusals are counted in `/metrics` and audited at most
 //!   once per key per minute, so a flood cannot flood the audit log.
-//! - **Probes.** `GET`/`HEAD` of `/healthz`, `/readyz` and `/metrics` count against no budget
-//!   (a load balancer's probes would lock out its own address); `/metrics` keeps its own
-//!   allowlist, and the size limits below still apply.
+//! - **Probes.** `GET`/`HEAD` of `/healthz` and `/readyz`, and of `/metrics` from an address
+//!   its allowlist admits, count against no budget (a load balancer's probes would lock out
+//!   its own address); the size limits below still apply.
 //! - **Sizes.** A `Content-Length` over `HAZINA_MAX_BODY_BYTES` is refused with 413 on every
 //!   route, before the body is read; request heads over [`MAX_HEADER_BYTES`] (or with more
 //!   than [`MAX_HEADERS`] fields) get 431. Both answer JSON. (Heads larger than actix-http's
@@ -427,7 +427,7 @@ where
         };
         // A load balancer's probes never spend (or are refused by) a budget: otherwise its
         // own address would lock itself out. `/metrics` stays guarded by its allowlist.
-        let decision = if is_probe(&req) {
+        let decision = if is_probe(&req, &state) {
             Decision::Unlimited
         } else {
             state.limits.decide(req.request(), &state)
@@ -493,12 +493,29 @@ where
     }
 }
 
-/// `GET` or `HEAD` of `/healthz`, `/readyz` or `/metrics`: outside every rate limit.
-fn is_probe(req: &ServiceRequest) -> bool {
-    matches!(
+/// `GET` or `HEAD` of `/healthz` or `/readyz`, or of `/metrics` from an address its
+/// allowlist admits (a scraper): outside every rate limit. Anyone else's `/metrics` (an
+/// admin's token checked against the database each time) keeps its budget.
+fn is_probe(req: &ServiceRequest, state: &AppState) -> bool {
+    if !matches!(
         *req.method(),
         actix_web::http::Method::GET | actix_web::http::Method::HEAD
-    ) && matches!(req.path(), "/healthz" | "/readyz" | "/metrics")
+    ) {
+        return false;
+    }
+    match req.path() {
+        "/healthz" | "/readyz" => true,
+        "/metrics" => req.peer_addr().is_some_and(|peer| {
+            let ip = peer.ip().to_canonical();
+            state
+                .config
+                .abuse
+                .metrics_allow_cidrs
+                .iter()
+                .any(|net| net.contains(&ip))
+        }),
+        _ => false,
+    }
 }
 
 /// The client's address. The TCP peer — unless the peer is one of `HAZINA_TRUSTED_PROXIES`:

@@ -210,6 +210,8 @@ async fn load_balancer_probes_never_spend_the_address_budget() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // And there it keeps its budget: a token is checked against the database each time.
+    assert_eq!(budget(&res), (100, 99));
 }
 
 #[tokio::test]
