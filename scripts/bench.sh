@@ -272,6 +272,21 @@ start_server() {
 }
 stop_server() { kill "$aux_pid" 2>/dev/null || true; wait "$aux_pid" 2>/dev/null || true; }
 
+# mpesa_sandbox_id: the bench merchant's M-Pesa sandbox credential.
+mpesa_sandbox_id() {
+  curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $token" |
+    python3 -c 'import json,sys; print(next(c["id"] for c in json.load(sys.stdin) if c["provider"] == "mpesa" and c["environment"] == "sandbox"))'
+}
+
+# alternate A B: $rounds rounds of the functions A and B (each given the round number), which
+# goes first alternating, so drift over the run does not favour either.
+alternate() {
+  local round
+  for round in $(seq 1 "$rounds"); do
+    if (( round % 2 == 1 )); then "$1" "$round"; "$2" "$round"; else "$2" "$round"; "$1" "$round"; fi
+  done
+}
+
 # interleaved_summary SCENARIO A_FILES A_NAME B_FILES B_NAME EXTRA_JSON: one JSON line for two
 # sides measured in interleaved rounds ($work/A_FILES-N.json, $work/B_FILES-N.json): each
 # round's rate, the medians, the p99s, the ratio A / B and whether A kept up with B.
@@ -316,8 +331,7 @@ PY
 
 if wants_named stk-password; then
   # The provider operation beside the reveal, on the same M-Pesa credential, interleaved.
-  mid=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $token" |
-    python3 -c 'import json,sys; print(next(c["id"] for c in json.load(sys.stdin) if c["provider"] == "mpesa" and c["environment"] == "sandbox"))')
+  mid=$(mpesa_sandbox_id)
   curl -sf -X POST "$base/payments/credentials/$mid/rotate/" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
     -d '{"secrets":{"passkey":"bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"}}' >/dev/null
   curl -sf -X PUT "$base/payments/credentials/$mid/" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
@@ -328,18 +342,14 @@ if wants_named stk-password; then
       -d '{"reference":"bench-order"}' "$base/payments/credentials/$mid/operations/stk-password/"
   }
   reveal_round() { load "stkreveal-$1" "$connections" "${auth[@]}" "$base/payments/credentials/$mid/get-private-key/"; }
-  for round in $(seq 1 "$rounds"); do
-    # Alternate which goes first, so drift over the run does not favour either.
-    if (( round % 2 == 1 )); then stk_round "$round"; reveal_round "$round"; else reveal_round "$round"; stk_round "$round"; fi
-  done
+  alternate stk_round reveal_round
   interleaved_summary stk-password stk stk_password stkreveal reveal '{}'
 fi
 
 if wants_named access-token; then
   # The token broker's cache hits beside the reveal, on the same M-Pesa credential,
   # interleaved rounds; one exchange with the stub for the whole run.
-  mid=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $token" |
-    python3 -c 'import json,sys; print(next(c["id"] for c in json.load(sys.stdin) if c["provider"] == "mpesa" and c["environment"] == "sandbox"))')
+  mid=$(mpesa_sandbox_id)
   curl -sf -X POST "$base/payments/credentials/$mid/operations/access-token/" -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/json' -d '{}' >/dev/null
   echo "==> access-token: $rounds interleaved rounds of ${duration}s, access-token vs reveal on credential $mid" >&2
@@ -348,9 +358,7 @@ if wants_named access-token; then
       -d '{"reference":"bench-order"}' "$base/payments/credentials/$mid/operations/access-token/"
   }
   reveal_round() { load "tokenreveal-$1" "$connections" "${auth[@]}" "$base/payments/credentials/$mid/get-private-key/"; }
-  for round in $(seq 1 "$rounds"); do
-    if (( round % 2 == 1 )); then token_round "$round"; reveal_round "$round"; else reveal_round "$round"; token_round "$round"; fi
-  done
+  alternate token_round reveal_round
   interleaved_summary access-token token access_token tokenreveal reveal \
     "{\"provider_calls\": $(cat "$work/stub-calls")}"
 fi

@@ -188,15 +188,6 @@ impl ProviderSettings {
             .map(|(_, _, u)| u.as_str())
             .unwrap_or_default()
     }
-
-    /// The setting that names `provider`'s `environment` base URL.
-    pub fn setting(provider: Provider, environment: Environment) -> String {
-        format!(
-            "HAZINA_PROVIDER_{}_{}_URL",
-            provider.as_str().to_ascii_uppercase(),
-            environment.as_str().to_ascii_uppercase()
-        )
-    }
 }
 
 /// A provider base URL: `https://host[:port][/prefix]`, or `http://` to a loopback address
@@ -232,11 +223,11 @@ fn provider_settings(
     let mut urls = Vec::new();
     for (provider, sandbox, live) in PROVIDER_HOSTS {
         for (environment, default) in [(Environment::Sandbox, sandbox), (Environment::Live, live)] {
-            let setting = ProviderSettings::setting(provider, environment);
-            let url = match get(&setting) {
+            let setting = provider_setting_name(provider, environment);
+            let url = match get(setting) {
                 None => default.to_owned(),
                 Some(raw) => provider_url(&raw).map_err(|p| ConfigError {
-                    setting: provider_setting_name(provider, environment),
+                    setting,
                     problem: format!("`{}` {p}", raw.trim()),
                 })?,
             };
@@ -264,8 +255,8 @@ fn provider_settings(
     })
 }
 
-/// `ConfigError` names its setting with a `&'static str`; the eight provider URL settings
-/// are spelled out here.
+/// The setting that names `provider`'s `environment` base URL (spelled out: `ConfigError`
+/// names its setting with a `&'static str`).
 fn provider_setting_name(provider: Provider, environment: Environment) -> &'static str {
     match (provider, environment) {
         (Provider::Mpesa, Environment::Sandbox) => "HAZINA_PROVIDER_MPESA_SANDBOX_URL",

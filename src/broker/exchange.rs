@@ -85,13 +85,9 @@ impl Kind {
     }
 }
 
-/// Whether `provider` has a token endpoint hazina knows.
-pub fn supported(provider: Provider) -> bool {
-    provider != Provider::InstaSend
-}
-
 /// The exchange of the stored key (`api_key`) and secret (`private_key`) for a token.
 pub fn request(provider: Provider, key: &str, secret: &SecretString) -> Call {
+    let user = key;
     let key = || SecretString::from(key.to_owned());
     let secret = || secret.clone();
     match provider {
@@ -99,7 +95,7 @@ pub fn request(provider: Provider, key: &str, secret: &SecretString) -> Call {
             method: reqwest::Method::GET,
             path: "/oauth/v1/generate?grant_type=client_credentials",
             body: Body::Basic {
-                user: key().expose_secret().to_owned(),
+                user: user.to_owned(),
                 password: secret(),
             },
         },
@@ -120,7 +116,7 @@ pub fn request(provider: Provider, key: &str, secret: &SecretString) -> Call {
             path: "/api/v1/auth/app/token",
             body: Body::Json(vec![("app_key", key()), ("app_secret", secret())]),
         },
-        // IntaSend has no token endpoint ([`supported`]); Pagamio's is the default.
+        // IntaSend has no token endpoint (`Operation::applies_to`); Pagamio's is the default.
         Provider::Pagamio | Provider::InstaSend => Call {
             method: reqwest::Method::POST,
             path: "/api/v1/auth/token",

@@ -102,12 +102,6 @@ pub struct Ask<'a> {
     pub now: i64,
 }
 
-/// A token as handed out, and whether it came from the cache.
-pub struct Handed {
-    pub issued: Arc<Issued>,
-    pub cached: bool,
-}
-
 /// A slot's binding: the hash of the row and version its token was exchanged for.
 type Binding = [u8; 32];
 
@@ -213,7 +207,7 @@ impl Broker {
         binding: &Binding,
         provider: Provider,
         now: i64,
-    ) -> Option<Handed> {
+    ) -> Option<Arc<Issued>> {
         let slots = lock(&self.inner.slots);
         let slot = slots.get(&credential_id)?;
         if slot.binding != *binding {
@@ -224,16 +218,13 @@ impl Broker {
             return None;
         }
         self.inner.metrics.cache_hit(provider);
-        Some(Handed {
-            issued: issued.clone(),
-            cached: true,
-        })
+        Some(issued.clone())
     }
 
     /// A token for the asked version: the cached one while it has more than
     /// [`RENEW_BEFORE_SECONDS`] to live, else the outcome of the one call in flight for the
     /// credential (started here if there is none).
-    pub async fn token(&self, ask: Ask<'_>) -> Result<Handed, Failure> {
+    pub async fn token(&self, ask: Ask<'_>) -> Result<Arc<Issued>, Failure> {
         let flight = {
             let mut slots = lock(&self.inner.slots);
             let binding = ask.binding;
@@ -247,10 +238,7 @@ impl Broker {
             if let Some(issued) = &slot.issued {
                 if ask.now < issued.access.expires_at - RENEW_BEFORE_SECONDS {
                     self.inner.metrics.cache_hit(ask.provider);
-                    return Ok(Handed {
-                        issued: issued.clone(),
-                        cached: true,
-                    });
+                    return Ok(issued.clone());
                 }
             }
             if let Some((_, flight)) = &slot.flight {
@@ -290,10 +278,7 @@ impl Broker {
                 flight
             }
         };
-        flight.await.map(|issued| Handed {
-            issued,
-            cached: false,
-        })
+        flight.await
     }
 
     /// Drops the credential's tokens (a rotation, deactivation or deletion on this node).

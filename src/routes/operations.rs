@@ -296,11 +296,11 @@ async fn run(
         timestamp,
     } = checked;
     if operation == Operation::AccessToken {
-        let handed = vault::access_token(caller, reference, requested, lookup).await?;
+        let issued = vault::access_token(caller, reference, requested, lookup).await?;
         let answer = serde_json::to_vec(&AccessToken {
-            access_token: handed.issued.access.value.expose_secret(),
+            access_token: issued.access.value.expose_secret(),
             token_type: "Bearer",
-            expires_at: crate::clock::rfc3339(handed.issued.access.expires_at),
+            expires_at: crate::clock::rfc3339(issued.access.expires_at),
         })
         .map_err(ApiError::internal)?;
         return Ok(no_store_json(answer));

@@ -598,7 +598,7 @@ pub async fn access_token(
     reference: Option<Reference>,
     requested: Option<CredentialId>,
     lookup: Lookup,
-) -> Result<crate::broker::Handed, Refusal> {
+) -> Result<std::sync::Arc<crate::broker::Issued>, Refusal> {
     let mut admitted = admit(caller, Operation::AccessToken, reference, requested, lookup).await?;
     if !admitted.row.is_active {
         return Err(Refusal::Missing(
@@ -616,7 +616,7 @@ pub async fn access_token(
     let now = caller.state.clock.now();
     let binding = binding_of(&admitted.row, &admitted.version, &key);
     let asked = match broker.cached(admitted.row.id, &binding, admitted.provider, now) {
-        Some(handed) => Ok(handed),
+        Some(issued) => Ok(issued),
         None => {
             let opened = admitted.open(caller).await?;
             let asked = broker
@@ -635,9 +635,9 @@ pub async fn access_token(
         }
     };
     match asked {
-        Ok(handed) => {
+        Ok(issued) => {
             admitted.record(caller, None).await?;
-            Ok(handed)
+            Ok(issued)
         }
         Err(failure) => {
             let reason = match failure {
