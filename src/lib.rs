@@ -34,6 +34,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod broker;
 pub mod clock;
 pub mod config;

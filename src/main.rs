@@ -55,6 +55,20 @@ enum Command {
     /// Manage provider certificates (Safaricom's, for the M-Pesa SecurityCredential).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Copy the database to a new file (mode 0600) while it serves: SQLite's online backup,
+    /// or pg_dump on PostgreSQL. Keep the keyring with it: the copy opens only with it.
+    Backup {
+        /// The file to create (never overwritten).
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Replace the SQLite database with a backup: refused while anything has the database
+    /// open, and for a backup the keyring does not open. The replaced database is kept.
+    Restore {
+        /// A file made by `hazina backup`.
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,10 +246,15 @@ enum KeysCommand {
         #[arg(long, default_value_t = hazina::rotation::BATCH, value_parser = clap::value_parser!(i64).range(1..=100_000))]
         batch: i64,
     },
-    /// Remove a master-key version from the keyring (refused while any stored key needs it).
+    /// Remove a master-key version from the keyring (refused while any stored key, or any
+    /// backup made by `hazina backup`, needs it).
     Retire {
         #[arg(long)]
         version: i32,
+        /// Retire even though recorded backups need the version: they will then open only
+        /// with a copy of the keyring from before.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -417,13 +436,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCommand::Status) => keys_status(&config),
         Command::Keys(KeysCommand::Rotate { resume, batch }) => keys_rotate(&config, resume, batch),
-        Command::Keys(KeysCommand::Retire { version }) => {
+        Command::Keys(KeysCommand::Retire { version, force }) => {
             let vault = open_vault(&config)?;
             let event = cli_event(Action::KeysRetire, Target::default());
             let message = hazina::routes::keys::retire_blocking(
                 &vault.pool,
                 &vault.keyring,
                 version,
+                force,
                 Clock::System.now(),
                 Some(&event),
             )
@@ -434,6 +454,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Services(cmd) => services(&config, cmd),
         Command::Grants(cmd) => grants(&config, cmd),
         Command::Certs(cmd) => certs(&config, cmd),
+        Command::Backup { to } => {
+            let vault = open_vault(&config)?;
+            let event = cli_event(Action::Backup, Target::default());
+            let taken = hazina::backup::backup(&config, &vault, &to, Clock::System.now(), event)?;
+            let versions = taken
+                .versions
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            match taken.contents {
+                Some(c) => println!(
+                    "backed up to {} (mode 0600): {} credentials, {} audit entries",
+                    taken.location.display(),
+                    c.credentials,
+                    c.audit_entries
+                ),
+                None => println!(
+                    "backed up to {} (mode 0600, a pg_dump archive)",
+                    taken.location.display()
+                ),
+            }
+            println!(
+                "it opens only with master-key versions {versions} of this keyring: keep a copy \
+                 of the keyring apart from it (keys retire refuses those versions while this \
+                 backup needs them)"
+            );
+            Ok(())
+        }
+        Command::Restore { from } => {
+            let restored = hazina::backup::restore(&config, &from, &Clock::System)?;
+            println!(
+                "restored {}: {} credentials; its audit log verified ({} entries)",
+                from.display(),
+                restored.contents.credentials,
+                restored.audit_checked
+            );
+            if let Some(previous) = restored.previous {
+                println!("the database it replaced is kept at {}", previous.display());
+            }
+            println!(
+                "the audit log is back where the backup left it: monitors holding later \
+                 checkpoints will report the rollback, and the restore is its newest entry"
+            );
+            Ok(())
+        }
         Command::Audit(AuditCommand::Verify {
             checkpoints,
             export: Some(export),
@@ -661,8 +727,14 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
                 },
             )?;
             let (grant, _) = created.map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The scope in words, so that a grant wider than meant is seen at once.
+            let providers = grant.provider.as_deref().unwrap_or("every provider's");
+            let environments = match grant.environment.as_deref() {
+                Some(e) => format!("{e} only"),
+                None => "every environment, live included (narrow it with --environment)".into(),
+            };
             println!(
-                "granted `{service}` {} on `{owner}`'s credentials (grant id {})",
+                "granted `{service}` {} on `{owner}`'s {providers} credentials, {environments} (grant id {})",
                 grant.operations, grant.id
             );
         }

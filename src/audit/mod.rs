@@ -106,6 +106,8 @@ closed_enum! {
         AdminUserRole => "admin.user_role",
         AdminUserPassword => "admin.user_password",
         UserPasswordChange => "user.password_change",
+        Backup => "backup.create",
+        Restore => "backup.restore",
     }
 }
 

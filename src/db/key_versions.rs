@@ -451,18 +451,21 @@ pub fn resume_rotation(
 
 /// Retires master-key version `version`: refused for the active version, an unknown one, or
 /// one any stored key still depends on — all decided inside the key lock, so no writer can
-/// seal under it and no rotation can move a row to it in between. `audit` is written in the
-/// same transaction. The key leaves the keyring file only after the decision committed.
+/// seal under it and no rotation can move a row to it in between. Refused too while a backup
+/// recorded by `hazina backup` still needs it, unless `force` (the answer then names the
+/// backups that no longer open with this keyring). `audit` is written in the same
+/// transaction. The key leaves the keyring file only after the decision committed.
 pub fn retire(
     conn: &mut DbConn,
     keyring: &Keyring,
     version: i32,
+    force: bool,
     now: UnixSeconds,
     audit: Option<&Event>,
 ) -> Result<String, KeyStateError> {
     let unknown = || KeyStateError::Invalid("No such master-key version".into());
     let v = u32_of(version).ok_or_else(unknown)?;
-    conn.transaction(|tx| {
+    let lost = conn.transaction(|tx| {
         lock(tx)?;
         let rows = load(tx)?;
         verify_check_values(&rows, keyring)?;
@@ -471,7 +474,7 @@ pub fn retire(
             ACTIVE => Err(KeyStateError::Conflict(
                 "The active master-key version cannot be retired".into(),
             )),
-            RETIRED => Ok(()),
+            RETIRED => Ok(Vec::new()),
             _ => {
                 let dependent: i64 = cv::table
                     .filter(cv::kek_version.eq(version))
@@ -494,28 +497,61 @@ pub fn retire(
                         "Master-key version {version} still signs the audit archive's anchor; finish a rotation first"
                     )));
                 }
+                let needing = super::backups::needing(tx, version)?;
+                if !needing.is_empty() && !force {
+                    return Err(KeyStateError::Conflict(format!(
+                        "Master-key version {version} is needed by {}: they open only with it. \
+                         Keep a copy of this keyring file with them, then retire with --force \
+                         (API: \"force\": true); or take a new backup and keep the old ones \
+                         only as long as you keep that keyring copy",
+                        describe_backups(&needing)
+                    )));
+                }
                 diesel::update(kv::table.filter(kv::version.eq(version)))
                     .set((kv::state.eq(RETIRED), kv::retired_at.eq(Some(now))))
                     .execute(tx)?;
                 if let Some(event) = audit {
                     chain::append(tx, &[event])?;
                 }
-                Ok(())
+                Ok(needing)
             }
         }
     })?;
+    let lost = if lost.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} no longer open with this keyring (only with a copy of it from before now)",
+            describe_backups(&lost)
+        )
+    };
     if keyring.has_version(v) {
         match keyring.retire(v) {
             Ok(()) => {}
             Err(KeyringError::NotAFile) => {
                 return Ok(format!(
-                    "Master-key version {version} retired; remove it from HAZINA_KEYRING_DATA"
+                    "Master-key version {version} retired; remove it from HAZINA_KEYRING_DATA{lost}"
                 ))
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(format!("Master-key version {version} retired"))
+    Ok(format!("Master-key version {version} retired{lost}"))
+}
+
+/// "2 backups (the newest taken 2026-12-01T10:00:00Z, to /backups/hazina-1.db)".
+fn describe_backups(rows: &[super::backups::BackupRow]) -> String {
+    let Some(newest) = rows.iter().max_by_key(|r| r.taken_at) else {
+        return "no backups".into();
+    };
+    let when = crate::clock::rfc3339(newest.taken_at);
+    match rows.len() {
+        1 => format!("the backup taken {when} to {}", newest.location),
+        n => format!(
+            "{n} backups made by `hazina backup` (the newest taken {when} to {})",
+            newest.location
+        ),
+    }
 }
 
 #[derive(QueryableByName)]

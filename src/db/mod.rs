@@ -9,6 +9,7 @@
 //! front (waiting on the busy timeout) instead of failing a read-to-write upgrade, and
 //! PostgreSQL row locks serialise concurrent writers to one row.
 
+pub mod backups;
 pub mod credentials;
 pub mod key_versions;
 pub mod keys;

@@ -207,6 +207,15 @@ diesel::joinable!(grants -> services (service_id));
 diesel::joinable!(grants -> users (owner_id));
 diesel::joinable!(credentials -> users (owner_id));
 diesel::joinable!(credential_versions -> credentials (credential_id));
+diesel::table! {
+    backups (id) {
+        id -> BigInt,
+        taken_at -> BigInt,
+        location -> Text,
+        key_versions -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     sessions,

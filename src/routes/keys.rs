@@ -131,6 +131,10 @@ pub async fn rotate(
 #[serde(deny_unknown_fields)]
 pub struct RetireBody {
     version: i32,
+    /// Retire even though a recorded backup still needs the version (it will not open with
+    /// this keyring any more).
+    #[serde(default)]
+    force: bool,
 }
 
 /// Removes a master-key version from the keyring, refused while any stored key depends on it.
@@ -142,24 +146,27 @@ pub async fn retire(
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::KeysRetire).await?;
     let event = admin.event(Action::KeysRetire);
-    let version = body.into_inner().0.version;
+    let RetireBody { version, force } = body.into_inner().0;
     let (pool, keyring, now) = (state.pool.clone(), state.keyring.clone(), state.clock.now());
     let outcome =
-        web::block(move || retire_blocking(&pool, &keyring, version, now, Some(&event))).await??;
+        web::block(move || retire_blocking(&pool, &keyring, version, force, now, Some(&event)))
+            .await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": outcome })))
 }
 
 /// The retire rule, shared by the API and the CLI: refused for the active version, an unknown
-/// one, or one that any stored key still depends on (see `db::key_versions::retire`).
+/// one, or one that any stored key or recorded backup still depends on (see
+/// `db::key_versions::retire`).
 pub fn retire_blocking(
     pool: &crate::db::Pool,
     keyring: &crate::crypto::Keyring,
     version: i32,
+    force: bool,
     now: crate::clock::UnixSeconds,
     audit: Option<&crate::audit::Event>,
 ) -> Result<String, ApiError> {
     let mut conn = pool.get().map_err(DbError::from)?;
     Ok(key_versions::retire(
-        &mut conn, keyring, version, now, audit,
+        &mut conn, keyring, version, force, now, audit,
     )?)
 }

@@ -7,6 +7,7 @@ mod abuse;
 mod accounts;
 mod audit;
 mod backends;
+mod backup;
 mod broker;
 mod credentials;
 mod hostile;

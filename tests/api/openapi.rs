@@ -2122,3 +2122,31 @@ fn the_audit_vocabulary_in_the_spec_is_exactly_the_codes() {
         code(ActorKind::ALL.iter().map(|k| k.as_str()).collect())
     );
 }
+
+/// The README's reference table names every route, and nothing that is not one.
+#[test]
+fn the_readme_endpoint_table_lists_exactly_the_route_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let listed: std::collections::BTreeSet<(String, String)> = readme
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.strip_prefix("| ")?.split(" | ");
+            let method = cells.next()?;
+            if !["GET", "POST", "PUT", "DELETE"].contains(&method) {
+                return None;
+            }
+            let path = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((method.to_ascii_lowercase(), path.to_owned()))
+        })
+        .collect();
+    let routes: std::collections::BTreeSet<(String, String)> = hazina::routes::ROUTE_TABLE
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert!(routes.len() > 50, "the route table is read");
+    assert_eq!(
+        listed, routes,
+        "README.md's reference table and the route table differ"
+    );
+}

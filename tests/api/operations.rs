@@ -1479,8 +1479,13 @@ async fn an_existing_database_upgrades_in_place_and_its_grants_allow_reveal_only
     // Back to the previous release's schema with the rows in place, then a node of this
     // release starts on it and migrates it up again.
     assert_eq!(
-        v.app.revert_migrations(3),
-        ["20261201000010", "20261201000009", "20261201000008"]
+        v.app.revert_migrations(4),
+        [
+            "20261201000011",
+            "20261201000010",
+            "20261201000009",
+            "20261201000008"
+        ]
     );
     let node = v.app.spawn_node().await;
     let token = node

@@ -1795,7 +1795,7 @@ async fn the_cli_registers_a_service_and_grants_it_an_owners_keys() {
     );
     assert!(
         succeeded(&granted).starts_with(&format!(
-            "granted `billing` reveal on `{owner}`'s credentials (grant id "
+            "granted `billing` reveal on `{owner}`'s mpesa credentials, every environment, live included (narrow it with --environment) (grant id "
         )),
         "{granted:?}"
     );
