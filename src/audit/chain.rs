@@ -11,8 +11,12 @@ pub const HASH_LEN: usize = 32;
 pub const GENESIS: [u8; HASH_LEN] = [0u8; HASH_LEN];
 
 /// One stored entry.
+///
+/// `None` is inserted as NULL (none of these columns has another default), so every insert
+/// names the same columns: diesel prepares the statement once per connection and finds it by
+/// type, instead of writing its SQL again (which columns were `None` would change the text).
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = log)]
+#[diesel(table_name = log, treat_none_as_null = true)]
 pub struct AuditRow {
     pub seq: i64,
     pub occurred_at: i64,

@@ -500,11 +500,11 @@ pub fn retire(
                 let needing = super::backups::needing(tx, version)?;
                 if !needing.is_empty() && !force {
                     return Err(KeyStateError::Conflict(format!(
-                        "Master-key version {version} is needed by {}: they open only with it. \
-                         Keep a copy of this keyring file with them, then retire with --force \
-                         (API: \"force\": true); or take a new backup and keep the old ones \
-                         only as long as you keep that keyring copy",
-                        describe_backups(&needing)
+                        "Master-key version {version} is needed by {}, which {} only with \
+                         it. Keep a copy of this keyring file with the backups, then retire with \
+                         --force (API: \"force\": true)",
+                        describe_backups(&needing),
+                        if needing.len() == 1 { "opens" } else { "open" }
                     )));
                 }
                 diesel::update(kv::table.filter(kv::version.eq(version)))

