@@ -76,21 +76,6 @@ async fn relogin(app: &TestApp, user: &TestUser) -> TestUser {
     }
 }
 
-async fn reveal(app: &TestApp, token: &str, id: i64) -> reqwest::Response {
-    app.get(
-        &format!("/payments/credentials/{id}/get-private-key/"),
-        token,
-    )
-    .await
-}
-
-async fn assert_all_reveal(app: &TestApp, creds: &[(String, i64, String)]) {
-    for (token, id, key) in creds {
-        let body = body_of(reveal(app, token, *id).await, StatusCode::OK).await;
-        assert_eq!(&body["private_key"], key, "credential {id}");
-    }
-}
-
 /// Reveals in a loop until stopped: (successes, failures).
 fn reveal_load(
     app: &TestApp,

@@ -502,3 +502,20 @@ pub fn refuse_audit_writes(app: &TestApp) {
         }
     });
 }
+
+/// An owner's reveal of credential `id`.
+pub async fn reveal(app: &TestApp, token: &str, id: i64) -> Response {
+    app.get(
+        &format!("/payments/credentials/{id}/get-private-key/"),
+        token,
+    )
+    .await
+}
+
+/// Every (owner token, id, key) reveals its key.
+pub async fn assert_all_reveal(app: &TestApp, creds: &[(String, i64, String)]) {
+    for (token, id, key) in creds {
+        let body = body_of(reveal(app, token, *id).await, reqwest::StatusCode::OK).await;
+        assert_eq!(&body["private_key"], key, "credential {id}");
+    }
+}

@@ -43,23 +43,6 @@ async fn seed(app: &TestApp, n: usize) -> Vec<(String, i64, String)> {
     out
 }
 
-async fn reveal(app: &TestApp, token: &str, id: i64) -> reqwest::Response {
-    app.get(
-        &format!("/payments/credentials/{id}/get-private-key/"),
-        token,
-    )
-    .await
-}
-
-async fn assert_all_reveal(app: &TestApp, creds: &[(String, i64, String)]) {
-    for (token, id, key) in creds {
-        let res = reveal(app, token, *id).await;
-        assert_eq!(res.status(), StatusCode::OK, "credential {id}");
-        let body: Value = res.json().await.unwrap();
-        assert_eq!(&body["private_key"], key);
-    }
-}
-
 /// (credential_id, version, kek_version, ciphertext hex, wrapped_dek hex) for every row.
 fn stored(app: &TestApp) -> Vec<String> {
     let (hex, sep) = match backend() {
