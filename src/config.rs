@@ -311,6 +311,17 @@ impl Default for AbuseSettings {
     }
 }
 
+impl AbuseSettings {
+    /// Whether a request from the TCP peer `peer` (never a forwarded-for address) may read
+    /// `/metrics` without an admin token.
+    pub fn metrics_allowed_from(&self, peer: Option<std::net::SocketAddr>) -> bool {
+        peer.is_some_and(|peer| {
+            let ip = peer.ip().to_canonical();
+            self.metrics_allow_cidrs.iter().any(|net| net.contains(&ip))
+        })
+    }
+}
+
 pub const DEFAULT_METRICS_ALLOW_CIDRS: &[&str] = &["127.0.0.1/32", "::1/128"];
 
 #[derive(Debug, thiserror::Error)]

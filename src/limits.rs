@@ -505,15 +505,7 @@ fn is_probe(req: &ServiceRequest, state: &AppState) -> bool {
     }
     match req.path() {
         "/healthz" | "/readyz" => true,
-        "/metrics" => req.peer_addr().is_some_and(|peer| {
-            let ip = peer.ip().to_canonical();
-            state
-                .config
-                .abuse
-                .metrics_allow_cidrs
-                .iter()
-                .any(|net| net.contains(&ip))
-        }),
+        "/metrics" => state.config.abuse.metrics_allowed_from(req.peer_addr()),
         _ => false,
     }
 }

@@ -54,16 +54,7 @@ pub async fn metrics(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let allowed_address = req.peer_addr().is_some_and(|peer| {
-        let ip = peer.ip().to_canonical();
-        state
-            .config
-            .abuse
-            .metrics_allow_cidrs
-            .iter()
-            .any(|net| net.contains(&ip))
-    });
-    if !allowed_address {
+    if !state.config.abuse.metrics_allowed_from(req.peer_addr()) {
         if bearer_token(&req).is_none() {
             return Err(ApiError::Unauthorized(UNAUTHENTICATED));
         }
