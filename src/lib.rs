@@ -38,6 +38,7 @@ pub mod backup;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod db;
 pub mod domain;

@@ -433,7 +433,11 @@ where
             state.limits.decide(req.request(), &state)
         };
         let refuse = |req: ServiceRequest, error: ApiError, decision: &Decision| {
-            let mut res = error.error_response();
+            let mut res = if req.path().starts_with(crate::console::PREFIX) {
+                crate::console::refusal_page(&error)
+            } else {
+                error.error_response()
+            };
             match decision {
                 Decision::Allowed { limit, remaining } => {
                     set_rate_headers(res.headers_mut(), *limit, *remaining)

@@ -404,8 +404,10 @@ impl Application {
                 .configure(routes::extractor_config(app_state.config.max_body_bytes))
                 .wrap(routes::json_errors())
                 .wrap(crate::limits::Guard)
+                .wrap(crate::console::CookieSession)
                 .wrap(routes::RequestContext)
                 .configure(routes::register)
+                .configure(|cfg| crate::console::register(cfg, app_state.config.max_body_bytes))
                 .default_service(web::to(routes::fallback))
         });
         let mut server = match tls {

@@ -229,3 +229,32 @@ pub fn follow(
         }
     }
 }
+
+/// One hour of the log: successful reveals and denials of any kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, diesel::QueryableByName)]
+pub struct HourCounts {
+    /// Hours since the Unix epoch.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub hour: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub reveals: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub denials: i64,
+}
+
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// Reveals and denials per hour for the entries at or after `since` (microseconds), oldest
+/// hour first; hours with neither are absent. Counted by the database (one row per hour).
+pub fn hourly(conn: &mut DbConn, since: i64) -> Result<Vec<HourCounts>, DbError> {
+    Ok(diesel::sql_query(
+        "SELECT occurred_at / 3600000000 AS hour, \
+           CAST(SUM(CASE WHEN action = 'credential.reveal' AND outcome = 'success' THEN 1 ELSE 0 END) AS BIGINT) AS reveals, \
+           CAST(SUM(CASE WHEN outcome = 'denied' THEN 1 ELSE 0 END) AS BIGINT) AS denials \
+         FROM audit_log WHERE occurred_at >= $1 \
+           AND ((action = 'credential.reveal' AND outcome = 'success') OR outcome = 'denied') \
+         GROUP BY occurred_at / 3600000000 ORDER BY hour",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(since.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR)
+    .load(conn)?)
+}

@@ -17,7 +17,7 @@ use crate::startup::AppState;
 const MAX_LIMIT: i64 = 1000;
 const DEFAULT_LIMIT: i64 = 100;
 
-async fn require_auditor(
+pub(crate) async fn require_auditor(
     state: &AppState,
     user: &AuthenticatedUser,
     meta: &RequestMeta,
@@ -443,4 +443,16 @@ pub async fn verify_with_checkpoints(
         "first_bad_seq": report.first_bad_seq,
         "checkpoints": verdicts,
     })))
+}
+
+/// Reveals and denials per hour since `since` (microseconds), for the console's chart:
+/// auditors only, like every read of the log.
+pub(crate) async fn activity(
+    state: &AppState,
+    user: &AuthenticatedUser,
+    meta: &RequestMeta,
+    since: i64,
+) -> Result<Vec<store::HourCounts>, ApiError> {
+    require_auditor(state, user, meta).await?;
+    state.db(move |c| store::hourly(c, since)).await
 }

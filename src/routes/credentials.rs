@@ -1229,6 +1229,16 @@ struct AccessLogEntry {
     reason: Option<String>,
 }
 
+impl AccessLogQuery {
+    /// A page of the access log (for the console).
+    pub(crate) fn page(cursor: Option<i64>, limit: i64) -> Self {
+        AccessLogQuery {
+            cursor,
+            limit: Some(limit),
+        }
+    }
+}
+
 const ACCESS_LOG_MAX: i64 = 500;
 
 /// `GET /payments/credentials/{id}/access-log/`: every audit entry about the owner's

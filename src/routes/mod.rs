@@ -2,12 +2,12 @@
 //! security headers, JSON errors for everything raised below the handlers.
 
 pub mod admin;
-mod audit;
-mod credentials;
+pub(crate) mod audit;
+pub(crate) mod credentials;
 mod health;
 pub mod keys;
 mod operations;
-mod sessions;
+pub(crate) mod sessions;
 
 use std::future::{ready, Ready};
 use std::time::Instant;
@@ -175,11 +175,11 @@ pub fn extractor_config(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceC
 /// handlers) into the `{"error": ...}` shape.
 pub fn json_errors<B: 'static>() -> ErrorHandlers<B> {
     ErrorHandlers::new().default_handler(|res: ServiceResponse<B>| {
-        let is_json = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if is_json {
+        // JSON errors pass as they are, and so do the console's HTML error pages.
+        let is_ours = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
+        if is_ours {
             return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
         }
         let status = res.status();
@@ -282,10 +282,13 @@ where
                 );
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-                headers.insert(
-                    header::CONTENT_SECURITY_POLICY,
-                    HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-                );
+                // The console's pages set their own (stricter than none: its own files only).
+                if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+                    headers.insert(
+                        header::CONTENT_SECURITY_POLICY,
+                        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+                    );
+                }
                 let https = state.as_ref().is_some_and(|s| s.config.tls.is_some());
                 if https {
                     // Two years; only ever sent over HTTPS (browsers ignore it over HTTP).

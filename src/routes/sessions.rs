@@ -35,12 +35,30 @@ pub struct LoginBody {
     password: SecretString,
 }
 
+/// A session's two tokens, as issued (the console keeps them in cookies; the API answers
+/// them as JSON).
+pub(crate) struct TokenPair {
+    pub access: SecretString,
+    pub refresh: SecretString,
+}
+
+impl TokenPair {
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "access_token": self.access.expose_secret(),
+            "refresh_token": self.refresh.expose_secret(),
+            "token_type": "Bearer",
+            "expires_in": jwt::ACCESS_TTL,
+        })
+    }
+}
+
 fn token_pair(
     state: &AppState,
     user: UserId,
     sid: &str,
     now: UnixSeconds,
-) -> Result<(serde_json::Value, String), ApiError> {
+) -> Result<(TokenPair, String), ApiError> {
     let (access, _) = state
         .tokens
         .issue(user, sid, TokenType::Access, now)
@@ -49,13 +67,7 @@ fn token_pair(
         .tokens
         .issue(user, sid, TokenType::Refresh, now)
         .map_err(ApiError::internal)?;
-    let body = serde_json::json!({
-        "access_token": access.expose_secret(),
-        "refresh_token": refresh.expose_secret(),
-        "token_type": "Bearer",
-        "expires_in": jwt::ACCESS_TTL,
-    });
-    Ok((body, refresh_jti))
+    Ok((TokenPair { access, refresh }, refresh_jti))
 }
 
 fn user_actor(id: i64, name: Option<&str>) -> Actor {
@@ -218,9 +230,21 @@ pub async fn login(
     body: web::Json<JsonObject<LoginBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let LoginBody { username, password } = body.into_inner().0;
+    let pair = sign_in(&state, &meta, username, password).await?;
+    Ok(HttpResponse::Ok().json(pair.body()))
+}
+
+/// Signs a user in (the API's login and the console's): throttled, audited, and bound to the
+/// user's allowlist; a new session row and its tokens.
+pub(crate) async fn sign_in(
+    state: &AppState,
+    meta: &RequestMeta,
+    username: String,
+    password: SecretString,
+) -> Result<TokenPair, ApiError> {
     let now = state.clock.now();
-    let subjects = Subjects::of(&state, &username, meta.source_ip)?;
-    let undo = admit_attempt(&state, &meta, &subjects, &username, now).await?;
+    let subjects = Subjects::of(state, &username, meta.source_ip)?;
+    let undo = admit_attempt(state, meta, &subjects, &username, now).await?;
     // The attempted name is recorded only when it is a real account: a name that matches
     // nobody may be a password typed into the wrong field.
     let unknown = |e: Event| e.outcome(Outcome::Denied, Some(Reason::UnknownUser));
@@ -233,7 +257,7 @@ pub async fn login(
             .hasher
             .run(move || password::verify(&password, None))
             .await;
-        audit(&state, &meta, Actor::anonymous(), Action::Login, unknown).await;
+        audit(state, meta, Actor::anonymous(), Action::Login, unknown).await;
         return Err(ApiError::Unauthorized(BAD_LOGIN));
     }
     let user = state
@@ -255,7 +279,7 @@ pub async fn login(
     let user = match user {
         Some(u) if tampered => {
             let actor = user_actor(u.id, Some(&u.username));
-            audit(&state, &meta, actor, Action::IntegrityViolation, |e| {
+            audit(state, meta, actor, Action::IntegrityViolation, |e| {
                 e.target(Target::owner(u.id))
                     .outcome(Outcome::Denied, Some(Reason::RowTampered))
             })
@@ -270,7 +294,7 @@ pub async fn login(
                 Reason::BadPassword
             };
             let actor = user_actor(u.id, Some(&u.username));
-            audit(&state, &meta, actor, Action::Login, |e| {
+            audit(state, meta, actor, Action::Login, |e| {
                 e.target(Target::owner(u.id))
                     .outcome(Outcome::Denied, Some(reason))
             })
@@ -278,14 +302,14 @@ pub async fn login(
             return Err(ApiError::Unauthorized(BAD_LOGIN));
         }
         None => {
-            audit(&state, &meta, Actor::anonymous(), Action::Login, unknown).await;
+            audit(state, meta, Actor::anonymous(), Action::Login, unknown).await;
             return Err(ApiError::Unauthorized(BAD_LOGIN));
         }
     };
     // The user's IP allowlist applies to signing in too, not only to the requests after.
     if !allowed(user.allowed_cidrs.as_deref(), meta.source_ip) {
         let actor = user_actor(user.id, Some(&user.username));
-        audit(&state, &meta, actor, Action::Login, |e| {
+        audit(state, meta, actor, Action::Login, |e| {
             e.target(Target::owner(user.id))
                 .outcome(Outcome::Denied, Some(Reason::OutsideAllowlist))
         })
@@ -294,7 +318,7 @@ pub async fn login(
     }
     let user_id = UserId::from_db(user.id);
     let sid = uuid::Uuid::new_v4().to_string();
-    let (body, refresh_jti) = token_pair(&state, user_id, &sid, now)?;
+    let (pair, refresh_jti) = token_pair(state, user_id, &sid, now)?;
     // A success forgives the account's failures (not the address's: see db::throttle).
     let account = subjects.account;
     state
@@ -304,11 +328,11 @@ pub async fn login(
         })
         .await?;
     let actor = user_actor(user.id, Some(&user.username));
-    audit(&state, &meta, actor, Action::Login, |e| {
+    audit(state, meta, actor, Action::Login, |e| {
         e.target(Target::owner(user.id))
     })
     .await;
-    Ok(HttpResponse::Ok().json(body))
+    Ok(pair)
 }
 
 #[derive(Deserialize)]
@@ -322,13 +346,24 @@ pub async fn refresh(
     meta: RequestMeta,
     body: web::Json<JsonObject<RefreshBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let now = state.clock.now();
     let RefreshBody { refresh_token } = body.into_inner().0;
+    let pair = renew(&state, &meta, &refresh_token).await?;
+    Ok(HttpResponse::Ok().json(pair.body()))
+}
+
+/// Spends a refresh token for a new pair (the API's refresh and the console's): each works
+/// once, and a spent one presented again ends its whole session.
+pub(crate) async fn renew(
+    state: &AppState,
+    meta: &RequestMeta,
+    refresh_token: &SecretString,
+) -> Result<TokenPair, ApiError> {
+    let now = state.clock.now();
     let validated = state
         .tokens
         .validate(refresh_token.expose_secret(), TokenType::Refresh, now);
     let Some((claims, user)) = validated.ok().and_then(|c| c.user_id().map(|u| (c, u))) else {
-        audit(&state, &meta, Actor::anonymous(), Action::Refresh, |e| {
+        audit(state, meta, Actor::anonymous(), Action::Refresh, |e| {
             e.outcome(Outcome::Denied, Some(Reason::TokenInvalid))
         })
         .await;
@@ -339,14 +374,14 @@ pub async fn refresh(
     if let Some(account) = account.filter(|a| !allowed(a.allowed_cidrs.as_deref(), meta.source_ip))
     {
         let actor = user_actor(account.id, Some(&account.username));
-        audit(&state, &meta, actor, Action::Refresh, |e| {
+        audit(state, meta, actor, Action::Refresh, |e| {
             e.target(Target::owner(account.id))
                 .outcome(Outcome::Denied, Some(Reason::OutsideAllowlist))
         })
         .await;
         return Err(ApiError::Forbidden(OUTSIDE_ALLOWLIST));
     }
-    let (pair, next_jti) = token_pair(&state, user, &claims.sid, now)?;
+    let (pair, next_jti) = token_pair(state, user, &claims.sid, now)?;
     let (outcome, username) = state
         .db({
             let keyring = state.keyring.clone();
@@ -360,12 +395,12 @@ pub async fn refresh(
     let target = Target::owner(user.get());
     match outcome {
         Refresh::Rotated => {
-            audit(&state, &meta, actor, Action::Refresh, |e| e.target(target)).await;
-            Ok(HttpResponse::Ok().json(pair))
+            audit(state, meta, actor, Action::Refresh, |e| e.target(target)).await;
+            Ok(pair)
         }
         Refresh::Reused => {
             tracing::warn!(user = %user, "refresh token reuse: session revoked");
-            audit(&state, &meta, actor, Action::RefreshReuse, |e| {
+            audit(state, meta, actor, Action::RefreshReuse, |e| {
                 e.target(target)
                     .outcome(Outcome::Denied, Some(Reason::TokenReused))
             })
@@ -373,7 +408,7 @@ pub async fn refresh(
             Err(ApiError::Unauthorized(BAD_REFRESH))
         }
         Refresh::Tampered => {
-            audit(&state, &meta, actor, Action::IntegrityViolation, |e| {
+            audit(state, meta, actor, Action::IntegrityViolation, |e| {
                 e.target(target)
                     .outcome(Outcome::Denied, Some(Reason::RowTampered))
             })
@@ -381,7 +416,7 @@ pub async fn refresh(
             Err(ApiError::Unauthorized(BAD_REFRESH))
         }
         Refresh::KeyRetired => {
-            audit(&state, &meta, actor, Action::Refresh, |e| {
+            audit(state, meta, actor, Action::Refresh, |e| {
                 e.target(target)
                     .outcome(Outcome::Denied, Some(Reason::TokenInvalid))
             })

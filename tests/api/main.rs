@@ -9,6 +9,8 @@ mod audit;
 mod backends;
 mod backup;
 mod broker;
+mod console;
+mod console_browser;
 mod credentials;
 mod hostile;
 mod integrity;

@@ -434,7 +434,7 @@ fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
 
 /// The attacker with database access: cuts the log back to `keep` entries, fixing the head
 /// and the tree so that everything left is self-consistent.
-fn truncate_log(app: &TestApp, keep: u64) {
+pub fn truncate_log(app: &TestApp, keep: u64) {
     let hash = app.sql_lines(&format!(
         "SELECT {} AS line FROM audit_log WHERE seq = {keep}",
         match backend() {

@@ -1,0 +1,664 @@
+//! The console (SPEC §12): HTML pages for owners, admins and the security team under
+//! `/console/`, rendered on the server and readable with no script at all.
+//!
+//! **It is a client of the API's own handlers, called in process.** A console page asks the
+//! same handler the JSON API routes to (`routes::credentials::list`, `routes::admin::…`) and
+//! renders its answer, so every permission check, owner scope, integrity check, rate limit
+//! and audit entry is the API's, unchanged; the console adds only HTML, a cookie session and
+//! CSRF tokens. Nothing here opens a secret: no page can show a stored key, because no
+//! handler it calls returns one (the reveal is never called).
+//!
+//! Sessions: signing in creates the same revocable session row as `POST /users/login/`; its
+//! access and refresh tokens live in `HttpOnly`, `SameSite=Strict` cookies scoped to
+//! `/console/` (`Secure` under TLS). [`CookieSession`] turns them into the request's bearer
+//! token before the rate limiter runs, renewing an expired access token through the API's
+//! single-use refresh. Only `/console/` paths ever read the cookies: the API never takes
+//! them, so no JSON endpoint can be driven by a forged form.
+//!
+//! CSRF: every form carries a token, an HMAC of the session id under a keyring-derived key;
+//! [`Posted`] refuses a post without the right one before any handler runs (the sign-in form,
+//! before there is a session, carries a random token that must match its cookie). Pages send
+//! [`CSP`] (no inline script or style), `X-Frame-Options: DENY` and `Cache-Control: no-store`.
+
+mod admin;
+mod auditor;
+mod owner;
+mod views;
+
+use std::future::{ready, Future, Ready};
+use std::rc::Rc;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use futures_util::future::LocalBoxFuture;
+use maud::Markup;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use zeroize::Zeroize;
+
+use crate::audit::RequestMeta;
+use crate::auth::jwt::TokenType;
+use crate::auth::principal::bearer_token;
+use crate::auth::AuthenticatedUser;
+use crate::domain::Role;
+use crate::error::ApiError;
+use crate::routes::sessions::{self, TokenPair};
+use crate::routes::JsonObject;
+use crate::startup::AppState;
+
+/// Where the console lives; every console path starts with it.
+pub const PREFIX: &str = "/console/";
+
+/// The console's Content-Security-Policy: scripts, styles and images from the console's own
+/// files only (never inline), forms posted only to itself, never framed.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+    base-uri 'none'";
+
+const ACCESS_COOKIE: &str = "hazina_access";
+const REFRESH_COOKIE: &str = "hazina_refresh";
+/// The sign-in form's CSRF token (double submit: the cookie and the form field must match).
+const SIGN_IN_COOKIE: &str = "hazina_signin";
+const COOKIE_PATH: &str = "/console/";
+const STATIC: &str = "/console/static/";
+
+/// Keys the console's CSRF tokens (a fixed label, never caller data).
+const CSRF_PURPOSE: &str = "hazina/console-csrf/v1";
+
+/// Registers the console's pages and files.
+pub fn register(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.service(
+        web::scope("/console")
+            .app_data(
+                web::FormConfig::default()
+                    .limit(max_body_bytes)
+                    .error_handler(|_, _| Refusal::bad("The form could not be read").into()),
+            )
+            .app_data(web::PathConfig::default().error_handler(|_, _| Refusal::missing().into()))
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|_, _| Refusal::bad("Invalid query parameters").into()),
+            )
+            .route("", web::get().to(to_home))
+            .route("/", web::get().to(home))
+            .route("/static/{file}", web::get().to(asset))
+            .route("/login/", web::get().to(sign_in_page))
+            .route("/login/", web::post().to(sign_in))
+            .route("/logout/", web::post().to(sign_out))
+            .configure(owner::register)
+            .configure(admin::register)
+            .configure(auditor::register)
+            .default_service(web::to(not_found)),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions by cookie
+
+fn cookie(name: &'static str, value: String, https: bool) -> Cookie<'static> {
+    Cookie::build(name, value)
+        .path(COOKIE_PATH)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(https)
+        .finish()
+}
+
+fn removal(name: &'static str) -> Cookie<'static> {
+    let mut c = Cookie::build(name, "")
+        .path(COOKIE_PATH)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .finish();
+    c.make_removal();
+    c
+}
+
+fn set_session<B>(res: &mut HttpResponse<B>, pair: &TokenPair, https: bool) {
+    for (name, token) in [
+        (ACCESS_COOKIE, &pair.access),
+        (REFRESH_COOKIE, &pair.refresh),
+    ] {
+        // A token is base64url and dots: always a valid cookie value.
+        let _ = res.add_cookie(&cookie(name, token.expose_secret().to_owned(), https));
+    }
+}
+
+fn clear_session<B>(res: &mut HttpResponse<B>) {
+    for name in [ACCESS_COOKIE, REFRESH_COOKIE] {
+        let _ = res.add_cookie(&removal(name));
+    }
+}
+
+/// Turns a console request's session cookies into its bearer token, before the rate limiter
+/// and the handlers see it: an access token that has expired is renewed through the API's
+/// single-use refresh (the new pair replaces the cookies). Requests outside `/console/`, and
+/// any request that brings its own `Authorization`, pass untouched.
+pub struct CookieSession;
+
+impl<S, B> Transform<S, ServiceRequest> for CookieSession
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Transform = CookieSessionMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(CookieSessionMiddleware {
+            service: Rc::new(service),
+        }))
+    }
+}
+
+pub struct CookieSessionMiddleware<S> {
+    service: Rc<S>,
+}
+
+impl<S, B> Service<ServiceRequest> for CookieSessionMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        let path = req.path();
+        let console = path.starts_with(PREFIX) && !path.starts_with(STATIC);
+        if !console || req.headers().contains_key(header::AUTHORIZATION) {
+            return Box::pin(service.call(req));
+        }
+        let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+            return Box::pin(service.call(req));
+        };
+        let access = req.cookie(ACCESS_COOKIE).map(|c| c.value().to_owned());
+        let refresh = req.cookie(REFRESH_COOKIE).map(|c| c.value().to_owned());
+        Box::pin(async move {
+            let now = state.clock.now();
+            let live = access.filter(|t| state.tokens.validate(t, TokenType::Access, now).is_ok());
+            let (token, renewed, dead) = match (live, refresh) {
+                (Some(token), _) => (Some(SecretString::from(token)), None, false),
+                (None, Some(refresh)) => {
+                    let meta = RequestMeta::of(req.request());
+                    match sessions::renew(&state, &meta, &SecretString::from(refresh)).await {
+                        Ok(pair) => (Some(pair.access.clone()), Some(pair), false),
+                        Err(_) => (None, None, true),
+                    }
+                }
+                (None, None) => (None, None, false),
+            };
+            if let Some(token) = token {
+                let bearer = format!("Bearer {}", token.expose_secret());
+                if let Ok(value) = HeaderValue::from_str(&bearer) {
+                    req.headers_mut().insert(header::AUTHORIZATION, value);
+                }
+            }
+            let mut res = service.call(req).await?;
+            // A handler that set the session itself (sign-in, sign-out) has the last word.
+            let handled = res.response().cookies().any(|c| c.name() == ACCESS_COOKIE);
+            if !handled {
+                if let Some(pair) = &renewed {
+                    set_session(res.response_mut(), pair, state.config.tls.is_some());
+                } else if dead {
+                    clear_session(res.response_mut());
+                }
+            }
+            Ok(res)
+        })
+    }
+}
+
+/// The CSRF token of a session: HMAC-SHA-256 of its id under a keyring-derived key.
+fn csrf_token(state: &AppState, session_id: &str) -> Result<String, Refusal> {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let keyring = &state.keyring;
+    let key = keyring
+        .derive(keyring.active_version(), CSRF_PURPOSE)
+        .ok_or_else(|| Refusal::internal(anyhow::anyhow!("no active master key")))?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).map_err(Refusal::internal)?;
+    mac.update(session_id.as_bytes());
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+fn same_token(given: Option<&str>, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|g| {
+        !expected.is_empty() && bool::from(g.as_bytes().ct_eq(expected.as_bytes()))
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// What every page has: the signed-in user, and answers from the API's handlers
+
+/// The signed-in user of a console page, and the request it came with.
+pub struct Cx {
+    pub req: HttpRequest,
+    pub state: web::Data<AppState>,
+    pub user: AuthenticatedUser,
+    /// This session's CSRF token, for the page's forms.
+    pub csrf: String,
+}
+
+impl Cx {
+    pub fn meta(&self) -> RequestMeta {
+        RequestMeta::of(&self.req)
+    }
+
+    /// The pieces of the page frame that depend on who is looking.
+    pub fn frame(&self) -> views::Frame<'_> {
+        views::Frame {
+            username: &self.user.username,
+            role: self.user.role,
+            csrf: &self.csrf,
+        }
+    }
+
+    /// A full page for this user.
+    pub fn page(&self, status: StatusCode, title: &str, body: Markup) -> HttpResponse {
+        html(status, views::layout(title, Some(&self.frame()), body))
+    }
+}
+
+impl FromRequest for Cx {
+    type Error = Refusal;
+    type Future = LocalBoxFuture<'static, Result<Self, Refusal>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .cloned()
+                .ok_or_else(|| Refusal::internal(anyhow::anyhow!("application state missing")))?;
+            if bearer_token(&req).is_none() {
+                return Err(Refusal::SignIn);
+            }
+            let user = AuthenticatedUser::extract(&req)
+                .await
+                .map_err(|e| Refusal::from_api(&e))?;
+            let csrf = csrf_token(&state, &user.session_id)?;
+            Ok(Cx {
+                req,
+                state,
+                user,
+                csrf,
+            })
+        })
+    }
+}
+
+/// A posted form's fields. Values are wiped from memory when it is dropped (a form may carry
+/// a private key or a password).
+pub struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A field's value, if present and not blank.
+    pub fn filled(&self, name: &str) -> Option<&str> {
+        self.get(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// Every value of a repeated field (checkboxes), blanks left out.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The filled fields named `prefix` + something, as (something, value).
+    pub fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.0.iter().filter_map(move |(k, v)| {
+            let name = k.strip_prefix(prefix)?;
+            (!v.is_empty()).then_some((name, v.as_str()))
+        })
+    }
+}
+
+impl Drop for Fields {
+    fn drop(&mut self) {
+        for (_, v) in &mut self.0 {
+            v.zeroize();
+        }
+    }
+}
+
+/// A form posted by the signed-in user, with its CSRF token checked: a post without this
+/// session's token is refused (403) before any handler runs.
+pub struct Posted {
+    pub cx: Cx,
+    pub fields: Fields,
+}
+
+impl FromRequest for Posted {
+    type Error = Refusal;
+    type Future = LocalBoxFuture<'static, Result<Self, Refusal>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let form = web::Form::<Vec<(String, String)>>::from_request(req, payload);
+        let cx = Cx::from_request(req, &mut Payload::None);
+        Box::pin(async move {
+            let cx = cx.await?;
+            let fields = Fields(
+                form.await
+                    .map_err(|_| Refusal::bad("The form could not be read"))?
+                    .into_inner(),
+            );
+            if !same_token(fields.get("csrf"), &cx.csrf) {
+                tracing::warn!("console: a form without this session's CSRF token was refused");
+                return Err(Refusal::forged());
+            }
+            Ok(Posted { cx, fields })
+        })
+    }
+}
+
+/// Runs one of the API's handlers and reads its JSON answer; a refusal keeps its status and
+/// public message (a 401 sends the browser to the sign-in page).
+pub async fn call(
+    answer: impl Future<Output = Result<HttpResponse, ApiError>>,
+) -> Result<Value, Refusal> {
+    let res = match answer.await {
+        Ok(res) => res,
+        Err(e) => return Err(Refusal::from_api(&e)),
+    };
+    let status = res.status();
+    let bytes = actix_web::body::to_bytes(res.into_body())
+        .await
+        .map_err(|_| Refusal::internal(anyhow::anyhow!("an API answer could not be read")))?;
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    let message = body["error"]
+        .as_str()
+        .unwrap_or("The request was refused")
+        .to_owned();
+    Err(match status {
+        StatusCode::UNAUTHORIZED => Refusal::SignIn,
+        _ => Refusal::Page { status, message },
+    })
+}
+
+/// A request body for one of the API's handlers, from fields the console gathered: the API's
+/// own type and rules (unknown fields refused, lengths, formats) decide what is acceptable.
+pub fn body<T: DeserializeOwned>(fields: Value) -> Result<web::Json<JsonObject<T>>, Refusal> {
+    serde_json::from_value::<JsonObject<T>>(fields)
+        .map(web::Json)
+        .map_err(|e| Refusal::bad(&crate::error::describe_json_error(&e)))
+}
+
+pub fn html(status: StatusCode, page: Markup) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .body(page.into_string())
+}
+
+/// 303 to another console page (after a form: the browser then loads it with GET).
+pub fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location.to_owned()))
+        .finish()
+}
+
+// ---------------------------------------------------------------------------------------
+// Refusals, as pages
+
+/// Why a console request ends in something other than its page.
+#[derive(Debug)]
+pub enum Refusal {
+    /// No session, or a dead one: to the sign-in page.
+    SignIn,
+    /// An error page with the API's status and public message.
+    Page { status: StatusCode, message: String },
+}
+
+impl Refusal {
+    pub fn bad(message: &str) -> Self {
+        Refusal::Page {
+            status: StatusCode::BAD_REQUEST,
+            message: message.to_owned(),
+        }
+    }
+
+    pub fn missing() -> Self {
+        Refusal::Page {
+            status: StatusCode::NOT_FOUND,
+            message: crate::error::NOT_FOUND.to_owned(),
+        }
+    }
+
+    fn forged() -> Self {
+        Refusal::Page {
+            status: StatusCode::FORBIDDEN,
+            message: "This form has expired or did not come from this console. Go back, \
+                      reload the page and try again."
+                .to_owned(),
+        }
+    }
+
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        Refusal::from_api(&ApiError::Internal(e.into()))
+    }
+
+    pub fn from_api(e: &ApiError) -> Self {
+        match e {
+            ApiError::Unauthorized(_) | ApiError::InvalidToken | ApiError::TokenExpired => {
+                Refusal::SignIn
+            }
+            other => {
+                // Logs the cause of a 5xx once, as the API would.
+                let _ = other.error_response();
+                Refusal::Page {
+                    status: other.status_code(),
+                    message: other.public_message(),
+                }
+            }
+        }
+    }
+
+    /// The status and message of a refusal shown inside a page (a form's error).
+    pub fn shown(self) -> Result<(StatusCode, String), Refusal> {
+        match self {
+            Refusal::SignIn => Err(Refusal::SignIn),
+            Refusal::Page { status, message } => Ok((status, message)),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::SignIn => f.write_str("sign in required"),
+            Refusal::Page { status, .. } => write!(f, "console refusal ({status})"),
+        }
+    }
+}
+
+impl ResponseError for Refusal {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Refusal::SignIn => StatusCode::SEE_OTHER,
+            Refusal::Page { status, .. } => *status,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Refusal::SignIn => {
+                let mut res = see_other("/console/login/");
+                clear_session(&mut res);
+                res
+            }
+            Refusal::Page { status, message } => html(*status, views::problem(*status, message)),
+        }
+    }
+}
+
+pub type Page = Result<HttpResponse, Refusal>;
+
+fn retry_after(res: &mut HttpResponse, e: &ApiError) {
+    if let ApiError::TooManyRequests { retry_after, .. } = e {
+        if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+}
+
+/// An API refusal raised below the handlers (the rate limiter, the size guards) as a console
+/// page, for a console path: the same status and words, as HTML.
+pub fn refusal_page(e: &ApiError) -> HttpResponse {
+    let mut res = Refusal::from_api(e).error_response();
+    retry_after(&mut res, e);
+    res
+}
+
+// ---------------------------------------------------------------------------------------
+// Sign-in, sign-out, home, files
+
+async fn to_home() -> HttpResponse {
+    see_other(PREFIX)
+}
+
+/// `/console/`: each role's main page.
+async fn home(cx: Cx) -> HttpResponse {
+    see_other(match cx.user.role {
+        Role::User => "/console/credentials/",
+        Role::Admin => "/console/admin/",
+        Role::Auditor => "/console/audit/",
+    })
+}
+
+fn random_token() -> String {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn sign_in_form(
+    req: &HttpRequest,
+    status: StatusCode,
+    error: Option<&str>,
+    username: &str,
+) -> HttpResponse {
+    let https = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|s| s.config.tls.is_some());
+    let token = req
+        .cookie(SIGN_IN_COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|v| v.len() == 43)
+        .unwrap_or_else(random_token);
+    let mut res = html(status, views::sign_in(&token, error, username));
+    let _ = res.add_cookie(&cookie(SIGN_IN_COOKIE, token, https));
+    res
+}
+
+async fn sign_in_page(req: HttpRequest) -> HttpResponse {
+    sign_in_form(&req, StatusCode::OK, None, "")
+}
+
+/// `POST /console/login/`: the API's sign-in (throttled, audited, allowlisted), then the
+/// session's tokens into cookies.
+async fn sign_in(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<Vec<(String, String)>>,
+) -> HttpResponse {
+    let fields = Fields(form.into_inner());
+    let expected = req.cookie(SIGN_IN_COOKIE).map(|c| c.value().to_owned());
+    if !same_token(fields.get("csrf"), expected.as_deref().unwrap_or("")) {
+        return Refusal::forged().error_response();
+    }
+    let username = fields.get("username").unwrap_or("").to_owned();
+    let password = SecretString::from(fields.get("password").unwrap_or("").to_owned());
+    let meta = RequestMeta::of(&req);
+    match sessions::sign_in(&state, &meta, username.clone(), password).await {
+        Ok(pair) => {
+            let mut res = see_other(PREFIX);
+            set_session(&mut res, &pair, state.config.tls.is_some());
+            let _ = res.add_cookie(&removal(SIGN_IN_COOKIE));
+            res
+        }
+        Err(e) => {
+            let status = e.status_code();
+            let mut res = sign_in_form(&req, status, Some(&e.public_message()), &username);
+            retry_after(&mut res, &e);
+            res
+        }
+    }
+}
+
+/// `POST /console/logout/`: the API's logout (the session row is revoked), cookies cleared.
+async fn sign_out(posted: Posted) -> Page {
+    let Posted { cx, .. } = posted;
+    let meta = cx.meta();
+    call(sessions::logout(cx.state.clone(), cx.user.clone(), meta)).await?;
+    let mut res = see_other("/console/login/");
+    clear_session(&mut res);
+    Ok(res)
+}
+
+async fn not_found() -> HttpResponse {
+    Refusal::Page {
+        status: StatusCode::NOT_FOUND,
+        message: "There is no such page.".into(),
+    }
+    .error_response()
+}
+
+/// The console's files, compiled into the binary.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/console.css"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("assets/favicon.svg"),
+    ),
+    (
+        "follow.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/follow.js"),
+    ),
+];
+
+async fn asset(path: web::Path<String>) -> HttpResponse {
+    match ASSETS.iter().find(|(name, _, _)| *name == path.as_str()) {
+        Some((_, kind, text)) => HttpResponse::Ok()
+            .content_type(*kind)
+            .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+            .body(*text),
+        None => Refusal::Page {
+            status: StatusCode::NOT_FOUND,
+            message: "There is no such file.".into(),
+        }
+        .error_response(),
+    }
+}
