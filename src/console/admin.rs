@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::views::{self, banner, text, when, yes_no, ENVIRONMENTS, PROVIDERS};
-use super::{body, call, see_other, Cx, Page, Posted, Refusal};
+use super::{see_other, Cx, Page, Posted, Refusal};
 use crate::routes::{admin as api, keys};
 
 pub fn register(cfg: &mut web::ServiceConfig) {
@@ -80,12 +80,7 @@ async fn users(cx: Cx, q: web::Query<Notice>) -> Page {
 }
 
 async fn users_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
-    let rows = call(api::list_users(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-    ))
-    .await?;
+    let rows = cx.ask0(api::list_users).await?;
     let body = html! {
         (banner(notice, message_of(&error)))
         div class="scroll" { table {
@@ -145,18 +140,7 @@ async fn create_user(posted: Posted) -> Page {
         "role": f.get("role").unwrap_or("user"),
     });
     let cx = &posted.cx;
-    let answer = match body(fields) {
-        Ok(b) => {
-            call(api::create_user(
-                cx.state.clone(),
-                cx.user.clone(),
-                cx.meta(),
-                b,
-            ))
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let answer = cx.send(api::create_user, fields).await;
     after(answer, "/console/admin/", "user-created", |e| {
         users_page(cx, None, e)
     })
@@ -165,13 +149,7 @@ async fn create_user(posted: Posted) -> Page {
 
 async fn disable_user(posted: Posted, name: web::Path<String>) -> Page {
     let cx = &posted.cx;
-    let answer = call(api::disable_user(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-        name,
-    ))
-    .await;
+    let answer = cx.ask(api::disable_user, name).await;
     after(answer, "/console/admin/", "user-disabled", |e| {
         users_page(cx, None, e)
     })
@@ -180,13 +158,7 @@ async fn disable_user(posted: Posted, name: web::Path<String>) -> Page {
 
 async fn enable_user(posted: Posted, name: web::Path<String>) -> Page {
     let cx = &posted.cx;
-    let answer = call(api::enable_user(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-        name,
-    ))
-    .await;
+    let answer = cx.ask(api::enable_user, name).await;
     after(answer, "/console/admin/", "user-enabled", |e| {
         users_page(cx, None, e)
     })
@@ -200,12 +172,7 @@ async fn services(cx: Cx, q: web::Query<Notice>) -> Page {
 }
 
 async fn services_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
-    let rows = call(api::list_services(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-    ))
-    .await?;
+    let rows = cx.ask0(api::list_services).await?;
     let body = html! {
         (banner(notice, message_of(&error)))
         div class="scroll" { table {
@@ -255,18 +222,7 @@ async fn create_service(posted: Posted) -> Page {
         "identity": f.get("identity").unwrap_or(""),
     });
     let cx = &posted.cx;
-    let answer = match body(fields) {
-        Ok(b) => {
-            call(api::create_service(
-                cx.state.clone(),
-                cx.user.clone(),
-                cx.meta(),
-                b,
-            ))
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let answer = cx.send(api::create_service, fields).await;
     after(answer, "/console/admin/services/", "service-created", |e| {
         services_page(cx, None, e)
     })
@@ -275,13 +231,7 @@ async fn create_service(posted: Posted) -> Page {
 
 async fn disable_service(posted: Posted, name: web::Path<String>) -> Page {
     let cx = &posted.cx;
-    let answer = call(api::disable_service(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-        name,
-    ))
-    .await;
+    let answer = cx.ask(api::disable_service, name).await;
     after(
         answer,
         "/console/admin/services/",
@@ -306,12 +256,7 @@ async fn grants(cx: Cx, q: web::Query<Notice>) -> Page {
 }
 
 async fn grants_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
-    let rows = call(api::list_grants(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-    ))
-    .await?;
+    let rows = cx.ask0(api::list_grants).await?;
     let body = html! {
         (banner(notice, message_of(&error)))
         div class="scroll" { table {
@@ -386,18 +331,7 @@ async fn create_grant(posted: Posted) -> Page {
         fields["environment"] = json!(e);
     }
     let cx = &posted.cx;
-    let answer = match body(fields) {
-        Ok(b) => {
-            call(api::create_grant(
-                cx.state.clone(),
-                cx.user.clone(),
-                cx.meta(),
-                b,
-            ))
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let answer = cx.send(api::create_grant, fields).await;
     after(answer, "/console/admin/grants/", "grant-created", |e| {
         grants_page(cx, None, e)
     })
@@ -406,13 +340,7 @@ async fn create_grant(posted: Posted) -> Page {
 
 async fn revoke_grant(posted: Posted, id: web::Path<String>) -> Page {
     let cx = &posted.cx;
-    let answer = call(api::revoke_grant(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-        id,
-    ))
-    .await;
+    let answer = cx.ask(api::revoke_grant, id).await;
     after(answer, "/console/admin/grants/", "grant-revoked", |e| {
         grants_page(cx, None, e)
     })
@@ -422,18 +350,8 @@ async fn revoke_grant(posted: Posted, id: web::Path<String>) -> Page {
 // ---- certificates
 
 async fn certificates(cx: Cx) -> Page {
-    let installed = call(api::list_provider_certificates(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-    ))
-    .await?;
-    let revoked = call(api::list_revoked_certificates(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-    ))
-    .await?;
+    let installed = cx.ask0(api::list_provider_certificates).await?;
+    let revoked = cx.ask0(api::list_revoked_certificates).await?;
     let body = html! {
         section aria-labelledby="provider-certs" {
             h2 id="provider-certs" { "Provider certificates" }
@@ -500,7 +418,7 @@ fn progress(rotation: &Value) -> Markup {
 }
 
 async fn keys_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
-    let status = call(keys::show(cx.state.clone(), cx.user.clone(), cx.meta())).await?;
+    let status = cx.ask0(keys::show).await?;
     let body = html! {
         (banner(notice, message_of(&error)))
         p { "New data keys are wrapped under version " strong { (text(&status["active_version"])) } "." }
@@ -532,7 +450,7 @@ async fn keys_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
 
 async fn rotate_keys(posted: Posted) -> Page {
     let cx = &posted.cx;
-    let answer = call(keys::rotate(cx.state.clone(), cx.user.clone(), cx.meta())).await;
+    let answer = cx.ask0(keys::rotate).await;
     after(answer, "/console/admin/keys/", "rotation-started", |e| {
         keys_page(cx, None, e)
     })

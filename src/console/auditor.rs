@@ -10,7 +10,7 @@ use maud::{html, Markup};
 use serde_json::{json, Value};
 
 use super::views::{banner, text, when};
-use super::{body, call, Cx, Page, Posted, Refusal};
+use super::{Cx, Page, Posted, Refusal};
 use crate::error::ApiError;
 use crate::routes::audit as api;
 
@@ -67,14 +67,7 @@ async fn log(cx: Cx) -> Page {
     let pairs = filled_query(cx.req.query_string())?;
     let query = web::Query::<api::ListQuery>::from_query(&encode(&pairs))
         .map_err(|_| Refusal::bad("Unknown filter; use the form's fields"))?;
-    let (events, error) = match call(api::list(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-        query,
-    ))
-    .await
-    {
+    let (events, error) = match cx.ask(api::list, query).await {
         Ok(events) => (events, None),
         // A filter the API refuses is shown with the form; any other refusal is the page's.
         Err(Refusal::Page {
@@ -318,12 +311,7 @@ async fn checkpoint_file(cx: Cx) -> Page {
 }
 
 async fn public_key_file(cx: Cx) -> Page {
-    let key = call(api::public_key(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-    ))
-    .await?;
+    let key = cx.ask0(api::public_key).await?;
     let mut text = String::new();
     for k in key["keys"].as_array().into_iter().flatten() {
         if let Some(k) = k.as_str() {
@@ -375,13 +363,8 @@ async fn verify_page(
     error: Option<(StatusCode, String)>,
     pasted: &str,
 ) -> Page {
-    let report = call(api::verify(cx.state.clone(), cx.user.clone(), cx.meta())).await?;
-    let key = call(api::public_key(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-    ))
-    .await?;
+    let report = cx.ask0(api::verify).await?;
+    let key = cx.ask0(api::public_key).await?;
     let latest = latest_checkpoint(cx).await;
     let status = error.as_ref().map_or(StatusCode::OK, |(s, _)| *s);
     let body = html! {
@@ -447,18 +430,12 @@ async fn verify_checkpoint(posted: Posted) -> Page {
     if !pasted.ends_with('\n') {
         pasted.push('\n');
     }
-    let answer = match body(json!({ "checkpoints": [pasted.clone()] })) {
-        Ok(b) => {
-            call(api::verify_with_checkpoints(
-                cx.state.clone(),
-                cx.user.clone(),
-                cx.meta(),
-                b,
-            ))
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let answer = cx
+        .send(
+            api::verify_with_checkpoints,
+            json!({ "checkpoints": [pasted.clone()] }),
+        )
+        .await;
     match answer {
         Ok(result) => verify_page(cx, Some(result), None, &pasted).await,
         Err(e) => verify_page(cx, None, Some(e.shown()?), &pasted).await,

@@ -266,6 +266,46 @@ impl Cx {
         }
     }
 
+    /// Runs one of the API's handlers of the common shape (state, caller, request, `extra`:
+    /// a path, a query or a body) for this user, and reads its answer.
+    pub async fn ask<T, F, Fut>(&self, handler: F, extra: T) -> Result<Value, Refusal>
+    where
+        F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta, T) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        call(handler(
+            self.state.clone(),
+            self.user.clone(),
+            self.meta(),
+            extra,
+        ))
+        .await
+    }
+
+    /// [`ask`](Self::ask) for a handler that takes nothing more.
+    pub async fn ask0<F, Fut>(&self, handler: F) -> Result<Value, Refusal>
+    where
+        F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        call(handler(self.state.clone(), self.user.clone(), self.meta())).await
+    }
+
+    /// [`ask`](Self::ask) with a JSON body made of `fields` (see [`body`]).
+    pub async fn send<B, F, Fut>(&self, handler: F, fields: Value) -> Result<Value, Refusal>
+    where
+        B: DeserializeOwned,
+        F: FnOnce(
+            web::Data<AppState>,
+            AuthenticatedUser,
+            RequestMeta,
+            web::Json<JsonObject<B>>,
+        ) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        self.ask(handler, body(fields)?).await
+    }
+
     /// A full page for this user.
     pub fn page(&self, status: StatusCode, title: &str, body: Markup) -> HttpResponse {
         html(status, views::layout(title, Some(&self.frame()), body))
@@ -615,8 +655,7 @@ async fn sign_in(
 /// `POST /console/logout/`: the API's logout (the session row is revoked), cookies cleared.
 async fn sign_out(posted: Posted) -> Page {
     let Posted { cx, .. } = posted;
-    let meta = cx.meta();
-    call(sessions::logout(cx.state.clone(), cx.user.clone(), meta)).await?;
+    cx.ask0(sessions::logout).await?;
     let mut res = see_other("/console/login/");
     clear_session(&mut res);
     Ok(res)

@@ -48,7 +48,7 @@ async fn list(cx: Cx, q: web::Query<Notice>) -> Page {
 }
 
 async fn list_page(cx: &Cx, notice: Option<&str>, error: Option<(StatusCode, String)>) -> Page {
-    let creds = call(api::list(cx.state.clone(), cx.user.clone(), cx.meta())).await?;
+    let creds = cx.ask0(api::list).await?;
     let rows = creds.as_array().cloned().unwrap_or_default();
     let status = error.as_ref().map_or(StatusCode::OK, |(s, _)| *s);
     let body = html! {
@@ -166,10 +166,7 @@ async fn create(posted: Posted) -> Page {
     }
     profile_of(&posted, &mut fields);
     let cx = &posted.cx;
-    let answer = match body(Value::Object(fields)) {
-        Ok(b) => call(api::create(cx.state.clone(), cx.user.clone(), cx.meta(), b)).await,
-        Err(e) => Err(e),
-    };
+    let answer = cx.send(api::create, Value::Object(fields)).await;
     match answer {
         Ok(created) => Ok(see_other(&format!(
             "/console/credentials/{}/?notice=created",
@@ -200,20 +197,8 @@ async fn detail_page(
     cursor: Option<i64>,
 ) -> Page {
     let path = || web::Path::from(id.to_owned());
-    let cred = call(api::get_one(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-        path(),
-    ))
-    .await?;
-    let versions = call(api::versions(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-        path(),
-    ))
-    .await?;
+    let cred = cx.ask(api::get_one, path()).await?;
+    let versions = cx.ask(api::versions, path()).await?;
     let query = api::AccessLogQuery::page(cursor, 50);
     let log = call(api::access_log(
         cx.state.clone(),

@@ -50,9 +50,14 @@ impl Answer {
 
 impl<'a> Visitor<'a> {
     pub fn new(app: &'a TestApp) -> Self {
+        Self::with(app, reqwest::Client::builder())
+    }
+
+    /// A visitor on its own client (e.g. one that trusts a test CA).
+    pub fn with(app: &'a TestApp, client: reqwest::ClientBuilder) -> Self {
         Visitor {
             app,
-            client: reqwest::Client::builder()
+            client: client
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
@@ -814,4 +819,163 @@ async fn an_admin_makes_a_user_and_a_grant_through_the_console_and_each_is_audit
             "admin.grant_create"
         ]
     );
+}
+
+#[tokio::test]
+async fn under_tls_the_console_cookies_are_secure() {
+    let pki = crate::pki::TestPki::new();
+    let app = crate::pki::spawn_tls_app(&pki, crate::pki::ClientCerts::Optional).await;
+    let user = app.user().await;
+    let mut v = Visitor::with(&app, pki.https_builder(None));
+    let res = v.sign_in(&user.username, &user.password).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    let cookies = res.set_cookies();
+    assert!(cookies.len() >= 2, "{cookies:?}");
+    for name in ["hazina_access=", "hazina_refresh="] {
+        let c = cookies.iter().find(|c| c.starts_with(name)).unwrap();
+        assert!(c.contains("; Secure") && c.contains("HttpOnly"), "{c}");
+    }
+    assert_eq!(v.get("/console/").await.location(), "/console/credentials/");
+}
+
+#[tokio::test]
+async fn the_audit_log_pages_with_the_apis_cursor_and_keeps_the_filters() {
+    let app = spawn_app().await;
+    for _ in 0..4 {
+        app.user().await;
+    }
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let mut a = Visitor::signed_in(&app, &auditor).await;
+    let first = a.get("/console/audit/?action=auth.login&limit=2").await;
+    assert_eq!(first.status, StatusCode::OK);
+    let rows = |page: &Answer| page.html.matches("<td>auth.login</td>").count();
+    assert_eq!(rows(&first), 2);
+    let marker = "<a href=\"/console/audit/?";
+    let start = first.html.find(marker).expect("a next page link") + "<a href=\"".len();
+    let next =
+        first.html[start..start + first.html[start..].find('"').unwrap()].replace("&amp;", "&");
+    assert!(
+        next.contains("action=auth%2Elogin") && next.contains("cursor="),
+        "{next}"
+    );
+    let second = a.get(&next).await;
+    assert_eq!(rows(&second), 2);
+    assert_ne!(first.html, second.html);
+    // Blank boxes mean "any"; an unknown filter or a bad value is a 400 page, never a 5xx.
+    let blank = a.get("/console/audit/?actor=&action=&outcome=").await;
+    assert_eq!(blank.status, StatusCode::OK);
+    for bad in [
+        "?secret=1",
+        "?limit=abc",
+        "?since=yesterday",
+        "?credential=-x",
+    ] {
+        let res = a.get(&format!("/console/audit/{bad}")).await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(res.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+    }
+}
+
+#[tokio::test]
+async fn an_edited_entry_is_named_in_plain_words() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let mut a = Visitor::signed_in(&app, &auditor).await;
+    app.sql("UPDATE audit_log SET actor_name = 'mallory' WHERE seq = 2");
+    let page = a.get("/console/audit/verify/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.html
+            .contains("The log has been altered: entry #2 is not the entry that was written"),
+        "{}",
+        page.html
+    );
+}
+
+#[tokio::test]
+async fn hostile_console_input_gets_a_4xx_page_never_a_5xx() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let cred = app
+        .create_credential(&owner, "kopokopo", "sandbox", "owner-private-key")
+        .await;
+    let mut v = Visitor::signed_in(&app, &owner).await;
+    let csrf = v.get("/console/credentials/").await.csrf();
+    for path in [
+        "/console/credentials/-1/",
+        "/console/credentials/1e3/",
+        "/console/credentials/99999999999999999999999/",
+        "/console/credentials/%00/",
+        "/console/credentials/1/../../",
+    ] {
+        let res = v.get(path).await;
+        assert!(
+            res.status.is_client_error() || res.status.is_redirection(),
+            "{path}: {}",
+            res.status
+        );
+    }
+    let detail = format!("/console/credentials/{}/", cred["id"]);
+    let cookie = v
+        .cookies
+        .iter()
+        .map(|(k, c)| format!("{k}={c}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let raw = |body: Vec<u8>, kind: &'static str| {
+        app.client
+            .post(app.url(&format!("{detail}verify/")))
+            .header(COOKIE, cookie.clone())
+            .header("content-type", kind)
+            .body(body)
+    };
+    let huge = format!("csrf={csrf}&private_key={}", "k".repeat(2_000_000));
+    for (body, kind) in [
+        (b"{\"private_key\": \"x\"}".to_vec(), "application/json"),
+        (b"%%%%=%%%".to_vec(), "application/x-www-form-urlencoded"),
+        (vec![0xff, 0xfe, 0x00], "application/x-www-form-urlencoded"),
+        (huge.into_bytes(), "application/x-www-form-urlencoded"),
+        (
+            format!("csrf={csrf}&private_key=%00").into_bytes(),
+            "application/x-www-form-urlencoded",
+        ),
+    ] {
+        let res = raw(body, kind).send().await.unwrap();
+        assert!(res.status().is_client_error(), "{kind}: {}", res.status());
+    }
+    // A rotation with nothing in it, a bad version, a provider the API does not know.
+    let res = v
+        .post(
+            &format!("{detail}rotate/"),
+            &[("csrf", &csrf), ("version", "x")],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    let res = v
+        .post(
+            "/console/credentials/",
+            &[
+                ("csrf", &csrf),
+                ("provider", "paypal"),
+                ("api_key", "k"),
+                ("private_key", "0123456789"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    assert!(res.html.contains("role=\"alert\""));
+    // The credential is as it was.
+    let now = body_of(
+        app.get(&detail.replace("/console", "/payments"), &owner.access)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(now["version"], 1);
 }

@@ -207,6 +207,11 @@ impl TestPki {
 
     /// An HTTPS client that trusts only the test CA and presents `identity`, if any.
     pub fn https_client(&self, identity: Option<&ClientIdentity>) -> reqwest::Client {
+        self.https_builder(identity).build().unwrap()
+    }
+
+    /// [`https_client`](Self::https_client), still to be configured.
+    pub fn https_builder(&self, identity: Option<&ClientIdentity>) -> reqwest::ClientBuilder {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -221,10 +226,7 @@ impl TestPki {
                 .with_client_auth_cert(vec![id.cert.clone()], id.key())
                 .unwrap(),
         };
-        reqwest::Client::builder()
-            .use_preconfigured_tls(config)
-            .build()
-            .unwrap()
+        reqwest::Client::builder().use_preconfigured_tls(config)
     }
 
     /// A rustls server config presenting the test server certificate (for 127.0.0.1 and
