@@ -13,7 +13,9 @@
 //! `/console/` (`Secure` under TLS). [`CookieSession`] turns them into the request's bearer
 //! token before the rate limiter runs, renewing an expired access token through the API's
 //! single-use refresh. Only `/console/` paths ever read the cookies: the API never takes
-//! them, so no JSON endpoint can be driven by a forged form.
+//! them, so no JSON endpoint can be driven by a forged form. Two requests that race to renew
+//! the same expired token spend its refresh token twice, and the API's reuse rule then ends
+//! the session (the browser signs in again): strict by choice, never a token handed out twice.
 //!
 //! CSRF: every form carries a token, an HMAC of the session id under a keyring-derived key;
 //! [`Posted`] refuses a post without the right one before any handler runs (the sign-in form,

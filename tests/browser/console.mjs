@@ -179,9 +179,9 @@ async function signIn(username, password) {
   await Promise.all([page.waitForNavigation(), page.keyboard.press("Enter")]);
 }
 
-async function screenshot() {
+async function screenshot(name = role) {
   mkdirSync(shots, { recursive: true });
-  await page.screenshot({ path: join(shots, `${role}.png`), fullPage: true });
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
 }
 
 async function userPath() {
@@ -237,6 +237,10 @@ async function userPath() {
   await shouldSee("This form has expired or did not come from this console", "the refusal says why");
   await page.goto(detail);
   await shouldSee("No service can use this credential while it is inactive", "the refused post changed nothing");
+  await screenshot("user-credential");
+  // The main page, with the credential listed.
+  await page.goto(`${base}/console/credentials/`);
+  await shouldSee("KopoKopo", "the list shows the credential");
   await screenshot();
 
   // Another user's credential answers as missing.
