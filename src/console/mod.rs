@@ -454,6 +454,8 @@ pub fn html(status: StatusCode, page: Markup) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        // A console URL (a credential's id, a filter) never leaves in a Referer.
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .body(page.into_string())
 }
 
