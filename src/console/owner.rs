@@ -387,12 +387,7 @@ async fn rotate(posted: Posted, id: web::Path<String>) -> Page {
         }
         Err(e) => Err(e),
     };
-    match answer {
-        Ok(_) => Ok(see_other(&format!(
-            "/console/credentials/{id}/?notice=rotated"
-        ))),
-        Err(e) => detail_page(cx, &id, None, Some(e.shown()?), None).await,
-    }
+    back_to(cx, &id, answer, |_| "rotated").await
 }
 
 async fn toggle(posted: Posted, id: web::Path<String>) -> Page {
@@ -407,22 +402,17 @@ async fn toggle(posted: Posted, id: web::Path<String>) -> Page {
         path,
     ))
     .await;
-    match answer {
-        Ok(toggled) => {
-            let notice = if toggled["credentials"]["is_active"]
-                .as_bool()
-                .unwrap_or(false)
-            {
-                "activated"
-            } else {
-                "deactivated"
-            };
-            Ok(see_other(&format!(
-                "/console/credentials/{id}/?notice={notice}"
-            )))
+    back_to(cx, &id, answer, |toggled| {
+        if toggled["credentials"]["is_active"]
+            .as_bool()
+            .unwrap_or(false)
+        {
+            "activated"
+        } else {
+            "deactivated"
         }
-        Err(e) => detail_page(cx, &id, None, Some(e.shown()?), None).await,
-    }
+    })
+    .await
 }
 
 async fn verify(posted: Posted, id: web::Path<String>) -> Page {
@@ -443,17 +433,29 @@ async fn verify(posted: Posted, id: web::Path<String>) -> Page {
         }
         Err(e) => Err(e),
     };
-    match answer {
-        Ok(verdict) => {
-            let notice = if verdict["is_valid"].as_bool().unwrap_or(false) {
-                "match"
-            } else {
-                "mismatch"
-            };
-            Ok(see_other(&format!(
-                "/console/credentials/{id}/?notice={notice}"
-            )))
+    back_to(cx, &id, answer, |verdict| {
+        if verdict["is_valid"].as_bool().unwrap_or(false) {
+            "match"
+        } else {
+            "mismatch"
         }
-        Err(e) => detail_page(cx, &id, None, Some(e.shown()?), None).await,
+    })
+    .await
+}
+
+/// After a form on a credential's page: back to the page with the notice `notice` picks from
+/// the API's answer, or the page again with the refusal in it.
+async fn back_to(
+    cx: &Cx,
+    id: &str,
+    answer: Result<Value, Refusal>,
+    notice: impl FnOnce(&Value) -> &'static str,
+) -> Page {
+    match answer {
+        Ok(answer) => Ok(see_other(&format!(
+            "/console/credentials/{id}/?notice={}",
+            notice(&answer)
+        ))),
+        Err(e) => detail_page(cx, id, None, Some(e.shown()?), None).await,
     }
 }
