@@ -242,7 +242,7 @@ pub struct HourCounts {
     pub denials: i64,
 }
 
-const MICROS_PER_HOUR: i64 = 3_600_000_000;
+pub const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 /// Reveals and denials per hour for the entries at or after `since` (microseconds), oldest
 /// hour first; hours with neither are absent. Counted by the database (one row per hour).

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::views::{banner, text, when};
 use super::{Cx, Page, Posted, Refusal};
-use crate::error::ApiError;
 use crate::routes::audit as api;
 
 pub fn register(cfg: &mut web::ServiceConfig) {
@@ -147,7 +146,7 @@ async fn log(cx: Cx) -> Page {
     Ok(cx.page(status, "Audit log", body))
 }
 
-const HOUR: i64 = 3_600_000_000;
+const HOUR: i64 = crate::audit::store::MICROS_PER_HOUR;
 
 /// Two bars an hour (reveals, denials) for the 24 hours up to `now`, as an SVG drawn on the
 /// server (no script), with the numbers as a table beside it for screen readers.
@@ -270,19 +269,7 @@ async fn live(cx: Cx) -> Page {
         .unwrap_or(0);
     let query = web::Query::<api::ExportQuery>::from_query(&format!("after={after}&follow=true"))
         .map_err(|_| Refusal::bad("Invalid query parameters"))?;
-    pass(api::export(cx.state.clone(), cx.user.clone(), cx.meta(), query).await)
-}
-
-/// An API answer passed through as it is (a refusal becomes a page).
-fn pass(answer: Result<HttpResponse, ApiError>) -> Page {
-    let res = answer.map_err(|e| Refusal::from_api(&e))?;
-    if !res.status().is_success() {
-        return Err(Refusal::Page {
-            status: res.status(),
-            message: "The request was refused".into(),
-        });
-    }
-    Ok(res)
+    cx.respond(api::export, query).await
 }
 
 fn download(mut res: HttpResponse, filename: &str, kind: &'static str) -> HttpResponse {
@@ -297,12 +284,12 @@ fn download(mut res: HttpResponse, filename: &str, kind: &'static str) -> HttpRe
 async fn export_file(cx: Cx) -> Page {
     let query = web::Query::<api::ExportQuery>::from_query("")
         .map_err(|_| Refusal::bad("Invalid query parameters"))?;
-    let res = pass(api::export(cx.state.clone(), cx.user.clone(), cx.meta(), query).await)?;
+    let res = cx.respond(api::export, query).await?;
     Ok(download(res, "hazina-audit.jsonl", "application/x-ndjson"))
 }
 
 async fn checkpoint_file(cx: Cx) -> Page {
-    let res = pass(api::checkpoint(cx.state.clone(), cx.user.clone(), cx.meta()).await)?;
+    let res = cx.respond0(api::checkpoint).await?;
     Ok(download(
         res,
         "hazina-checkpoint.txt",
@@ -328,10 +315,8 @@ async fn public_key_file(cx: Cx) -> Page {
 
 /// The latest signed checkpoint, as text (for the verify page).
 async fn latest_checkpoint(cx: &Cx) -> Result<String, Refusal> {
-    let res = pass(api::checkpoint(cx.state.clone(), cx.user.clone(), cx.meta()).await)?;
-    let bytes = actix_web::body::to_bytes(res.into_body())
-        .await
-        .map_err(|_| Refusal::internal(anyhow::anyhow!("the checkpoint could not be read")))?;
+    let res = cx.respond0(api::checkpoint).await?;
+    let bytes = super::read(res).await?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

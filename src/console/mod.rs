@@ -284,6 +284,30 @@ impl Cx {
         .await
     }
 
+    /// [`ask`](Self::ask), keeping the answer as it is (see [`pass`]).
+    pub async fn respond<T, F, Fut>(&self, handler: F, extra: T) -> Page
+    where
+        F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta, T) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        pass(handler(
+            self.state.clone(),
+            self.user.clone(),
+            self.meta(),
+            extra,
+        ))
+        .await
+    }
+
+    /// [`respond`](Self::respond) for a handler that takes nothing more.
+    pub async fn respond0<F, Fut>(&self, handler: F) -> Page
+    where
+        F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        pass(handler(self.state.clone(), self.user.clone(), self.meta())).await
+    }
+
     /// [`ask`](Self::ask) for a handler that takes nothing more.
     pub async fn ask0<F, Fut>(&self, handler: F) -> Result<Value, Refusal>
     where
@@ -415,23 +439,20 @@ impl FromRequest for Posted {
     }
 }
 
-/// Runs one of the API's handlers and reads its JSON answer; a refusal keeps its status and
-/// public message (a 401 sends the browser to the sign-in page).
-pub async fn call(
-    answer: impl Future<Output = Result<HttpResponse, ApiError>>,
-) -> Result<Value, Refusal> {
-    let res = match answer.await {
-        Ok(res) => res,
-        Err(e) => return Err(Refusal::from_api(&e)),
-    };
+/// Runs one of the API's handlers and keeps a successful answer as it is (a download, a
+/// stream); a refusal keeps its status and public message (a 401 sends the browser to the
+/// sign-in page).
+pub async fn pass(answer: impl Future<Output = Result<HttpResponse, ApiError>>) -> Page {
+    let res = answer.await.map_err(|e| Refusal::from_api(&e))?;
     let status = res.status();
-    let bytes = actix_web::body::to_bytes(res.into_body())
-        .await
-        .map_err(|_| Refusal::internal(anyhow::anyhow!("an API answer could not be read")))?;
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if status.is_success() {
-        return Ok(body);
+        return Ok(res);
     }
+    let body: Value = read(res)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
     let message = body["error"]
         .as_str()
         .unwrap_or("The request was refused")
@@ -440,6 +461,21 @@ pub async fn call(
         StatusCode::UNAUTHORIZED => Refusal::SignIn,
         _ => Refusal::Page { status, message },
     })
+}
+
+/// The whole body of an API answer.
+pub async fn read(res: HttpResponse) -> Result<web::Bytes, Refusal> {
+    actix_web::body::to_bytes(res.into_body())
+        .await
+        .map_err(|_| Refusal::internal(anyhow::anyhow!("an API answer could not be read")))
+}
+
+/// Runs one of the API's handlers and reads its JSON answer (see [`pass`]).
+pub async fn call(
+    answer: impl Future<Output = Result<HttpResponse, ApiError>>,
+) -> Result<Value, Refusal> {
+    let bytes = read(pass(answer).await?).await?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 /// A request body for one of the API's handlers, from fields the console gathered: the API's

@@ -138,24 +138,15 @@ fn create_form(csrf: &str) -> Markup {
     }
 }
 
-/// `secrets` and `settings` objects from a form's `secret.*` and `setting.*` fields.
-fn profile_of(posted: &Posted, fields: &mut Map<String, Value>) {
-    let secrets: Map<String, Value> = posted
+/// The filled form fields named `prefix` + NAME, as a JSON object of NAME → value (the
+/// `secret.*` and `setting.*` fields), if there are any.
+fn named(posted: &Posted, prefix: &str) -> Option<Value> {
+    let named: Map<String, Value> = posted
         .fields
-        .under("secret.")
+        .under(prefix)
         .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
         .collect();
-    if !secrets.is_empty() {
-        fields.insert("secrets".into(), Value::Object(secrets));
-    }
-    let settings: Map<String, Value> = posted
-        .fields
-        .under("setting.")
-        .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
-        .collect();
-    if !settings.is_empty() {
-        fields.insert("settings".into(), Value::Object(settings));
-    }
+    (!named.is_empty()).then_some(Value::Object(named))
 }
 
 async fn create(posted: Posted) -> Page {
@@ -164,7 +155,11 @@ async fn create(posted: Posted) -> Page {
     for name in ["provider", "environment", "api_key", "private_key"] {
         fields.insert(name.into(), json!(f.get(name).unwrap_or("")));
     }
-    profile_of(&posted, &mut fields);
+    for (prefix, name) in [("secret.", "secrets"), ("setting.", "settings")] {
+        if let Some(named) = named(&posted, prefix) {
+            fields.insert(name.into(), named);
+        }
+    }
     let cx = &posted.cx;
     let answer = cx.send(api::create, Value::Object(fields)).await;
     match answer {
@@ -362,8 +357,9 @@ async fn rotate(posted: Posted, id: web::Path<String>) -> Page {
     if let Some(key) = posted.fields.filled("private_key") {
         fields.insert("private_key".into(), json!(key));
     }
-    profile_of(&posted, &mut fields);
-    fields.remove("settings");
+    if let Some(secrets) = named(&posted, "secret.") {
+        fields.insert("secrets".into(), secrets);
+    }
     let cx = &posted.cx;
     if fields.is_empty() {
         let error = (

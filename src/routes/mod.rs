@@ -282,7 +282,7 @@ where
                 );
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-                // The console's pages set their own (stricter than none: its own files only).
+                // The console's pages set their own (its own scripts, styles and images).
                 if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
                     headers.insert(
                         header::CONTENT_SECURITY_POLICY,
