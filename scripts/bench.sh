@@ -112,27 +112,7 @@ stub_pid=
 if wants_named access-token; then
   # A Daraja token endpoint on loopback for the token broker: answers every exchange with a
   # one-hour token and counts the calls (the scenario measures the broker's cache hits).
-  python3 - "$work/stub-calls" >"$work/stub.port" <<'PY' &
-import http.server, json, sys
-calls = 0
-class Daraja(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        global calls
-        calls += 1
-        open(sys.argv[1], "w").write(str(calls))
-        body = json.dumps({"access_token": f"bench-token-{calls}", "expires_in": "3599"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Daraja)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-PY
+  python3 scripts/daraja-stub.py "$work/stub-calls" >"$work/stub.port" &
   stub_pid=$!
   for _ in $(seq 1 100); do [[ -s $work/stub.port ]] && break; sleep 0.05; done
   export HAZINA_PROVIDER_MPESA_SANDBOX_URL=http://127.0.0.1:$(cat "$work/stub.port")

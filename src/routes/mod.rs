@@ -325,6 +325,18 @@ where
 mod tests {
     use super::*;
 
+    /// actix-router compiles `{param}` routes with the `regex` crate only under actix-web's
+    /// `unicode` feature; without it, with `regex-lite`, whose PikeVM cost a tenth of a
+    /// provider operation's instructions (docs/PERFORMANCE.md). `regex-lite` has no Unicode
+    /// classes, so this pattern compiles only on the fast engine.
+    #[test]
+    fn routes_are_matched_by_the_regex_crate_not_regex_lite() {
+        let def = std::panic::catch_unwind(|| actix_web::dev::ResourceDef::new("/{w:\\p{L}+}/"))
+            .expect("routing runs on regex-lite: keep actix-web's `unicode` feature");
+        assert!(def.is_match("/ñ/"));
+        assert!(!def.is_match("/1/"));
+    }
+
     #[test]
     fn the_credential_routes_stand_together_so_the_scope_keeps_every_one_in_order() {
         let under: Vec<bool> = ROUTE_TABLE
