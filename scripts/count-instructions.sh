@@ -20,25 +20,16 @@ out=${OUT:-/tmp/hazina-callgrind}
 [[ -n ${NO_BUILD:-} ]] || cargo build --release --bins >&2
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
-vg= stub=
-trap 'kill $vg $stub 2>/dev/null || true; rm -rf "$work"' EXIT
-export HAZINA_KEYRING=$work/k HAZINA_DATABASE_URL=sqlite://$work/c.db HAZINA_BIND=127.0.0.1:0
-export HAZINA_RATE_LIMIT_PER_MINUTE=0 HAZINA_LOG=warn HAZINA_SEED_PASSWORD="count password 0123"
+server_pid= stub=
+trap 'kill $server_pid $stub 2>/dev/null || true; rm -rf "$work"' EXIT
 # `serve` re-executes itself to set this unless it is set; valgrind would not follow.
 export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576
-"$bin"/hazina keys init >/dev/null 2>&1
-"$bin"/hazina-seed --credentials 10 --prefix count >/dev/null 2>&1
 python3 scripts/daraja-stub.py "$work/stub-calls" >"$work/stub.port" &
 stub=$!
 until [[ -s $work/stub.port ]]; do sleep 0.05; done
 export HAZINA_PROVIDER_MPESA_SANDBOX_URL=http://127.0.0.1:$(cat "$work/stub.port")
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.%p" \
-  "$bin"/hazina serve 2>"$work/log" &
-vg=$!
-until port=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$work/log" | head -1) && [[ -n $port ]]; do sleep 0.1; done
-base=http://127.0.0.1:$port
-tok=$(curl -sf -X POST "$base/users/login/" -H 'Content-Type: application/json' \
-  -d '{"username":"count000000","password":"count password 0123"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+. scripts/seeded-server.sh
+seeded_server "$work" count valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.%p"
 id=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $tok" |
   python3 -c 'import json,sys; print(next(c["id"] for c in json.load(sys.stdin) if c["provider"] == "mpesa" and c["environment"] == "sandbox"))')
 token() {

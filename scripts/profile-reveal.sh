@@ -12,17 +12,11 @@ out=${OUT:-/tmp/hazina-reveal.perf}
 [[ -n ${NO_BUILD:-} ]] || cargo build --release --bins >&2
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-export HAZINA_KEYRING=$work/k HAZINA_DATABASE_URL=sqlite://$work/p.db HAZINA_BIND=127.0.0.1:0
-export HAZINA_RATE_LIMIT_PER_MINUTE=0 HAZINA_LOG=${HAZINA_LOG:-warn} HAZINA_SEED_PASSWORD="profile password 0123"
-"$bin"/hazina keys init >/dev/null
-"$bin"/hazina-seed --credentials 10 --prefix prof >/dev/null
-"$bin"/hazina serve 2>"$work/log" &
-pid=$!
-until port=$(sed -n 's/.*serving on port \([0-9]*\).*/\1/p' "$work/log" | head -1) && [[ -n $port ]]; do sleep 0.05; done
-base=http://127.0.0.1:$port
-tok=$(curl -sf -X POST "$base/users/login/" -H 'Content-Type: application/json' \
-  -d '{"username":"prof000000","password":"profile password 0123"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+server_pid=
+trap 'kill $server_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+. scripts/seeded-server.sh
+seeded_server "$work" prof
+pid=$server_pid
 id=$(curl -sf "$base/payments/credentials/" -H "Authorization: Bearer $tok" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 perf record -e cpu-clock -F 2000 -g -p "$pid" -o "$out" -- sleep "$secs" 2>/dev/null &
 rec=$!
