@@ -275,13 +275,7 @@ impl Cx {
         F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta, T) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
-        call(handler(
-            self.state.clone(),
-            self.user.clone(),
-            self.meta(),
-            extra,
-        ))
-        .await
+        json(self.respond(handler, extra).await?).await
     }
 
     /// [`ask`](Self::ask), keeping the answer as it is (see [`pass`]).
@@ -314,7 +308,7 @@ impl Cx {
         F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
-        call(handler(self.state.clone(), self.user.clone(), self.meta())).await
+        json(self.respond0(handler).await?).await
     }
 
     /// [`ask`](Self::ask) with a JSON body made of `fields` (see [`body`]).
@@ -474,7 +468,12 @@ pub async fn read(res: HttpResponse) -> Result<web::Bytes, Refusal> {
 pub async fn call(
     answer: impl Future<Output = Result<HttpResponse, ApiError>>,
 ) -> Result<Value, Refusal> {
-    let bytes = read(pass(answer).await?).await?;
+    json(pass(answer).await?).await
+}
+
+/// A successful answer's JSON body (`null` if it has none).
+async fn json(res: HttpResponse) -> Result<Value, Refusal> {
+    let bytes = read(res).await?;
     Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
