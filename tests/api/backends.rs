@@ -260,7 +260,7 @@ async fn start_up_refuses_a_postgres_whose_synchronous_commit_is_off() {
     };
     {
         use diesel::connection::SimpleConnection;
-        let mut admin = diesel::PgConnection::establish(&db.url()).unwrap();
+        let mut admin = crate::helpers::pg_connect(&db.url()).unwrap();
         admin
             .batch_execute(&format!(
                 "ALTER DATABASE {name} SET synchronous_commit = off"

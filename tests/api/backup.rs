@@ -220,11 +220,10 @@ async fn a_backup_taken_under_reveal_load_restores_with_every_key_opening_and_th
 /// The README's PostgreSQL procedure: a new database, pg_restore into it.
 fn restored_postgres(archive: &Path) -> TestDatabase {
     use diesel::connection::SimpleConnection;
-    use diesel::Connection;
     let admin_url = std::env::var("HAZINA_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let name = format!("hazina_restored_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = diesel::PgConnection::establish(&admin_url).unwrap();
+    let mut admin = crate::helpers::pg_connect(&admin_url).unwrap();
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap();

@@ -105,7 +105,7 @@ impl TestDatabase {
             Backend::Postgres => {
                 let admin_url = pg_admin_url();
                 let name = format!("hazina_test_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = PgConnection::establish(&admin_url)
+                let mut admin = pg_connect(&admin_url)
                     .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is unreachable: {e}"));
                 admin
                     .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -129,13 +129,22 @@ impl TestDatabase {
     }
 }
 
+/// A test's own PostgreSQL connection. OpenSSL (libpq's TLS) is initialised first the way
+/// hazina's own connections do it (`db::connect`), without its atexit clean-up: whichever
+/// connection comes first decides, and with the clean-up the binary's exit tore OpenSSL down
+/// under threads still running (a SIGSEGV in `init_thread_deregister` after every test passed).
+pub fn pg_connect(url: &str) -> diesel::ConnectionResult<PgConnection> {
+    openssl_sys::init();
+    PgConnection::establish(url)
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let TestDatabase::Postgres {
             admin_url, name, ..
         } = self
         {
-            if let Ok(mut admin) = PgConnection::establish(admin_url) {
+            if let Ok(mut admin) = pg_connect(admin_url) {
                 let _ =
                     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
             }
