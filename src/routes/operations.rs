@@ -92,8 +92,7 @@ struct Checked {
     timestamp: String,
 }
 
-fn check(state: &AppState, name: &str, body: OperationBody) -> Result<Checked, ApiError> {
-    let operation = operation_named(name)?;
+fn check(state: &AppState, operation: Operation, body: OperationBody) -> Result<Checked, ApiError> {
     body.validate().map_err(invalid)?;
     let reference = body
         .reference
@@ -123,6 +122,18 @@ fn check(state: &AppState, name: &str, body: OperationBody) -> Result<Checked, A
     })
 }
 
+/// The operation's body, read once the caller is authenticated and the lookup made, with the
+/// app's JSON limits and errors: by then a small body is already buffered, so reading it
+/// costs no further wake-up of the connection's task (an extractor would wait for it first).
+async fn body_of(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<OperationBody, actix_web::Error> {
+    let body = web::Json::<JsonObject<OperationBody>>::from_request(req, &mut payload.into_inner())
+        .await?;
+    Ok(body.into_inner().0)
+}
+
 /// `POST /payments/credentials/{id}/operations/{name}/`: an owner on their credential, or a
 /// service whose grant names the operation.
 pub async fn by_id(
@@ -130,29 +141,29 @@ pub async fn by_id(
     req: HttpRequest,
     meta: RequestMeta,
     path: web::Path<(String, String)>,
-    body: web::Json<JsonObject<OperationBody>>,
-) -> Result<HttpResponse, ApiError> {
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
     let (raw_id, name) = path.into_inner();
     // The caller is authenticated before anything about the request is answered.
-    let checked = check(&state, &name, body.into_inner().0);
+    let named = operation_named(&name);
     let requested = CredentialId::parse(&raw_id);
     let grace = grace_since(&state);
     let keyring = state.keyring.clone();
     if bearer_token(&req).is_none() {
         let service =
             AuthenticatedService::from_request(&req, &mut actix_web::dev::Payload::None).await?;
-        let checked = checked?;
-        let operation = checked.operation;
+        let operation = named?;
+        let address = requested.map(Address::Id);
+        let lookup = find_for_service(&state, &service, address, operation, grace).await?;
+        let checked = check(&state, operation, body_of(&req, payload).await?)?;
         let caller = vault::Caller {
             state: &state,
             actor: Actor::service(&service),
             meta: &meta,
         };
-        let address = requested.map(Address::Id);
-        let lookup = find_for_service(&state, &service, address, operation, grace).await?;
-        return run(&caller, checked, requested, lookup).await;
+        return Ok(run(&caller, checked, requested, lookup).await?);
     }
-    let wanted = checked.as_ref().ok().map(|c| c.operation);
+    let wanted = named.as_ref().ok().copied();
     let (user, lookup) =
         super::credentials::confirmed_with(&req, move |c, owner| match (requested, wanted) {
             (Some(id), Some(operation)) => vault::find(
@@ -167,7 +178,7 @@ pub async fn by_id(
             _ => Ok(None),
         })
         .await?;
-    let checked = checked?;
+    let checked = check(&state, named?, body_of(&req, payload).await?)?;
     let operation = checked.operation;
     let caller = vault::Caller {
         state: &state,
@@ -192,7 +203,7 @@ pub async fn by_id(
             .audit
             .record_best_effort(denied(Reason::RoleForbidden))
             .await;
-        return Err(e);
+        return Err(e.into());
     }
     if !state.config.owner_operations {
         state
@@ -201,15 +212,16 @@ pub async fn by_id(
             .await;
         return Err(ApiError::Forbidden(
             "Provider operations are reserved for services on this vault",
-        ));
+        )
+        .into());
     }
-    run(
+    Ok(run(
         &caller,
         checked,
         requested,
         lookup.unwrap_or(Lookup::NotFound),
     )
-    .await
+    .await?)
 }
 
 /// `POST /payments/credentials/lookup/operations/{name}/?owner=U&provider=P&environment=E`:
@@ -220,16 +232,17 @@ pub async fn by_lookup(
     meta: RequestMeta,
     path: web::Path<String>,
     query: web::Query<LookupQuery>,
-    body: web::Json<JsonObject<OperationBody>>,
-) -> Result<HttpResponse, ApiError> {
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
     let Caller::Service(service) = &caller else {
         return Err(ApiError::Forbidden(
             "This endpoint is for services; owners use /payments/credentials/{id}/operations/{name}/",
-        ));
+        )
+        .into());
     };
-    let checked = check(&state, &path, body.into_inner().0)?;
+    let operation = operation_named(&path)?;
     let address = query.address()?;
-    let operation = checked.operation;
     let grace = grace_since(&state);
     let gate = vault::Caller {
         state: &state,
@@ -237,7 +250,8 @@ pub async fn by_lookup(
         meta: &meta,
     };
     let lookup = find_for_service(&state, service, address, operation, grace).await?;
-    run(&gate, checked, None, lookup).await
+    let checked = check(&state, operation, body_of(&req, payload).await?)?;
+    Ok(run(&gate, checked, None, lookup).await?)
 }
 
 #[derive(Serialize)]

@@ -1533,3 +1533,112 @@ async fn an_existing_database_upgrades_in_place_and_its_grants_allow_reveal_only
         .await;
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+/// A POST of exactly these bytes, with this Content-Type and, if given, this bearer token.
+async fn raw_post(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Response {
+    let mut req = app
+        .client
+        .post(app.url(path))
+        .header("Content-Type", content_type)
+        .body(body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.unwrap()
+}
+
+/// The body is read once the caller is authenticated: whoever sends no credentials, or a
+/// token that is not one, learns nothing about what the body should be (401 whatever it
+/// holds); an authenticated caller's bad body is a JSON 400 (or 413) before any operation.
+#[tokio::test]
+async fn an_operation_body_is_judged_only_after_the_caller_is_authenticated() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let id = daraja(&app, &owner, "sandbox", "initiator-password").await;
+    let path = op_path(id, "stk-password");
+    let send = |token, content_type, body: &Vec<u8>| {
+        raw_post(&app, &path, token, content_type, body.clone())
+    };
+    let bad_bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("application/json", b"{not json".to_vec()),
+        ("text/plain", b"{}".to_vec()),
+        ("application/json", b"[\"order-1\"]".to_vec()),
+        ("application/json", br#"{"reference":"a b"}"#.to_vec()),
+        ("application/json", br#"{"unknown":1}"#.to_vec()),
+    ];
+    for (content_type, body) in &bad_bodies {
+        let res = send(None, content_type, body).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{content_type}");
+        assert_json_4xx(res).await;
+        let res = send(Some("not-a-token"), content_type, body).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{content_type}");
+        assert_json_4xx(res).await;
+    }
+    // Unknown operations too are answered only to an authenticated caller.
+    let res = app
+        .client
+        .post(app.url(&op_path(id, "no-such-operation")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // The owner is told what is wrong with each, and nothing was computed or audited.
+    let audited = || {
+        app.sql_lines("SELECT CAST(COUNT(*) AS TEXT) AS line FROM audit_log WHERE action = 'credential.operation'")
+    };
+    let before = audited();
+    let mut messages = Vec::new();
+    for (content_type, body) in &bad_bodies {
+        let res = send(Some(&owner.access), content_type, body).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{content_type}");
+        messages.push(
+            assert_json_4xx(res).await["error"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(messages[1], "Content-Type must be application/json");
+    assert!(
+        messages[3].starts_with("reference must be"),
+        "{}",
+        messages[3]
+    );
+    let big = format!(r#"{{"reference":"{}"}}"#, "a".repeat(70_000));
+    let res = send(Some(&owner.access), "application/json", &big.into_bytes()).await;
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_json_4xx(res).await;
+    let res = app
+        .post(&op_path(id, "no-such-operation"), &owner.access, &json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // The lookup address is for services: an owner learns that first, whatever the body.
+    let lookup = "/payments/credentials/lookup/operations/stk-password/?owner=1&provider=mpesa&environment=sandbox";
+    for (content_type, body) in &bad_bodies {
+        let res = raw_post(
+            &app,
+            lookup,
+            Some(&owner.access),
+            content_type,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{content_type}");
+    }
+    assert_eq!(audited(), before);
+
+    // And a good body still computes.
+    let res = app
+        .post(&path, &owner.access, &json!({ "reference": "order-1" }))
+        .await;
+    let body = body_of(res, StatusCode::OK).await;
+    assert_eq!(body["business_short_code"], "174379");
+}
