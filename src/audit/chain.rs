@@ -39,6 +39,9 @@ pub struct AuditRow {
     pub operation: Option<String>,
     /// The caller's payment reference (SPEC §9.3).
     pub reference: Option<String>,
+    /// The signed rows this entry changed, space-separated and sorted (SPEC §14; see
+    /// [`super::generation`]).
+    pub subjects: Option<String>,
 }
 
 fn put_str(h: &mut Sha256, v: Option<&str>) {
@@ -92,6 +95,11 @@ impl AuditRow {
             put_str(&mut h, self.operation.as_deref());
             put_str(&mut h, self.reference.as_deref());
         }
+        // Row generations (SPEC §14): the same rule, behind a tag of their own.
+        if let Some(subjects) = self.subjects.as_deref() {
+            h.update(b"\x03subjects");
+            put_str(&mut h, Some(subjects));
+        }
         h.finalize().into()
     }
 
@@ -116,6 +124,7 @@ impl AuditRow {
             hash: Vec::new(),
             operation: e.operation.map(|o| o.to_owned()),
             reference: e.reference.clone(),
+            subjects: e.subjects.clone(),
         };
         row.hash = row.compute_hash().to_vec();
         row
@@ -173,6 +182,9 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
         // and was re-parsed for each batch.) It is all one transaction and one fsync anyway.
         for row in &rows {
             diesel::insert_into(log::table).values(row).execute(tx)?;
+            if let Some(subjects) = row.subjects.as_deref() {
+                super::generation::index(tx, row.seq, subjects)?;
+            }
         }
         // The Merkle tree grows in the same transaction. A tree that lags the log (entries
         // written by a node from before the tree, during a rolling upgrade) catches up first.
@@ -199,16 +211,30 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
 /// Runs `change` and appends the entry `entry` makes of its result in the **same**
 /// transaction: an acknowledged change never lacks its audit entry, and no entry records a
 /// change that rolled back. `entry` answers `None` when there is nothing to record (say, the
-/// target did not exist).
+/// target did not exist); a change that signed a row must be recorded.
+///
+/// `change` runs in a change scope ([`super::generation`]): every row it signs binds the
+/// sequence number this entry takes, and the entry names those rows among its subjects.
+/// Rows are signed nowhere else.
 pub fn with_entry<T>(
     conn: &mut DbConn,
     change: impl FnOnce(&mut DbConn) -> Result<T, DbError>,
     entry: impl FnOnce(&T) -> Option<Event>,
 ) -> Result<T, DbError> {
     conn.transaction(|tx| {
+        let scope = super::generation::Scope::open()?;
         let out = change(tx)?;
-        if let Some(event) = entry(&out) {
-            append(tx, &[&event])?;
+        let (reserved, subjects) = scope.close();
+        match entry(&out) {
+            Some(mut event) => {
+                event.subjects = subjects;
+                let seqs = append(tx, &[&event])?;
+                if reserved.is_some_and(|r| seqs.first() != Some(&r)) {
+                    return Err(DbError::Unaudited);
+                }
+            }
+            None if subjects.is_some() => return Err(DbError::Unaudited),
+            None => {}
         }
         Ok(out)
     })

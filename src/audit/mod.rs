@@ -19,6 +19,7 @@
 pub mod archive;
 pub mod chain;
 pub mod checkpoint;
+pub mod generation;
 pub mod merkle;
 pub mod offline;
 pub mod store;
@@ -108,6 +109,8 @@ closed_enum! {
         UserPasswordChange => "user.password_change",
         Backup => "backup.create",
         Restore => "backup.restore",
+        IntegrityMarked => "integrity.marked",
+        KeysRewrap => "keys.rewrap",
     }
 }
 
@@ -138,6 +141,7 @@ closed_enum! {
         RateLimited => "rate_limited",
         LockedOut => "locked_out",
         RowTampered => "row_tampered",
+        RowReplayed => "row_replayed",
         CertificateRevoked => "certificate_revoked",
         OperationNotGranted => "operation_not_granted",
         OwnerOperationsDisabled => "owner_operations_disabled",
@@ -146,6 +150,16 @@ closed_enum! {
         ProviderError => "provider_error",
         ProviderRateLimited => "provider_rate_limited",
         ProviderTimeout => "provider_timeout",
+    }
+}
+
+impl Reason {
+    /// The reason an integrity refusal records for what the check found.
+    pub fn of_verdict(verdict: crate::crypto::rowmac::Verdict) -> Self {
+        match verdict {
+            crate::crypto::rowmac::Verdict::Replayed => Reason::RowReplayed,
+            _ => Reason::RowTampered,
+        }
     }
 }
 
@@ -284,6 +298,8 @@ pub struct Event {
     pub operation: Option<&'static str>,
     /// The caller's payment reference, already checked against its pattern.
     pub reference: Option<String>,
+    /// The signed rows the change changed; set by [`chain::with_entry`], never by hand.
+    pub subjects: Option<String>,
 }
 
 impl Event {
@@ -300,6 +316,7 @@ impl Event {
             request_id: meta.request_id.clone(),
             operation: None,
             reference: None,
+            subjects: None,
         }
     }
 

@@ -44,6 +44,8 @@ struct Line {
     operation: Option<String>,
     #[serde(default)]
     reference: Option<String>,
+    #[serde(default)]
+    subjects: Option<String>,
     prev_hash: String,
     hash: String,
 }
@@ -191,6 +193,7 @@ fn row_of(line: Line) -> Option<AuditRow> {
         hash: hex::decode(line.hash).ok()?,
         operation: line.operation,
         reference: line.reference,
+        subjects: line.subjects,
     })
 }
 

@@ -87,6 +87,8 @@ pub struct EntryView {
     pub operation: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -130,6 +132,7 @@ impl From<AuditRow> for EntryView {
             request_id: r.request_id,
             operation: r.operation,
             reference: r.reference,
+            subjects: r.subjects,
             prev_hash: hex::encode(r.prev_hash),
             hash: hex::encode(r.hash),
         }

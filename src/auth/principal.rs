@@ -160,8 +160,9 @@ impl PendingUser {
         live: Option<sessions::LiveSession>,
     ) -> Result<AuthenticatedUser, ApiError> {
         let live = live.ok_or(ApiError::InvalidToken)?;
-        if !live.intact {
-            // The user's row was edited outside hazina: its role, hash or flags mean nothing.
+        if !live.verdict.is_intact() {
+            // The user's or the session's row was edited outside hazina, or written back from
+            // an older state: its role, hash, flags or revocation mean nothing.
             let ev = Event::new(
                 state.clock.now_micros(),
                 Actor {
@@ -173,7 +174,7 @@ impl PendingUser {
                 Action::IntegrityViolation,
             )
             .target(crate::audit::Target::owner(self.user.get()))
-            .outcome(Outcome::Denied, Some(Reason::RowTampered));
+            .outcome(Outcome::Denied, Some(Reason::of_verdict(live.verdict)));
             state.audit.record_best_effort(ev).await;
             return Err(ApiError::InvalidToken);
         }
@@ -289,7 +290,7 @@ impl FromRequest for AuthenticatedService {
             let found = match found {
                 FoundService::Revoked => None,
                 FoundService::Enabled(service) => Some(service),
-                FoundService::Tampered(row) => {
+                FoundService::Tampered(row, verdict) => {
                     // The row this certificate matched was edited outside hazina.
                     let ev = Event::new(
                         state.clock.now_micros(),
@@ -301,7 +302,7 @@ impl FromRequest for AuthenticatedService {
                         &meta,
                         Action::IntegrityViolation,
                     )
-                    .outcome(Outcome::Denied, Some(Reason::RowTampered));
+                    .outcome(Outcome::Denied, Some(Reason::of_verdict(verdict)));
                     state.audit.record_best_effort(ev).await;
                     return Err(ApiError::Forbidden(UNKNOWN_SERVICE));
                 }

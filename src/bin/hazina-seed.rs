@@ -70,16 +70,23 @@ fn run(args: Args) -> anyhow::Result<()> {
     let owners = args.credentials.div_ceil(10);
 
     let mut owner_ids = Vec::with_capacity(owners);
+    // Rows are signed only inside an audited change: one entry per chunk names its rows.
+    let seeded = |action| Event::new(Clock::System.now_micros(), Actor::system(), &RequestMeta::default(), action);
     for chunk in (0..owners).collect::<Vec<_>>().chunks(CHUNK) {
-        conn.transaction::<_, db::DbError, _>(|tx| {
-            for i in chunk {
-                let name = Username::parse(&format!("{}{i:06}", args.prefix))?;
-                owner_ids.push(
-                    db::users::create(tx, &keyring, &name, &hash, Role::User, None, now)?.get(),
-                );
-            }
-            Ok(())
-        })?;
+        chain::with_entry(
+            conn,
+            |tx| {
+                for i in chunk {
+                    let name = Username::parse(&format!("{}{i:06}", args.prefix))?;
+                    owner_ids.push(
+                        db::users::create(tx, &keyring, &name, &hash, Role::User, None, now)?
+                            .get(),
+                    );
+                }
+                Ok(())
+            },
+            |_| Some(seeded(Action::AdminUserCreate)),
+        )?;
     }
 
     let slots: Vec<(i64, Provider, &str)> = owner_ids
@@ -96,8 +103,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     for chunk in slots.chunks(CHUNK) {
         let mut creds = Vec::with_capacity(chunk.len());
         let mut versions = Vec::with_capacity(chunk.len());
+        let mut ids = Vec::with_capacity(chunk.len());
         for (n, (owner, provider, env)) in chunk.iter().enumerate() {
             let id = CredentialId::generate().get();
+            ids.push(id);
             let secret = SecretString::from(format!("bench-{}-{env}-{id}-{n}", provider.as_str()));
             let aad = Aad {
                 owner_id: *owner,
@@ -139,7 +148,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             ));
         }
         let n = chunk.len() as i64;
-        conn.transaction::<_, db::DbError, _>(|tx| {
+        chain::with_entry(conn, |tx| {
             match tx {
                 DbConn::Sqlite(s) => {
                     diesel::insert_into(c::table).values(&creds).execute(s)?;
@@ -154,8 +163,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                         .execute(p)?;
                 }
             }
-            db::keys::bump_wear(tx, kek_version, n)
-        })?;
+            let rows: Vec<db::credentials::CredentialRow> = c::table
+                .filter(c::id.eq_any(&ids))
+                .select(db::credentials::CredentialRow::as_select())
+                .load(tx)?;
+            for row in rows {
+                db::credentials::store_state(tx, &keyring, row)?;
+            }
+            db::keys::bump_wear(tx, &keyring, kek_version, n)
+        }, |_| Some(seeded(Action::CredentialCreate)))?;
     }
     seed_audit(conn, args.audit_entries, &targets)?;
     println!(

@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use super::schema::backups as b;
 use super::schema::key_versions as kv;
 use super::{DbConn, DbError};
+use crate::audit::generation;
 use crate::clock::UnixSeconds;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -75,11 +76,14 @@ pub fn record(
 }
 
 /// Sets the versions a record's finished copy needs (a write first, so that SQLite takes
-/// its write lock up front inside the caller's transaction).
+/// its write lock up front inside the caller's transaction), inside the backup's audited
+/// change: its entry names the backup and its versions, so deleting the record later does not
+/// let `keys retire` forget it (SPEC §14).
 pub fn set_versions(conn: &mut DbConn, id: i64, versions: &[i32]) -> Result<(), DbError> {
     diesel::update(b::table.filter(b::id.eq(id)))
         .set(b::key_versions.eq(format_versions(versions)))
         .execute(conn)?;
+    generation::record(conn, generation::backup(id, &format_versions(versions)))?;
     Ok(())
 }
 
@@ -96,12 +100,28 @@ pub fn list(conn: &mut DbConn) -> Result<Vec<BackupRow>, DbError> {
         .load(conn)?)
 }
 
-/// The recorded backups that open only with master-key version `version`, oldest first.
+/// The recorded backups that open only with master-key version `version`, oldest first: the
+/// records, and the backups the audit log remembers whose record was deleted.
 pub fn needing(conn: &mut DbConn, version: i32) -> Result<Vec<BackupRow>, DbError> {
-    Ok(list(conn)?
-        .into_iter()
-        .filter(|r| r.needs(version))
-        .collect())
+    let mut rows = list(conn)?;
+    for (subject, _) in generation::with_prefix(conn, generation::BACKUP_PREFIX)? {
+        let Some((id, versions)) = subject
+            .strip_prefix(generation::BACKUP_PREFIX)
+            .and_then(|rest| rest.split_once(':'))
+            .and_then(|(id, v)| id.parse::<i64>().ok().map(|id| (id, v)))
+        else {
+            continue;
+        };
+        if !rows.iter().any(|r| r.id == id) {
+            rows.push(BackupRow {
+                id,
+                taken_at: 0,
+                location: "(a backup whose record was deleted; see the audit log)".into(),
+                key_versions: versions.to_owned(),
+            });
+        }
+    }
+    Ok(rows.into_iter().filter(|r| r.needs(version)).collect())
 }
 
 #[cfg(test)]

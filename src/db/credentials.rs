@@ -1,13 +1,23 @@
 //! The credentials repository. Every function takes the owner first and filters by it in
 //! SQL: nothing here fetches by id alone and checks afterwards. A row of another owner and
 //! a missing row are the same `None`.
+//!
+//! A credential's state — owner, provider, environment, api key, active flag, current
+//! version, deletion, and when the current version was written — carries a MAC with its
+//! generation (SPEC §14), checked by [`check`] wherever a secret is released (the release
+//! gate's `find`, through [`get_current`] and `services::granted_*`) and before every change
+//! ([`lock_row`]): a flipped `is_active`, a `current_version` pointed back at a leaked
+//! version, a version's time moved into the webhook grace window, or an older row written
+//! back, is refused and never re-signed.
 
 use diesel::prelude::*;
 
 use super::schema::{credential_versions as cv, credentials as c};
 use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
-use crate::crypto::Envelope;
+use crate::audit::generation;
+use crate::crypto::rowmac::{self, Verdict};
+use crate::crypto::{Envelope, Keyring};
 use crate::domain::{CredentialId, UserId};
 
 /// Credential metadata: never key material.
@@ -23,6 +33,110 @@ pub struct CredentialRow {
     pub current_version: i32,
     pub created_at: i64,
     pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+    pub generation: i64,
+    pub mac: Option<Vec<u8>>,
+    pub mac_version: Option<i32>,
+}
+
+impl CredentialRow {
+    fn mac_row(&self, version_created_at: Option<i64>) -> rowmac::Row<'_> {
+        rowmac::Row::Credential {
+            id: self.id,
+            owner_id: self.owner_id,
+            provider: &self.provider,
+            environment: &self.environment,
+            api_key: self.api_key.as_deref(),
+            is_active: self.is_active,
+            current_version: self.current_version,
+            deleted_at: self.deleted_at,
+            version_created_at,
+            generation: self.generation,
+        }
+    }
+
+    /// The check of the row's MAC (given its current version's time) and generation.
+    pub fn verdict(
+        &self,
+        keyring: &Keyring,
+        version_created_at: Option<i64>,
+        latest: Option<i64>,
+    ) -> Verdict {
+        let mac_ok = rowmac::verify(
+            keyring,
+            self.mac_version,
+            self.mac.as_deref(),
+            &self.mac_row(version_created_at),
+        );
+        Verdict::of(mac_ok, self.generation, latest)
+    }
+}
+
+/// Checks `row` (with its current version, when the caller read it) against its MAC and the
+/// latest audit entry naming it.
+pub fn check(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    row: &CredentialRow,
+    current: Option<&VersionRow>,
+) -> Result<Verdict, DbError> {
+    let created_at = match current {
+        Some(v) => Some(v.created_at),
+        None => current_version_time(conn, row)?,
+    };
+    let latest = generation::latest(conn, &generation::credential(row.id))?;
+    Ok(row.verdict(keyring, created_at, latest))
+}
+
+/// When the row's current version was written; `None` once shredded.
+fn current_version_time(conn: &mut DbConn, row: &CredentialRow) -> Result<Option<i64>, DbError> {
+    Ok(cv::table
+        .filter(cv::credential_id.eq(row.id))
+        .filter(cv::version.eq(row.current_version))
+        .select(cv::created_at)
+        .first::<i64>(conn)
+        .optional()?)
+}
+
+/// Signs the row as this change leaves it: the generation of the change's audit entry
+/// (inside `audit::chain::with_entry`, like every signing).
+pub fn store_state(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    mut row: CredentialRow,
+) -> Result<CredentialRow, DbError> {
+    row.generation = generation::generation_for(tx, generation::credential(row.id))?;
+    let version_created_at = current_version_time(tx, &row)?;
+    let (mac, mac_version) = super::users::sign(keyring, &row.mac_row(version_created_at))?;
+    diesel::update(c::table.filter(c::id.eq(row.id)))
+        .set((
+            c::generation.eq(row.generation),
+            c::mac.eq(Some(&mac)),
+            c::mac_version.eq(Some(mac_version)),
+        ))
+        .execute(tx)?;
+    row.mac = Some(mac);
+    row.mac_version = Some(mac_version);
+    Ok(row)
+}
+
+/// Signs a credential's state at generation 0 (the one-time upgrade only, `db::integrity`).
+pub(crate) fn store_upgraded(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    mut row: CredentialRow,
+) -> Result<(), DbError> {
+    row.generation = 0;
+    let version_created_at = current_version_time(tx, &row)?;
+    let (mac, mac_version) = super::users::sign(keyring, &row.mac_row(version_created_at))?;
+    diesel::update(c::table.filter(c::id.eq(row.id)))
+        .set((
+            c::generation.eq(0),
+            c::mac.eq(Some(mac)),
+            c::mac_version.eq(Some(mac_version)),
+        ))
+        .execute(tx)?;
+    Ok(())
 }
 
 /// One stored envelope and the environment it was sealed for.
@@ -132,25 +246,37 @@ pub fn get(
         .optional()?)
 }
 
-/// The credential with its current envelope, for reveal and verify.
+/// The credential with its current envelope, for reveal and verify, and the verdict of its
+/// integrity check (read in the same statement: one indexed lookup of the latest audit entry
+/// naming it).
 pub fn get_current(
     conn: &mut DbConn,
+    keyring: &Keyring,
     owner: UserId,
     id: CredentialId,
-) -> Result<Option<(CredentialRow, VersionRow)>, DbError> {
-    Ok(owned!(owner, id)
+) -> Result<Option<(CredentialRow, VersionRow, Verdict)>, DbError> {
+    let found: Option<(CredentialRow, VersionRow, Option<i64>)> = owned!(owner, id)
         .inner_join(
             cv::table.on(cv::credential_id
                 .eq(c::id)
                 .and(cv::version.eq(c::current_version))),
         )
-        .select((CredentialRow::as_select(), VersionRow::as_select()))
+        .select((
+            CredentialRow::as_select(),
+            VersionRow::as_select(),
+            crate::latest_generation!(generation::credential(id.get())),
+        ))
         .first(conn)
-        .optional()?)
+        .optional()?;
+    Ok(found.map(|(row, version, latest)| {
+        let verdict = row.verdict(keyring, Some(version.created_at), latest);
+        (row, version, verdict)
+    }))
 }
 
 pub fn create(
     conn: &mut DbConn,
+    keyring: &Keyring,
     new: NewCredential<'_>,
     seal: &Seal<'_>,
     now: UnixSeconds,
@@ -173,8 +299,8 @@ pub fn create(
             .select(CredentialRow::as_select())
             .first(tx)?;
         let sealed = seal(tx, &row)?;
-        insert_version(tx, VersionRow::new(&row, sealed, now, new.owner))?;
-        Ok(row)
+        insert_version(tx, keyring, VersionRow::new(&row, sealed, now, new.owner))?;
+        store_state(tx, keyring, row)
     })
 }
 
@@ -192,8 +318,10 @@ pub struct MetadataUpdate<'a> {
 pub type Reseal<'a> = dyn Fn(&mut DbConn, (&CredentialRow, &VersionRow), &CredentialRow) -> Result<Sealed, DbError>
     + 'a;
 
+#[allow(clippy::too_many_arguments)]
 pub fn update_metadata(
     conn: &mut DbConn,
+    keyring: &Keyring,
     owner: UserId,
     id: CredentialId,
     update: MetadataUpdate<'_>,
@@ -202,7 +330,7 @@ pub fn update_metadata(
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
     conn.transaction(|tx| {
-        let Some(before) = lock_row(tx, owner, id, now)? else {
+        let Some(before) = lock_row(tx, keyring, owner, id, now)? else {
             return Ok(None);
         };
         check_expected(expected, before.current_version)?;
@@ -215,7 +343,8 @@ pub fn update_metadata(
         // as a new version.
         let new_env = update.environment.filter(|env| *env != before.environment);
         if new_env.is_none() && !update.settings {
-            return Ok(Some(reload(tx, owner, id)?));
+            let row = reload(tx, owner, id)?;
+            return Ok(Some(store_state(tx, keyring, row)?));
         }
         diesel::update(owned!(owner, id))
             .set((
@@ -226,8 +355,8 @@ pub fn update_metadata(
         let after = reload(tx, owner, id)?;
         let previous = version(tx, before.id, before.current_version)?;
         let sealed = reseal(tx, (&before, &previous), &after)?;
-        insert_version(tx, VersionRow::new(&after, sealed, now, owner))?;
-        Ok(Some(after))
+        insert_version(tx, keyring, VersionRow::new(&after, sealed, now, owner))?;
+        Ok(Some(store_state(tx, keyring, after)?))
     })
 }
 
@@ -238,8 +367,10 @@ pub type Seal<'a> = dyn Fn(&mut DbConn, &CredentialRow) -> Result<Sealed, DbErro
 
 /// Writes a new version of the private key. The version number is taken inside the
 /// transaction after the row is locked, so concurrent rotations form a gap-free sequence.
+#[allow(clippy::too_many_arguments)]
 pub fn add_version(
     conn: &mut DbConn,
+    keyring: &Keyring,
     owner: UserId,
     id: CredentialId,
     actor: UserId,
@@ -248,20 +379,17 @@ pub fn add_version(
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
     conn.transaction(|tx| {
-        let n = diesel::update(owned!(owner, id))
-            .set((
-                c::current_version.eq(c::current_version + 1),
-                c::updated_at.eq(now),
-            ))
-            .execute(tx)?;
-        if n == 0 {
+        let Some(before) = lock_row(tx, keyring, owner, id, now)? else {
             return Ok(None);
-        }
+        };
+        check_expected(expected, before.current_version)?;
+        diesel::update(owned!(owner, id))
+            .set(c::current_version.eq(c::current_version + 1))
+            .execute(tx)?;
         let row = reload(tx, owner, id)?;
-        check_expected(expected, row.current_version - 1)?;
         let sealed = seal(tx, &row)?;
-        insert_version(tx, VersionRow::new(&row, sealed, now, actor))?;
-        Ok(Some(row))
+        insert_version(tx, keyring, VersionRow::new(&row, sealed, now, actor))?;
+        Ok(Some(store_state(tx, keyring, row)?))
     })
 }
 
@@ -274,10 +402,10 @@ fn check_expected(expected: Option<i32>, current: i32) -> Result<(), DbError> {
     }
 }
 
-fn insert_version(tx: &mut DbConn, row: VersionRow) -> Result<(), DbError> {
+fn insert_version(tx: &mut DbConn, keyring: &Keyring, row: VersionRow) -> Result<(), DbError> {
     let kek_version = row.kek_version;
     diesel::insert_into(cv::table).values(row).execute(tx)?;
-    super::keys::bump_wear(tx, kek_version, 1)
+    super::keys::bump_wear(tx, keyring, kek_version, 1)
 }
 
 /// The row with its current version's profile (what metadata shows of secrets and
@@ -392,20 +520,22 @@ pub fn owner_of(conn: &mut DbConn, id: CredentialId) -> Result<Option<UserId>, D
 
 pub fn toggle_active(
     conn: &mut DbConn,
+    keyring: &Keyring,
     owner: UserId,
     id: CredentialId,
     expected: Option<i32>,
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
     conn.transaction(|tx| {
-        let Some(before) = lock_row(tx, owner, id, now)? else {
+        let Some(before) = lock_row(tx, keyring, owner, id, now)? else {
             return Ok(None);
         };
         check_expected(expected, before.current_version)?;
         diesel::update(owned!(owner, id))
             .set(c::is_active.eq(!before.is_active))
             .execute(tx)?;
-        Ok(Some(reload(tx, owner, id)?))
+        let row = reload(tx, owner, id)?;
+        Ok(Some(store_state(tx, keyring, row)?))
     })
 }
 
@@ -413,13 +543,14 @@ pub fn toggle_active(
 /// row stays as a tombstone with its metadata (no api key) for the audit trail.
 pub fn delete(
     conn: &mut DbConn,
+    keyring: &Keyring,
     owner: UserId,
     id: CredentialId,
     expected: Option<i32>,
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
     conn.transaction(|tx| {
-        let Some(row) = lock_row(tx, owner, id, now)? else {
+        let Some(row) = lock_row(tx, keyring, owner, id, now)? else {
             return Ok(None);
         };
         check_expected(expected, row.current_version)?;
@@ -431,25 +562,37 @@ pub fn delete(
             ))
             .execute(tx)?;
         diesel::delete(cv::table.filter(cv::credential_id.eq(row.id))).execute(tx)?;
+        let tombstone = c::table
+            .filter(c::id.eq(row.id))
+            .select(CredentialRow::as_select())
+            .first(tx)?;
+        store_state(tx, keyring, tombstone)?;
         Ok(Some(row))
     })
 }
 
 /// Takes the row's write lock with a write (so SQLite takes its write lock first and
-/// PostgreSQL locks the row), then reads it.
+/// PostgreSQL locks the row), reads it and checks it: a row edited or written back outside
+/// hazina is `Tampered`, left as it is and never re-signed.
 fn lock_row(
     tx: &mut DbConn,
+    keyring: &Keyring,
     owner: UserId,
     id: CredentialId,
     now: UnixSeconds,
 ) -> Result<Option<CredentialRow>, DbError> {
+    // The write first (`updated_at` is not signed), so SQLite takes its write lock up front.
     let n = diesel::update(owned!(owner, id))
         .set(c::updated_at.eq(now))
         .execute(tx)?;
     if n == 0 {
         return Ok(None);
     }
-    Ok(Some(reload(tx, owner, id)?))
+    let before = reload(tx, owner, id)?;
+    if !check(tx, keyring, &before, None)?.is_intact() {
+        return Err(DbError::Tampered("credential"));
+    }
+    Ok(Some(before))
 }
 
 fn reload(tx: &mut DbConn, owner: UserId, id: CredentialId) -> Result<CredentialRow, DbError> {
@@ -504,4 +647,54 @@ pub fn access_log(
             .select(crate::audit::chain::AuditRow::as_select())
             .load(conn)?,
     ))
+}
+
+/// Re-signs, under `target`, up to `limit` credential states whose MAC was made under an
+/// older master-key version and whose id is above `after`, keeping their generation (a
+/// rotation changes no fact). A row that fails its check is left as it is. The last id
+/// looked at, or `None` when there is nothing left.
+pub fn resign_batch(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    target: i32,
+    after: i64,
+    limit: i64,
+) -> Result<Option<i64>, DbError> {
+    let rows: Vec<CredentialRow> = c::table
+        .filter(c::mac_version.lt(target))
+        .filter(c::id.gt(after))
+        .order(c::id.asc())
+        .limit(limit)
+        .select(CredentialRow::as_select())
+        .load(tx)?;
+    for row in &rows {
+        let created_at = current_version_time(tx, row)?;
+        let mac_ok = rowmac::verify(
+            keyring,
+            row.mac_version,
+            row.mac.as_deref(),
+            &row.mac_row(created_at),
+        );
+        if !mac_ok {
+            tracing::error!(
+                row = "credential",
+                id = row.id,
+                "a row failed its integrity check: left unsigned"
+            );
+            continue;
+        }
+        let (mac, mac_version) = super::users::sign(keyring, &row.mac_row(created_at))?;
+        diesel::update(c::table.filter(c::id.eq(row.id)))
+            .set((c::mac.eq(Some(mac)), c::mac_version.eq(Some(mac_version))))
+            .execute(tx)?;
+    }
+    Ok(rows.last().map(|r| r.id))
+}
+
+/// Credential states signed under master-key version `version`.
+pub fn signed_under(conn: &mut DbConn, version: i32) -> Result<i64, DbError> {
+    Ok(c::table
+        .filter(c::mac_version.eq(version))
+        .count()
+        .get_result(conn)?)
 }

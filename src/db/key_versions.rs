@@ -228,6 +228,11 @@ fn register_first(
     keyring: &Keyring,
     now: UnixSeconds,
 ) -> Result<(), KeyStateError> {
+    // Only an empty database meets its first keyring: one with rows whose key versions are
+    // gone was emptied outside hazina (SPEC §14), and nothing is registered or re-signed.
+    if super::integrity::holds_rows(tx)? {
+        return Err(super::integrity::keys_emptied());
+    }
     for (version, n) in super::credentials::count_by_kek_version(tx)? {
         if u32_of(version).is_none_or(|v| !keyring.has_version(v)) {
             return Err(KeyStateError::Mismatch(format!(
@@ -242,36 +247,7 @@ fn register_first(
         let state = if version == active { ACTIVE } else { RETIRING };
         insert(tx, keyring, version, state, now)?;
     }
-    // Authorization rows from before row MACs get theirs now, once: only while no row carries
-    // a MAC at all (so erasing the key versions later cannot get an edited row signed).
-    if !any_row_signed(tx)? {
-        let signed = super::users::sign_unsigned(tx, keyring)?
-            + super::services::sign_unsigned(tx, keyring)?;
-        if signed > 0 {
-            tracing::warn!(
-                rows = signed,
-                "signed the authorization rows of a database from before row MACs (once)"
-            );
-        }
-    }
     Ok(())
-}
-
-fn any_row_signed(tx: &mut DbConn) -> Result<bool, DbError> {
-    use super::schema::{grants as g, services as s, users as u};
-    let users: i64 = u::table
-        .filter(u::mac.is_not_null())
-        .count()
-        .get_result(tx)?;
-    let services: i64 = s::table
-        .filter(s::mac.is_not_null())
-        .count()
-        .get_result(tx)?;
-    let grants: i64 = g::table
-        .filter(g::mac.is_not_null())
-        .count()
-        .get_result(tx)?;
-    Ok(users + services + grants > 0)
 }
 
 /// Makes `version` (already in the keyring) the one active version.
@@ -335,6 +311,17 @@ pub enum Checked {
 /// keyring's versions the first time, refuses a keyring that does not belong to the database,
 /// and adopts a newer active version the keyring names.
 pub fn check_and_register(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    now: UnixSeconds,
+) -> Result<Checked, KeyStateError> {
+    let checked = check_keys(conn, keyring, now)?;
+    // Then the rows: a marked database, or one marked now (SPEC §14).
+    super::integrity::check_or_mark(conn, keyring, now)?;
+    Ok(checked)
+}
+
+fn check_keys(
     conn: &mut DbConn,
     keyring: &Keyring,
     now: UnixSeconds,
@@ -486,10 +473,13 @@ pub fn retire(
                     )));
                 }
                 let signed = super::services::signed_under(tx, version)?
-                    + super::provider_certs::signed_under(tx, version)?;
+                    + super::provider_certs::signed_under(tx, version)?
+                    + super::credentials::signed_under(tx, version)?
+                    + super::sessions::signed_under(tx, version)?
+                    + super::keys::wear_signed_under(tx, version)?;
                 if signed > 0 {
                     return Err(KeyStateError::Conflict(format!(
-                        "Master-key version {version} still signs {signed} users, services, grants or provider certificates; finish a rotation first"
+                        "Master-key version {version} still signs {signed} users, services, grants, credentials, sessions, key-wear counts or provider certificates; finish a rotation first"
                     )));
                 }
                 if crate::audit::archive::signed_under(tx, keyring, version)? {

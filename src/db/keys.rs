@@ -14,23 +14,93 @@ use super::schema::{
 };
 use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
-use crate::crypto::{envelope, Aad, Envelope, Keyring};
+use crate::audit::generation;
+use crate::crypto::{envelope, rowmac, Aad, Envelope, Keyring};
 
-/// Records `n` more encryptions under master-key version `kek_version` (inside the caller's
-/// transaction, so the count is as durable as the rows it counts).
-pub fn bump_wear(conn: &mut DbConn, kek_version: i32, n: i64) -> Result<(), DbError> {
+/// One master-key version's wear: how many data keys it has wrapped, signed with its
+/// generation (SPEC §14), so a count reset, written back or deleted in the database is found
+/// at the next write instead of silently letting a key be used past its limit.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = w)]
+pub struct WearRow {
+    pub kek_version: i32,
+    pub encryptions: i64,
+    pub generation: i64,
+    pub mac: Option<Vec<u8>>,
+    pub mac_version: Option<i32>,
+}
+
+impl WearRow {
+    pub(crate) fn mac_row(&self) -> rowmac::Row<'_> {
+        rowmac::Row::KeyWear {
+            kek_version: self.kek_version,
+            encryptions: self.encryptions,
+            generation: self.generation,
+        }
+    }
+
+    pub(crate) fn intact(&self, keyring: &Keyring) -> bool {
+        rowmac::verify(keyring, self.mac_version, self.mac.as_deref(), &self.mac_row())
+    }
+}
+
+/// Signs `row` as it is (its generation included).
+pub(crate) fn store_wear(tx: &mut DbConn, keyring: &Keyring, row: &WearRow) -> Result<(), DbError> {
+    let (mac, mac_version) = super::users::sign(keyring, &row.mac_row())?;
+    diesel::update(w::table.filter(w::kek_version.eq(row.kek_version)))
+        .set((
+            w::encryptions.eq(row.encryptions),
+            w::generation.eq(row.generation),
+            w::mac.eq(Some(mac)),
+            w::mac_version.eq(Some(mac_version)),
+        ))
+        .execute(tx)?;
+    Ok(())
+}
+
+/// Records `n` more encryptions under master-key version `kek_version`, inside the caller's
+/// audited change (so the count is as durable as the rows it counts, and its generation
+/// names that change's entry). A count that fails its check — edited, written back from
+/// before, or deleted while the log remembers it — refuses the write.
+pub fn bump_wear(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    kek_version: i32,
+    n: i64,
+) -> Result<(), DbError> {
+    let subject = generation::key_wear(kek_version);
+    // The write first (it takes the row's lock); the MAC it replaces covers the count before.
     let updated = diesel::update(w::table.filter(w::kek_version.eq(kek_version)))
         .set(w::encryptions.eq(w::encryptions + n))
         .execute(conn)?;
+    let latest = generation::latest(conn, &subject)?;
     if updated == 0 {
+        if latest.is_some() {
+            // The log counted encryptions under this version; the row is gone.
+            return Err(DbError::Tampered("key wear"));
+        }
         diesel::sql_query("INSERT INTO key_wear (kek_version, encryptions) VALUES ($1, 0) ON CONFLICT (kek_version) DO NOTHING")
             .bind::<Integer, _>(kek_version)
             .execute(conn)?;
         diesel::update(w::table.filter(w::kek_version.eq(kek_version)))
             .set(w::encryptions.eq(w::encryptions + n))
             .execute(conn)?;
+    } else {
+        let mut before: WearRow = w::table
+            .filter(w::kek_version.eq(kek_version))
+            .select(WearRow::as_select())
+            .first(conn)?;
+        before.encryptions -= n;
+        if !rowmac::Verdict::of(before.intact(keyring), before.generation, latest).is_intact() {
+            return Err(DbError::Tampered("key wear"));
+        }
     }
-    Ok(())
+    let mut row: WearRow = w::table
+        .filter(w::kek_version.eq(kek_version))
+        .select(WearRow::as_select())
+        .first(conn)?;
+    row.generation = generation::generation_for(conn, subject)?;
+    store_wear(conn, keyring, &row)
 }
 
 /// Encryptions per master-key version.
@@ -159,7 +229,15 @@ pub fn rewrap_batch(
     batch: i64,
 ) -> Result<usize, DbError> {
     let target = rotation.target_version;
-    conn.transaction(|tx| {
+    // Each batch is an audited change (`keys.rewrap`): the key wear it adds is signed, and a
+    // signed row changes only with an entry that names it.
+    let event = crate::audit::Event::new(
+        chrono::Utc::now().timestamp_micros(),
+        crate::audit::Actor::system(),
+        &crate::audit::RequestMeta::default(),
+        crate::audit::Action::KeysRewrap,
+    );
+    crate::audit::chain::with_entry(conn, |tx| {
         if !lock_live_rotation(tx, rotation)? {
             return Ok(0);
         }
@@ -205,7 +283,7 @@ pub fn rewrap_batch(
             .execute(tx)?;
         }
         if moved > 0 {
-            bump_wear(tx, target, moved as i64)?;
+            bump_wear(tx, keyring, target, moved as i64)?;
             diesel::sql_query(
                 "UPDATE key_rotations SET rows_rewrapped = rows_rewrapped + $1 WHERE id = $2",
             )
@@ -214,7 +292,7 @@ pub fn rewrap_batch(
             .execute(tx)?;
         }
         Ok(moved)
-    })
+    }, |moved| (*moved > 0).then_some(event))
 }
 
 pub fn finish_rotation(conn: &mut DbConn, id: i64, now: UnixSeconds) -> Result<(), DbError> {
@@ -264,11 +342,14 @@ fn resign_authorization_rows(
     batch: i64,
 ) -> Result<(), DbError> {
     type Step = fn(&mut DbConn, &Keyring, i32, i64, i64) -> Result<Option<i64>, DbError>;
-    let steps: [Step; 4] = [
+    let steps: [Step; 7] = [
         super::users::resign_batch,
         super::services::resign_services_batch,
         super::services::resign_grants_batch,
         super::provider_certs::resign_batch,
+        super::credentials::resign_batch,
+        super::sessions::resign_batch,
+        resign_wear_batch,
     ];
     for step in steps {
         let mut after = i64::MIN;
@@ -293,4 +374,34 @@ fn resign_authorization_rows(
         Ok::<_, DbError>(())
     })?;
     Ok(())
+}
+
+/// Re-signs every key-wear row signed under a version older than `target` (one pass),
+/// keeping generations.
+pub fn resign_wear_batch(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    target: i32,
+    after: i64,
+    _limit: i64,
+) -> Result<Option<i64>, DbError> {
+    if after != i64::MIN {
+        return Ok(None);
+    }
+    let rows: Vec<WearRow> = w::table
+        .filter(w::mac_version.lt(target))
+        .select(WearRow::as_select())
+        .load(tx)?;
+    for row in rows.iter().filter(|r| r.intact(keyring)) {
+        store_wear(tx, keyring, row)?;
+    }
+    Ok(Some(0))
+}
+
+/// Key-wear rows signed under master-key version `version`.
+pub fn wear_signed_under(conn: &mut DbConn, version: i32) -> Result<i64, DbError> {
+    Ok(w::table
+        .filter(w::mac_version.eq(version))
+        .count()
+        .get_result(conn)?)
 }

@@ -11,6 +11,7 @@
 
 pub mod backups;
 pub mod credentials;
+pub mod integrity;
 pub mod key_versions;
 pub mod keys;
 pub mod provider_certs;
@@ -228,6 +229,10 @@ pub enum DbError {
     /// Nothing was written and nothing was obeyed.
     #[error("a {0} row failed its integrity check")]
     Tampered(&'static str),
+    /// A signed row was changed outside an audited change (a bug: rows are signed only
+    /// inside `audit::chain::with_entry`). Nothing was written.
+    #[error("a signed row changed outside an audited change")]
+    Unaudited,
     /// What was asked for needs audit entries that were archived (through this sequence
     /// number) and are no longer in the database.
     #[error("audit entries up to {0} were archived")]

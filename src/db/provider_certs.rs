@@ -9,6 +9,7 @@ use super::schema::provider_certificates as pc;
 use super::users::sign;
 use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
+use crate::audit::generation;
 use crate::crypto::{rowmac, Keyring};
 use crate::vault::compute::CertificateInfo;
 
@@ -26,6 +27,8 @@ pub struct CertificateRow {
     pub updated_by: String,
     pub mac: Vec<u8>,
     pub mac_version: i32,
+    /// The audit entry of the certificate's last change (SPEC §14).
+    pub generation: i64,
 }
 
 impl CertificateRow {
@@ -40,7 +43,21 @@ impl CertificateRow {
             not_after: self.not_after,
             updated_at: self.updated_at,
             updated_by: &self.updated_by,
+            generation: self.generation,
         }
+    }
+
+    pub(crate) fn intact_format1(&self, keyring: &Keyring) -> bool {
+        rowmac::verify_format1(
+            keyring,
+            Some(self.mac_version),
+            Some(&self.mac),
+            &self.mac_row(),
+        )
+    }
+
+    pub(crate) fn subject(&self) -> String {
+        generation::provider_cert(&self.provider, &self.environment)
     }
 
     /// Whether the row is as hazina last wrote it.
@@ -74,8 +91,13 @@ pub fn get(
         .select(CertificateRow::as_select())
         .first(conn)
         .optional()?;
+    // A swapped certificate, or an older one written back (a replaced certificate whose key
+    // may have leaked), is refused.
+    let latest = generation::latest(conn, &generation::provider_cert(provider, environment))?;
     Ok(match row {
-        Some(r) if r.intact(keyring) => Found::Intact(r),
+        Some(r) if rowmac::Verdict::of(r.intact(keyring), r.generation, latest).is_intact() => {
+            Found::Intact(r)
+        }
         Some(r) => Found::Tampered(r),
         None => Found::None,
     })
@@ -110,11 +132,13 @@ pub fn set(
         updated_by: actor.into(),
         mac: Vec::new(),
         mac_version: 0,
+        generation: 0,
     };
-    let (mac, version) = sign(keyring, &row.mac_row())?;
-    row.mac = mac;
-    row.mac_version = version;
     conn.transaction(|tx| {
+        row.generation = generation::generation_for(tx, row.subject())?;
+        let (mac, version) = sign(keyring, &row.mac_row())?;
+        row.mac = mac;
+        row.mac_version = version;
         diesel::delete(
             pc::table
                 .filter(pc::provider.eq(provider))
@@ -134,6 +158,10 @@ pub fn delete(conn: &mut DbConn, provider: &str, environment: &str) -> Result<bo
             .filter(pc::environment.eq(environment)),
     )
     .execute(conn)?;
+    if n > 0 {
+        // Named by the deletion's entry: the deleted row written back is a replay.
+        generation::record(conn, generation::provider_cert(provider, environment))?;
+    }
     Ok(n > 0)
 }
 
@@ -176,6 +204,23 @@ pub fn resign_batch(
 }
 
 /// How many certificates depend on master-key version `version`.
+/// Signs the certificate row as it is (its generation included).
+pub(crate) fn store(tx: &mut DbConn, keyring: &Keyring, row: &CertificateRow) -> Result<(), DbError> {
+    let (mac, version) = sign(keyring, &row.mac_row())?;
+    diesel::update(
+        pc::table
+            .filter(pc::provider.eq(&row.provider))
+            .filter(pc::environment.eq(&row.environment)),
+    )
+    .set((
+        pc::mac.eq(mac),
+        pc::mac_version.eq(version),
+        pc::generation.eq(row.generation),
+    ))
+    .execute(tx)?;
+    Ok(())
+}
+
 pub fn signed_under(conn: &mut DbConn, version: i32) -> Result<i64, DbError> {
     Ok(pc::table
         .filter(pc::mac_version.eq(version))

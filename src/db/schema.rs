@@ -12,6 +12,7 @@ diesel::table! {
         allowed_cidrs -> Nullable<Text>,
         mac -> Nullable<Binary>,
         mac_version -> Nullable<Integer>,
+        generation -> BigInt,
     }
 }
 
@@ -23,6 +24,9 @@ diesel::table! {
         created_at -> BigInt,
         expires_at -> BigInt,
         revoked_at -> Nullable<BigInt>,
+        generation -> BigInt,
+        mac -> Nullable<Binary>,
+        mac_version -> Nullable<Integer>,
     }
 }
 
@@ -38,6 +42,9 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         deleted_at -> Nullable<BigInt>,
+        generation -> BigInt,
+        mac -> Nullable<Binary>,
+        mac_version -> Nullable<Integer>,
     }
 }
 
@@ -78,6 +85,7 @@ diesel::table! {
         hash -> Binary,
         operation -> Nullable<Text>,
         reference -> Nullable<Text>,
+        subjects -> Nullable<Text>,
     }
 }
 
@@ -118,6 +126,7 @@ diesel::table! {
         created_at -> BigInt,
         mac -> Nullable<Binary>,
         mac_version -> Nullable<Integer>,
+        generation -> BigInt,
     }
 }
 
@@ -133,6 +142,7 @@ diesel::table! {
         mac -> Nullable<Binary>,
         mac_version -> Nullable<Integer>,
         operations -> Text,
+        generation -> BigInt,
     }
 }
 
@@ -150,6 +160,9 @@ diesel::table! {
     key_wear (kek_version) {
         kek_version -> Integer,
         encryptions -> BigInt,
+        generation -> BigInt,
+        mac -> Nullable<Binary>,
+        mac_version -> Nullable<Integer>,
     }
 }
 
@@ -190,6 +203,7 @@ diesel::table! {
         updated_by -> Text,
         mac -> Binary,
         mac_version -> Integer,
+        generation -> BigInt,
     }
 }
 
@@ -216,7 +230,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_subjects (subject, seq) {
+        subject -> Text,
+        seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    integrity_marker (id) {
+        id -> Integer,
+        format -> Integer,
+        marked_at -> BigInt,
+        mac -> Binary,
+        mac_version -> Integer,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_subjects,
     users,
     sessions,
     credentials,

@@ -12,7 +12,9 @@ use super::schema::{
 use super::users::{resign_each, sign};
 use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
-use crate::crypto::{rowmac, Keyring};
+use crate::audit::generation;
+use crate::crypto::rowmac::{self, Verdict};
+use crate::crypto::Keyring;
 use crate::domain::CredentialId;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -26,6 +28,7 @@ pub struct ServiceRow {
     pub created_at: i64,
     pub mac: Option<Vec<u8>>,
     pub mac_version: Option<i32>,
+    pub generation: i64,
 }
 
 impl ServiceRow {
@@ -36,7 +39,23 @@ impl ServiceRow {
             identity: &self.identity,
             is_enabled: self.is_enabled,
             allowed_cidrs: self.allowed_cidrs.as_deref(),
+            generation: self.generation,
         }
+    }
+
+    /// The row's MAC and generation checked against the latest audit entry naming it.
+    pub fn check(&self, conn: &mut DbConn, keyring: &Keyring) -> Result<Verdict, DbError> {
+        let latest = generation::latest(conn, &generation::service(self.id))?;
+        Ok(Verdict::of(self.intact(keyring), self.generation, latest))
+    }
+
+    pub(crate) fn intact_format1(&self, keyring: &Keyring) -> bool {
+        rowmac::verify_format1(
+            keyring,
+            self.mac_version,
+            self.mac.as_deref(),
+            &self.mac_row(),
+        )
     }
 
     /// Whether the row is as hazina last wrote it (its MAC verifies).
@@ -61,6 +80,7 @@ struct NewServiceRow<'a> {
     created_at: i64,
     mac: Vec<u8>,
     mac_version: i32,
+    generation: i64,
 }
 
 pub fn create_service(
@@ -72,6 +92,7 @@ pub fn create_service(
     now: UnixSeconds,
 ) -> Result<ServiceRow, DbError> {
     let id = crate::domain::UserId::generate().get();
+    let generation = generation::generation_for(conn, generation::service(id))?;
     let (mac, mac_version) = sign(
         keyring,
         &rowmac::Row::Service {
@@ -80,6 +101,7 @@ pub fn create_service(
             identity,
             is_enabled: true,
             allowed_cidrs,
+            generation,
         },
     )?;
     diesel::insert_into(s::table)
@@ -92,6 +114,7 @@ pub fn create_service(
             created_at: now,
             mac,
             mac_version,
+            generation,
         })
         .execute(conn)?;
     Ok(s::table
@@ -114,7 +137,7 @@ pub enum FoundService {
     /// The certificate's fingerprint was revoked (`services revoke-certificate`).
     Revoked,
     /// A row matched but failed its integrity check: refused (and audited by the caller).
-    Tampered(ServiceRow),
+    Tampered(ServiceRow, Verdict),
     None,
 }
 
@@ -131,8 +154,10 @@ pub fn find_enabled_intact(
     }
     let fingerprint_identity = format!("sha256:{fingerprint}");
     Ok(match find_enabled(conn, identity, &fingerprint_identity)? {
-        Some(row) if row.intact(keyring) => FoundService::Enabled(row),
-        Some(row) => FoundService::Tampered(row),
+        Some(row) => match row.check(conn, keyring)? {
+            Verdict::Intact => FoundService::Enabled(row),
+            verdict => FoundService::Tampered(row, verdict),
+        },
         None => FoundService::None,
     })
 }
@@ -183,22 +208,24 @@ pub fn disable_service(
         let Some(mut row) = find_by_name(tx, name)? else {
             return Ok(None);
         };
-        if !row.intact(keyring) {
+        if !row.check(tx, keyring)?.is_intact() {
             return Err(DbError::Tampered("service"));
         }
         row.is_enabled = false;
-        rewrite_service(tx, keyring, &row)?;
+        row.generation = generation::generation_for(tx, generation::service(row.id))?;
+        store_service(tx, keyring, &row)?;
         find_by_name(tx, name)
     })
 }
 
-fn rewrite_service(tx: &mut DbConn, keyring: &Keyring, row: &ServiceRow) -> Result<(), DbError> {
+pub(crate) fn store_service(tx: &mut DbConn, keyring: &Keyring, row: &ServiceRow) -> Result<(), DbError> {
     let (mac, mac_version) = sign(keyring, &row.mac_row())?;
     diesel::update(s::table.filter(s::id.eq(row.id)))
         .set((
             s::is_enabled.eq(row.is_enabled),
             s::mac.eq(Some(mac)),
             s::mac_version.eq(Some(mac_version)),
+            s::generation.eq(row.generation),
         ))
         .execute(tx)?;
     Ok(())
@@ -218,6 +245,7 @@ pub struct GrantRow {
     pub mac_version: Option<i32>,
     /// Canonical operations (see [`crate::vault::Operations`]).
     pub operations: String,
+    pub generation: i64,
 }
 
 impl GrantRow {
@@ -230,7 +258,23 @@ impl GrantRow {
             environment: self.environment.as_deref(),
             revoked_at: self.revoked_at,
             operations: &self.operations,
+            generation: self.generation,
         }
+    }
+
+    /// The row's MAC and generation checked against the latest audit entry naming it.
+    pub fn check(&self, conn: &mut DbConn, keyring: &Keyring) -> Result<Verdict, DbError> {
+        let latest = generation::latest(conn, &generation::grant(self.id))?;
+        Ok(Verdict::of(self.intact(keyring), self.generation, latest))
+    }
+
+    pub(crate) fn intact_format1(&self, keyring: &Keyring) -> bool {
+        rowmac::verify_format1(
+            keyring,
+            self.mac_version,
+            self.mac.as_deref(),
+            &self.mac_row(),
+        )
     }
 
     /// Whether this grant allows `operation`.
@@ -262,6 +306,7 @@ struct NewGrantRow<'a> {
     mac: Vec<u8>,
     mac_version: i32,
     operations: &'a str,
+    generation: i64,
 }
 
 pub fn create_grant(
@@ -275,6 +320,7 @@ pub fn create_grant(
 ) -> Result<GrantRow, DbError> {
     let id = crate::domain::UserId::generate().get();
     let operations = operations.canonical();
+    let generation = generation::generation_for(conn, generation::grant(id))?;
     let (mac, mac_version) = sign(
         keyring,
         &rowmac::Row::Grant {
@@ -285,6 +331,7 @@ pub fn create_grant(
             environment,
             revoked_at: None,
             operations: &operations,
+            generation,
         },
     )?;
     diesel::insert_into(g::table)
@@ -299,6 +346,7 @@ pub fn create_grant(
             mac,
             mac_version,
             operations: &operations,
+            generation,
         })
         .execute(conn)?;
     Ok(g::table
@@ -338,9 +386,11 @@ pub fn revoke_grant(
         }
         let mut row: GrantRow = g::table.find(id).select(GrantRow::as_select()).first(tx)?;
         // A tampered grant is revoked all the same (revoking only ever takes access away),
-        // but only a genuine one is re-signed.
-        let genuine = row.intact(keyring);
+        // but only a genuine one is re-signed. Either way the entry names it, so an older
+        // row written back later is refused.
+        let genuine = row.check(tx, keyring)?.is_intact();
         row.revoked_at = Some(now);
+        row.generation = generation::generation_for(tx, generation::grant(id))?;
         let (mac, mac_version) = if genuine {
             let (mac, v) = sign(keyring, &row.mac_row())?;
             (Some(mac), Some(v))
@@ -356,6 +406,7 @@ pub fn revoke_grant(
                 g::revoked_at.eq(row.revoked_at),
                 g::mac.eq(mac),
                 g::mac_version.eq(mac_version),
+                g::generation.eq(row.generation),
             ))
             .execute(tx)?;
         Ok(Some(
@@ -368,9 +419,9 @@ pub fn revoke_grant(
 #[derive(Debug)]
 pub enum Granted {
     Found(CredentialRow, VersionRow),
-    /// The SQL matched, but no matching grant (or the owner's row) passed its integrity
-    /// check: refused, and answered like a missing id (the caller audits the tampering).
-    Tampered(CredentialRow),
+    /// The SQL matched, but no matching grant (or the owner's or the credential's row) passed
+    /// its integrity check: refused, and answered like a missing id (the caller audits it).
+    Tampered(CredentialRow, Verdict),
     /// Intact grants cover the credential, but none allows the operation: 403, audited.
     NotGranted(CredentialRow),
     None,
@@ -388,13 +439,22 @@ fn with_intact_grant(
     let Some((row, version)) = found else {
         return Ok(Granted::None);
     };
+    // The credential's state (active, current version and its time) must be genuine and
+    // current, or a database writer could re-enable it or roll it back to a leaked version.
+    match super::credentials::check(conn, keyring, &row, Some(&version))? {
+        Verdict::Intact => {}
+        verdict => return Ok(Granted::Tampered(row, verdict)),
+    }
     // A disabled owner's grants are inert (the SQL filtered them); the flag it read must be
     // genuine, or a database writer could revive them by clearing it.
     let owner = super::users::find_by_id(conn, row.owner_id)?;
     match owner {
-        Some(u) if u.intact(keyring) && !u.is_disabled => {}
-        Some(u) if !u.intact(keyring) => return Ok(Granted::Tampered(row)),
-        _ => return Ok(Granted::None),
+        Some(u) => match u.check(conn, keyring)? {
+            Verdict::Intact if !u.is_disabled => {}
+            Verdict::Intact => return Ok(Granted::None),
+            verdict => return Ok(Granted::Tampered(row, verdict)),
+        },
+        None => return Ok(Granted::None),
     }
     let grants: Vec<GrantRow> = g::table
         .filter(g::service_id.eq(service_id))
@@ -408,9 +468,16 @@ fn with_intact_grant(
         )
         .select(GrantRow::as_select())
         .load(conn)?;
-    let intact: Vec<&GrantRow> = grants.iter().filter(|g| g.intact(keyring)).collect();
+    let mut intact: Vec<&GrantRow> = Vec::with_capacity(grants.len());
+    let mut worst = Verdict::Tampered;
+    for grant in &grants {
+        match grant.check(conn, keyring)? {
+            Verdict::Intact => intact.push(grant),
+            verdict => worst = verdict,
+        }
+    }
     if intact.is_empty() {
-        Ok(Granted::Tampered(row))
+        Ok(Granted::Tampered(row, worst))
     } else if intact.iter().any(|g| g.allows(operation)) {
         Ok(Granted::Found(row, version))
     } else {
@@ -491,10 +558,15 @@ pub fn granted_by_owner(
     with_intact_grant(conn, keyring, service_id, operation, found)
 }
 
-fn set_grant_mac(tx: &mut DbConn, keyring: &Keyring, row: &GrantRow) -> Result<(), DbError> {
+/// Signs the grant as it is (its generation included).
+pub(crate) fn store_grant(tx: &mut DbConn, keyring: &Keyring, row: &GrantRow) -> Result<(), DbError> {
     let (mac, mac_version) = sign(keyring, &row.mac_row())?;
     diesel::update(g::table.filter(g::id.eq(row.id)))
-        .set((g::mac.eq(Some(mac)), g::mac_version.eq(Some(mac_version))))
+        .set((
+            g::mac.eq(Some(mac)),
+            g::mac_version.eq(Some(mac_version)),
+            g::generation.eq(row.generation),
+        ))
         .execute(tx)?;
     Ok(())
 }
@@ -523,7 +595,7 @@ pub fn resign_services_batch(
         "service",
         |r| r.id,
         ServiceRow::intact,
-        rewrite_service,
+        store_service,
     )
 }
 
@@ -549,28 +621,8 @@ pub fn resign_grants_batch(
         "grant",
         |r| r.id,
         GrantRow::intact,
-        set_grant_mac,
+        store_grant,
     )
-}
-
-/// Signs every service and grant that has no MAC yet: run once, when a database from before
-/// row MACs first meets its keyring (see `key_versions`).
-pub fn sign_unsigned(tx: &mut DbConn, keyring: &Keyring) -> Result<usize, DbError> {
-    let services: Vec<ServiceRow> = s::table
-        .filter(s::mac.is_null())
-        .select(ServiceRow::as_select())
-        .load(tx)?;
-    for row in &services {
-        rewrite_service(tx, keyring, row)?;
-    }
-    let grants: Vec<GrantRow> = g::table
-        .filter(g::mac.is_null())
-        .select(GrantRow::as_select())
-        .load(tx)?;
-    for row in &grants {
-        set_grant_mac(tx, keyring, row)?;
-    }
-    Ok(services.len() + grants.len())
 }
 
 /// Rows of the authorization tables whose MAC depends on master-key version `version`.
@@ -590,12 +642,20 @@ pub fn signed_under(conn: &mut DbConn, version: i32) -> Result<i64, DbError> {
     Ok(users + services + grants)
 }
 
-/// Whether the certificate with this fingerprint (lowercase hex SHA-256) was revoked.
+/// Whether the certificate with this fingerprint (lowercase hex SHA-256) was revoked: its
+/// row, or the audit entry that revoked it (SPEC §14: deleting the row un-revokes nothing).
 pub fn is_revoked(conn: &mut DbConn, fingerprint: &str) -> Result<bool, DbError> {
     use super::schema::revoked_certificates as r;
-    Ok(diesel::select(diesel::dsl::exists(
-        r::table.filter(r::fingerprint.eq(fingerprint)),
-    ))
+    Ok(diesel::select(
+        diesel::dsl::exists(r::table.filter(r::fingerprint.eq(fingerprint))).or(
+            diesel::dsl::exists(
+                super::schema::audit_subjects::table.filter(
+                    super::schema::audit_subjects::subject
+                        .eq(generation::revoked_cert(fingerprint)),
+                ),
+            ),
+        ),
+    )
     .get_result(conn)?)
 }
 
@@ -612,6 +672,10 @@ pub fn revoke_certificate(
     .bind::<diesel::sql_types::Text, _>(fingerprint)
     .bind::<diesel::sql_types::BigInt, _>(now)
     .execute(conn)?;
+    if inserted == 1 {
+        // The revocation's entry names the fingerprint: the log remembers it.
+        generation::record(conn, generation::revoked_cert(fingerprint))?;
+    }
     Ok(inserted == 1)
 }
 

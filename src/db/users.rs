@@ -1,13 +1,16 @@
 //! Users repository. A user's role, password hash, disabled flag and allowlist are covered by
 //! the row's MAC (`crypto::rowmac`): every change verifies the MAC it replaces, and every use
-//! checks it (see [`UserRow::intact`]).
+//! checks it (see [`UserRow::verdict`]). The MAC binds the row's generation (SPEC §14): a
+//! genuine older row written back is refused too.
 
 use diesel::prelude::*;
 
 use super::schema::users as u;
 use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
-use crate::crypto::{rowmac, Keyring};
+use crate::audit::generation;
+use crate::crypto::rowmac::{self, Verdict};
+use crate::crypto::Keyring;
 use crate::domain::{Role, UserId, Username};
 
 #[derive(Clone, Queryable, Selectable)]
@@ -22,6 +25,8 @@ pub struct UserRow {
     pub allowed_cidrs: Option<String>,
     pub mac: Option<Vec<u8>>,
     pub mac_version: Option<i32>,
+    /// The audit entry of the row's last change (SPEC §14).
+    pub generation: i64,
 }
 
 impl UserRow {
@@ -33,12 +38,37 @@ impl UserRow {
             role: &self.role,
             is_disabled: self.is_disabled,
             allowed_cidrs: self.allowed_cidrs.as_deref(),
+            generation: self.generation,
         }
     }
 
-    /// Whether the row is as hazina last wrote it (its MAC verifies).
+    /// Whether the row's MAC verifies (the row is one hazina wrote, perhaps an older one).
     pub fn intact(&self, keyring: &Keyring) -> bool {
         rowmac::verify(
+            keyring,
+            self.mac_version,
+            self.mac.as_deref(),
+            &self.mac_row(),
+        )
+    }
+
+    /// Whether the row is as hazina last wrote it: its MAC verifies and `latest` (the latest
+    /// audit entry naming it) is its generation.
+    pub fn verdict(&self, keyring: &Keyring, latest: Option<i64>) -> Verdict {
+        Verdict::of(self.intact(keyring), self.generation, latest)
+    }
+
+    /// [`UserRow::verdict`], reading the latest entry naming the row. Checked here on every
+    /// login, refresh and change of the row; a request's session check reads it in its own
+    /// query (`sessions::live`).
+    pub fn check(&self, conn: &mut DbConn, keyring: &Keyring) -> Result<Verdict, DbError> {
+        let latest = generation::latest(conn, &generation::user(self.id))?;
+        Ok(self.verdict(keyring, latest))
+    }
+
+    /// Format 1 (the one-time upgrade only).
+    pub(crate) fn intact_format1(&self, keyring: &Keyring) -> bool {
+        rowmac::verify_format1(
             keyring,
             self.mac_version,
             self.mac.as_deref(),
@@ -79,6 +109,7 @@ struct NewUserRow<'a> {
     allowed_cidrs: Option<&'a str>,
     mac: Vec<u8>,
     mac_version: i32,
+    generation: i64,
 }
 
 /// Creates a user (with an allowlist, or none); `Conflict` when the username is taken.
@@ -92,6 +123,7 @@ pub fn create(
     now: UnixSeconds,
 ) -> Result<UserId, DbError> {
     let id = UserId::generate();
+    let generation = generation::generation_for(conn, generation::user(id.get()))?;
     let (mac, mac_version) = sign(
         keyring,
         &rowmac::Row::User {
@@ -101,6 +133,7 @@ pub fn create(
             role: role.as_str(),
             is_disabled: false,
             allowed_cidrs,
+            generation,
         },
     )?;
     diesel::insert_into(u::table)
@@ -114,14 +147,16 @@ pub fn create(
             allowed_cidrs,
             mac,
             mac_version,
+            generation,
         })
         .execute(conn)?;
     Ok(id)
 }
 
 /// Locks the user's row (a write first, so SQLite takes its write lock and PostgreSQL locks
-/// the row), reads it and checks its MAC: `None` if there is no such user, `Tampered` if the
-/// row was edited outside hazina (it is then left as it is, never re-signed).
+/// the row), reads it and checks its MAC and generation: `None` if there is no such user,
+/// `Tampered` if the row was edited outside hazina or written back from an older state (it is
+/// then left as it is, never re-signed).
 fn lock_intact(
     tx: &mut DbConn,
     keyring: &Keyring,
@@ -137,14 +172,23 @@ fn lock_intact(
         .filter(u::username.eq(username))
         .select(UserRow::as_select())
         .first(tx)?;
-    if !row.intact(keyring) {
+    if !row.check(tx, keyring)?.is_intact() {
         return Err(DbError::Tampered("user"));
     }
     Ok(Some(row))
 }
 
-/// Writes a changed row's authorization fields with a fresh MAC.
+/// Writes a changed row's authorization fields with a fresh MAC and the generation of the
+/// change's audit entry.
 fn rewrite(tx: &mut DbConn, keyring: &Keyring, row: &UserRow) -> Result<(), DbError> {
+    let mut row = row.clone();
+    row.generation = generation::generation_for(tx, generation::user(row.id))?;
+    store(tx, keyring, &row)
+}
+
+/// Writes the row as it is (its generation included) with a MAC under the active version:
+/// a change's last step, or a master-key rotation's re-signing (which changes no fact).
+pub(crate) fn store(tx: &mut DbConn, keyring: &Keyring, row: &UserRow) -> Result<(), DbError> {
     let (mac, mac_version) = sign(keyring, &row.mac_row())?;
     diesel::update(u::table.filter(u::id.eq(row.id)))
         .set((
@@ -154,6 +198,7 @@ fn rewrite(tx: &mut DbConn, keyring: &Keyring, row: &UserRow) -> Result<(), DbEr
             u::allowed_cidrs.eq(row.allowed_cidrs.as_deref()),
             u::mac.eq(Some(mac)),
             u::mac_version.eq(Some(mac_version)),
+            u::generation.eq(row.generation),
         ))
         .execute(tx)?;
     Ok(())
@@ -201,7 +246,7 @@ pub fn resign_batch(
         "user",
         |r| r.id,
         UserRow::intact,
-        rewrite,
+        store,
     )
 }
 
@@ -229,19 +274,6 @@ pub(crate) fn resign_each<R>(
         }
     }
     Ok(rows.last().map(id))
-}
-
-/// Signs every user row that has no MAC yet: run once, when a database from before row MACs
-/// first meets its keyring (see `key_versions`).
-pub fn sign_unsigned(tx: &mut DbConn, keyring: &Keyring) -> Result<usize, DbError> {
-    let rows: Vec<UserRow> = u::table
-        .filter(u::mac.is_null())
-        .select(UserRow::as_select())
-        .load(tx)?;
-    for row in &rows {
-        rewrite(tx, keyring, row)?;
-    }
-    Ok(rows.len())
 }
 
 pub fn find_by_id(conn: &mut DbConn, id: i64) -> Result<Option<UserRow>, DbError> {
@@ -322,25 +354,13 @@ pub fn set_password(
     keep: Option<&str>,
     now: UnixSeconds,
 ) -> Result<Option<i64>, DbError> {
-    use super::schema::sessions as s;
     conn.transaction(|tx| {
         let Some(mut row) = lock_intact(tx, keyring, username)? else {
             return Ok(None);
         };
         row.password_hash = password_hash.to_owned();
         rewrite(tx, keyring, &row)?;
-        let live = s::table
-            .filter(s::user_id.eq(row.id))
-            .filter(s::revoked_at.is_null())
-            .filter(s::expires_at.gt(now));
-        match keep {
-            Some(sid) => diesel::update(live.filter(s::id.ne(sid)))
-                .set(s::revoked_at.eq(Some(now)))
-                .execute(tx)?,
-            None => diesel::update(live)
-                .set(s::revoked_at.eq(Some(now)))
-                .execute(tx)?,
-        };
+        super::sessions::revoke_live(tx, keyring, row.id, keep, now)?;
         Ok(Some(row.id))
     })
 }
@@ -391,25 +411,23 @@ pub fn set_allowed_cidrs(
 /// no such user.
 pub fn end_sessions(
     conn: &mut DbConn,
+    keyring: &Keyring,
     username: &str,
     now: UnixSeconds,
 ) -> Result<Option<(i64, usize)>, DbError> {
-    use super::schema::sessions as s;
     conn.transaction(|tx| {
         // The write first, so SQLite takes its write lock before it reads.
-        let ended = diesel::update(
-            s::table
-                .filter(s::user_id.eq_any(u::table.filter(u::username.eq(username)).select(u::id)))
-                .filter(s::revoked_at.is_null())
-                .filter(s::expires_at.gt(now)),
-        )
-        .set(s::revoked_at.eq(Some(now)))
-        .execute(tx)?;
+        let n = diesel::update(u::table.filter(u::username.eq(username)))
+            .set(u::id.eq(u::id))
+            .execute(tx)?;
+        if n == 0 {
+            return Ok(None);
+        }
         let id = u::table
             .filter(u::username.eq(username))
             .select(u::id)
-            .first::<i64>(tx)
-            .optional()?;
-        Ok(id.map(|id| (id, ended)))
+            .first::<i64>(tx)?;
+        let ended = super::sessions::revoke_live(tx, keyring, id, None, now)?;
+        Ok(Some((id, ended)))
     })
 }

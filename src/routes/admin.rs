@@ -325,11 +325,12 @@ pub async fn revoke_user_sessions(
     let username = path.into_inner();
     let now = state.clock.now();
     let entry = admin.event(Action::AdminSessionsRevoke);
+    let keyring = state.keyring.clone();
     let (_, ended) = state
         .db(move |c| {
             chain::with_entry(
                 c,
-                |tx| users::end_sessions(tx, &username, now),
+                |tx| users::end_sessions(tx, &keyring, &username, now),
                 |found| found.map(|(id, _)| entry.target(Target::owner(id))),
             )
         })

@@ -324,7 +324,7 @@ pub async fn create(
             };
             let row = chain::with_entry(
                 c,
-                |tx| repo::create(tx, new, &seal, now),
+                |tx| repo::create(tx, &keyring, new, &seal, now),
                 |row| entry_of(entry, Some(row)),
             )?;
             repo::with_profile(c, row)
@@ -434,7 +434,7 @@ pub async fn update(
             };
             chain::with_entry(
                 c,
-                |tx| repo::update_metadata(tx, owner, id, update, if_match.0, &reseal, now),
+                |tx| repo::update_metadata(tx, &keyring, owner, id, update, if_match.0, &reseal, now),
                 |row| entry_of(entry, row.as_ref()),
             )?
             .map(|row| repo::with_profile(c, row))
@@ -468,11 +468,12 @@ pub async fn delete(
     let id = trail.id(ACTION, &path).await?;
     let now = state.clock.now();
     let entry = trail.change(ACTION);
+    let keyring = state.keyring.clone();
     let Some(row) = state
         .db(move |c| {
             chain::with_entry(
                 c,
-                |tx| repo::delete(tx, owner, id, if_match.0, now),
+                |tx| repo::delete(tx, &keyring, owner, id, if_match.0, now),
                 |row| entry_of(entry, row.as_ref()),
             )
         })
@@ -642,7 +643,7 @@ async fn write_new_version(
             };
             chain::with_entry(
                 c,
-                |tx| repo::add_version(tx, owner, id, actor, expected, &seal, now),
+                |tx| repo::add_version(tx, &keyring, owner, id, actor, expected, &seal, now),
                 |row| entry_of(entry, row.as_ref()),
             )?
             .map(|row| repo::with_profile(c, row))
@@ -1064,8 +1065,13 @@ pub async fn verify(
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialVerify;
     let requested = CredentialId::parse(&path);
+    let keyring = state.keyring.clone();
+    // A credential whose state fails its check (edited, or written back from before) is
+    // answered like a missing one: its current version cannot be believed.
     let (user, found) = confirmed_with(&req, move |c, owner| match requested {
-        Some(id) => repo::get_current(c, owner, id),
+        Some(id) => Ok(repo::get_current(c, &keyring, owner, id)?
+            .filter(|(_, _, verdict)| verdict.is_intact())
+            .map(|(row, version, _)| (row, version))),
         None => Ok(None),
     })
     .await?;
@@ -1124,11 +1130,12 @@ pub async fn toggle_status(
     let id = trail.id(ACTION, &path).await?;
     let now = state.clock.now();
     let entry = trail.change(ACTION);
+    let keyring = state.keyring.clone();
     let Some(row) = state
         .db(move |c| {
             chain::with_entry(
                 c,
-                |tx| repo::toggle_active(tx, owner, id, if_match.0, now),
+                |tx| repo::toggle_active(tx, &keyring, owner, id, if_match.0, now),
                 |row| entry_of(entry, row.as_ref()),
             )?
             .map(|row| repo::with_profile(c, row))

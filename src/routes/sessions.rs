@@ -260,12 +260,23 @@ pub(crate) async fn sign_in(
         audit(state, meta, Actor::anonymous(), Action::Login, unknown).await;
         return Err(ApiError::Unauthorized(BAD_LOGIN));
     }
-    let user = state
-        .db(move |c| users::find_by_username(c, &username))
+    let keyring = state.keyring.clone();
+    let found = state
+        .db(move |c| {
+            let user = users::find_by_username(c, &username)?;
+            let verdict = match &user {
+                Some(u) => Some(u.check(c, &keyring)?),
+                None => None,
+            };
+            Ok::<_, crate::db::DbError>((user, verdict))
+        })
         .await?;
-    // A row edited outside hazina (a planted password hash, a role, a cleared flag) is never
-    // believed: the attempt fails like a wrong password, and the tampering is audited.
-    let tampered = user.as_ref().is_some_and(|u| !u.intact(&state.keyring));
+    let (user, verdict) = found;
+    // A row edited outside hazina (a planted password hash, a role, a cleared flag), or an
+    // older one written back (a reset password restored), is never believed: the attempt
+    // fails like a wrong password, and the violation is audited.
+    let verdict = verdict.unwrap_or(crate::crypto::rowmac::Verdict::Intact);
+    let tampered = !verdict.is_intact();
     // Unknown users cost one argon2id evaluation too (against a dummy hash).
     let stored = user
         .as_ref()
@@ -281,7 +292,7 @@ pub(crate) async fn sign_in(
             let actor = user_actor(u.id, Some(&u.username));
             audit(state, meta, actor, Action::IntegrityViolation, |e| {
                 e.target(Target::owner(u.id))
-                    .outcome(Outcome::Denied, Some(Reason::RowTampered))
+                    .outcome(Outcome::Denied, Some(Reason::of_verdict(verdict)))
             })
             .await;
             return Err(ApiError::Unauthorized(BAD_LOGIN));
@@ -321,17 +332,24 @@ pub(crate) async fn sign_in(
     let (pair, refresh_jti) = token_pair(state, user_id, &sid, now)?;
     // A success forgives the account's failures (not the address's: see db::throttle).
     let account = subjects.account;
+    let actor = user_actor(user.id, Some(&user.username));
+    let entry = Event::new(state.clock.now_micros(), actor, meta, Action::Login)
+        .target(Target::owner(user.id));
+    let keyring = state.keyring.clone();
+    // The session and the login's entry commit together: the session's generation names it.
     state
         .db(move |c| {
             throttle::succeeded(c, &account, &undo)?;
-            repo::create(c, &sid, user_id, &refresh_jti, now, now + jwt::REFRESH_TTL)
+            crate::audit::chain::with_entry(
+                c,
+                |tx| {
+                    let expires = now + jwt::REFRESH_TTL;
+                    repo::create(tx, &keyring, &sid, user_id, &refresh_jti, now, expires)
+                },
+                |_| Some(entry),
+            )
         })
         .await?;
-    let actor = user_actor(user.id, Some(&user.username));
-    audit(state, meta, actor, Action::Login, |e| {
-        e.target(Target::owner(user.id))
-    })
-    .await;
     Ok(pair)
 }
 
@@ -382,47 +400,47 @@ pub(crate) async fn renew(
         return Err(ApiError::Forbidden(OUTSIDE_ALLOWLIST));
     }
     let (pair, next_jti) = token_pair(state, user, &claims.sid, now)?;
-    let (outcome, username) = state
+    let at = state.clock.now_micros();
+    let meta_for_entry = meta.clone();
+    // The swap (or the revocation it leads to) and its entry commit together.
+    let (outcome, _) = state
         .db({
             let keyring = state.keyring.clone();
             move |c| {
                 let presented = (claims.jti.as_str(), claims.key_version);
-                repo::rotate_refresh(c, &keyring, &claims.sid, user, presented, &next_jti, now)
+                crate::audit::chain::with_entry(
+                    c,
+                    |tx| {
+                        repo::rotate_refresh(tx, &keyring, &claims.sid, user, presented, &next_jti, now)
+                    },
+                    |(outcome, username)| {
+                        let actor = user_actor(user.get(), username.as_deref());
+                        let (action, refused) = match outcome {
+                            Refresh::Rotated => (Action::Refresh, None),
+                            Refresh::Reused => (Action::RefreshReuse, Some(Reason::TokenReused)),
+                            Refresh::Tampered => {
+                                (Action::IntegrityViolation, Some(Reason::RowTampered))
+                            }
+                            Refresh::KeyRetired => (Action::Refresh, Some(Reason::TokenInvalid)),
+                        };
+                        let e = Event::new(at, actor, &meta_for_entry, action)
+                            .target(Target::owner(user.get()));
+                        Some(match refused {
+                            None => e,
+                            Some(reason) => e.outcome(Outcome::Denied, Some(reason)),
+                        })
+                    },
+                )
             }
         })
         .await?;
-    let actor = user_actor(user.get(), username.as_deref());
-    let target = Target::owner(user.get());
     match outcome {
-        Refresh::Rotated => {
-            audit(state, meta, actor, Action::Refresh, |e| e.target(target)).await;
-            Ok(pair)
-        }
+        Refresh::Rotated => Ok(pair),
         Refresh::Reused => {
             tracing::warn!(user = %user, "refresh token reuse: session revoked");
-            audit(state, meta, actor, Action::RefreshReuse, |e| {
-                e.target(target)
-                    .outcome(Outcome::Denied, Some(Reason::TokenReused))
-            })
-            .await;
             Err(ApiError::Unauthorized(BAD_REFRESH))
         }
-        Refresh::Tampered => {
-            audit(state, meta, actor, Action::IntegrityViolation, |e| {
-                e.target(target)
-                    .outcome(Outcome::Denied, Some(Reason::RowTampered))
-            })
-            .await;
-            Err(ApiError::Unauthorized(BAD_REFRESH))
-        }
-        Refresh::KeyRetired => {
-            audit(state, meta, actor, Action::Refresh, |e| {
-                e.target(target)
-                    .outcome(Outcome::Denied, Some(Reason::TokenInvalid))
-            })
-            .await;
-            Err(ApiError::Unauthorized(BAD_REFRESH))
-        }
+        Refresh::Tampered | Refresh::KeyRetired => Err(ApiError::Unauthorized(BAD_REFRESH)),
     }
 }
 
@@ -433,12 +451,23 @@ pub async fn logout(
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.now();
     let sid = user.session_id.clone();
-    state.db(move |c| repo::revoke(c, &sid, now)).await?;
-    let target = Target::owner(user.id.get());
-    audit(&state, &meta, Actor::user(&user), Action::Logout, |e| {
-        e.target(target)
-    })
-    .await;
+    let entry = Event::new(
+        state.clock.now_micros(),
+        Actor::user(&user),
+        &meta,
+        Action::Logout,
+    )
+    .target(Target::owner(user.id.get()));
+    let keyring = state.keyring.clone();
+    state
+        .db(move |c| {
+            crate::audit::chain::with_entry(
+                c,
+                |tx| repo::revoke(tx, &keyring, &sid, now),
+                |_| Some(entry),
+            )
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Logged out successfully" })))
 }
 

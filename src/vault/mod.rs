@@ -185,8 +185,9 @@ pub enum Lookup {
     NotFound,
     /// Intact grants cover it, but none names the operation.
     NotGranted(CredentialRow),
-    /// A grant or owner row failed its integrity check.
-    Tampered(CredentialRow),
+    /// A credential, grant or owner row failed its integrity check (edited, or written back
+    /// from an older state: the verdict says which).
+    Tampered(CredentialRow, crate::crypto::rowmac::Verdict),
 }
 
 #[derive(Debug)]
@@ -210,7 +211,12 @@ pub fn find(
 ) -> Result<Lookup, DbError> {
     let found = match (scope, address) {
         (Scope::Owner(owner), Address::Id(id)) => {
-            repo::get_current(conn, owner, *id)?.map(|(r, v)| services::Granted::Found(r, v))
+            repo::get_current(conn, keyring, owner, *id)?.map(|(r, v, verdict)| match verdict {
+                // The state a reveal believes (active, current version, its time) is checked
+                // here, in the same statement that reads it.
+                crate::crypto::rowmac::Verdict::Intact => services::Granted::Found(r, v),
+                verdict => services::Granted::Tampered(r, verdict),
+            })
         }
         (Scope::Owner(_), Address::Lookup { .. }) => None,
         (Scope::Service(service), Address::Id(id)) => Some(services::granted_by_id(
@@ -236,7 +242,9 @@ pub fn find(
     let (row, version) = match found {
         Some(services::Granted::Found(row, version)) => (row, version),
         Some(services::Granted::NotGranted(row)) => return Ok(Lookup::NotGranted(row)),
-        Some(services::Granted::Tampered(row)) => return Ok(Lookup::Tampered(row)),
+        Some(services::Granted::Tampered(row, verdict)) => {
+            return Ok(Lookup::Tampered(row, verdict))
+        }
         Some(services::Granted::None) | None => return Ok(Lookup::NotFound),
     };
     let previous = if operation == Operation::WebhookVerify
@@ -407,11 +415,11 @@ pub async fn admit(
             caller.best_effort(with_op(ev)).await;
             return Err(Refusal::NotFound);
         }
-        Lookup::Tampered(row) => {
+        Lookup::Tampered(row, verdict) => {
             let ev = caller
                 .event(Action::IntegrityViolation)
                 .target(Target::credential(&row))
-                .outcome(Outcome::Denied, Some(Reason::RowTampered));
+                .outcome(Outcome::Denied, Some(Reason::of_verdict(verdict)));
             caller.best_effort(with_op(ev)).await;
             return Err(Refusal::NotFound);
         }

@@ -345,15 +345,33 @@ impl TestApp {
     /// Creates a user directly in the database (no login).
     pub fn insert_user(&self, username: &str, role: Role) -> i64 {
         let hash = password::hash(&SecretString::from(PASSWORD.to_owned())).unwrap();
+        self.insert_user_with_hash(username, &hash, role)
+    }
+
+    /// Creates a user with this password hash directly in the database (no login).
+    pub fn insert_user_with_hash(&self, username: &str, hash: &str, role: Role) -> i64 {
         let mut conn = self.conn();
-        let id = db::users::create(
+        // As an administrator would: rows are signed only inside an audited change.
+        let entry = hazina::audit::Event::new(
+            self.clock.now_micros(),
+            hazina::audit::Actor::system(),
+            &hazina::audit::RequestMeta::default(),
+            hazina::audit::Action::AdminUserCreate,
+        );
+        let id = hazina::audit::chain::with_entry(
             &mut conn,
-            &self.state.keyring,
-            &Username::parse(username).unwrap(),
-            &hash,
-            role,
-            None,
-            self.clock.now(),
+            |tx| {
+                db::users::create(
+                    tx,
+                    &self.state.keyring,
+                    &Username::parse(username).unwrap(),
+                    hash,
+                    role,
+                    None,
+                    self.clock.now(),
+                )
+            },
+            |id| Some(entry.target(hazina::audit::Target::owner(id.get()))),
         )
         .unwrap();
         id.get()

@@ -19,7 +19,7 @@ use crate::helpers::*;
 /// `hazina <args>` on the app's database with the keyring at `keyring`, killed (and reported
 /// as a failure) if it has not exited by the deadline: a server that should have refused to
 /// start would otherwise run for ever.
-fn run_hazina(app: &TestApp, keyring: &Path, args: &[&str]) -> Output {
+pub(crate) fn run_hazina(app: &TestApp, keyring: &Path, args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hazina"))
         .args(args)
         .current_dir(app.dir.path())

@@ -7,8 +7,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use hazina::auth::password;
-use hazina::db;
-use hazina::domain::{Role, Username};
+use hazina::domain::Role;
 
 use crate::helpers::*;
 
@@ -200,16 +199,7 @@ async fn passwords_and_tokens_never_appear_in_the_logs() {
     let secret_password = canary("password");
     let wrong_password = canary("wrong-password");
     let hash = password::hash(&SecretString::from(secret_password.clone())).unwrap();
-    db::users::create(
-        &mut app.conn(),
-        &app.state.keyring,
-        &Username::parse(&username).unwrap(),
-        &hash,
-        Role::User,
-        None,
-        app.clock.now(),
-    )
-    .unwrap();
+    app.insert_user_with_hash(&username, &hash, Role::User);
 
     let failed = app.login(&username, &wrong_password).await;
     assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);

@@ -1,0 +1,16 @@
+DROP TABLE integrity_marker;
+ALTER TABLE key_wear DROP COLUMN mac_version;
+ALTER TABLE key_wear DROP COLUMN mac;
+ALTER TABLE key_wear DROP COLUMN generation;
+ALTER TABLE sessions DROP COLUMN mac_version;
+ALTER TABLE sessions DROP COLUMN mac;
+ALTER TABLE sessions DROP COLUMN generation;
+ALTER TABLE credentials DROP COLUMN mac_version;
+ALTER TABLE credentials DROP COLUMN mac;
+ALTER TABLE credentials DROP COLUMN generation;
+ALTER TABLE provider_certificates DROP COLUMN generation;
+ALTER TABLE grants DROP COLUMN generation;
+ALTER TABLE services DROP COLUMN generation;
+ALTER TABLE users DROP COLUMN generation;
+DROP TABLE audit_subjects;
+ALTER TABLE audit_log DROP COLUMN subjects;
