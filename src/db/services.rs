@@ -553,26 +553,6 @@ pub fn resign_grants_batch(
     )
 }
 
-/// Signs every service and grant that has no MAC yet: run once, when a database from before
-/// row MACs first meets its keyring (see `key_versions`).
-pub fn sign_unsigned(tx: &mut DbConn, keyring: &Keyring) -> Result<usize, DbError> {
-    let services: Vec<ServiceRow> = s::table
-        .filter(s::mac.is_null())
-        .select(ServiceRow::as_select())
-        .load(tx)?;
-    for row in &services {
-        rewrite_service(tx, keyring, row)?;
-    }
-    let grants: Vec<GrantRow> = g::table
-        .filter(g::mac.is_null())
-        .select(GrantRow::as_select())
-        .load(tx)?;
-    for row in &grants {
-        set_grant_mac(tx, keyring, row)?;
-    }
-    Ok(services.len() + grants.len())
-}
-
 /// Rows of the authorization tables whose MAC depends on master-key version `version`.
 pub fn signed_under(conn: &mut DbConn, version: i32) -> Result<i64, DbError> {
     let users: i64 = u::table

@@ -231,19 +231,6 @@ pub(crate) fn resign_each<R>(
     Ok(rows.last().map(id))
 }
 
-/// Signs every user row that has no MAC yet: run once, when a database from before row MACs
-/// first meets its keyring (see `key_versions`).
-pub fn sign_unsigned(tx: &mut DbConn, keyring: &Keyring) -> Result<usize, DbError> {
-    let rows: Vec<UserRow> = u::table
-        .filter(u::mac.is_null())
-        .select(UserRow::as_select())
-        .load(tx)?;
-    for row in &rows {
-        rewrite(tx, keyring, row)?;
-    }
-    Ok(rows.len())
-}
-
 pub fn find_by_id(conn: &mut DbConn, id: i64) -> Result<Option<UserRow>, DbError> {
     Ok(u::table
         .filter(u::id.eq(id))

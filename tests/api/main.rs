@@ -19,6 +19,7 @@ mod multinode;
 mod openapi;
 mod operations;
 mod pki;
+mod second_pass;
 mod security;
 mod services;
 mod sessions;
