@@ -737,6 +737,10 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
                 "granted `{service}` {} on `{owner}`'s {providers} credentials, {environments} (grant id {})",
                 grant.operations, grant.id
             );
+            // On stderr, so that it reaches the person even when the answer is piped.
+            for warning in hazina::vault::Operations::warnings(&grant.operations) {
+                eprintln!("hazina: warning: {warning}");
+            }
         }
         GrantsCommand::List => {
             for (g, service, owner) in db::services::list_grants(&mut *pool.get()?)? {

@@ -470,11 +470,17 @@ pub async fn delete(
     let entry = trail.change(ACTION);
     let Some(row) = state
         .db(move |c| {
-            chain::with_entry(
+            let deleted = chain::with_entry(
                 c,
                 |tx| repo::delete(tx, owner, id, if_match.0, now),
                 |row| entry_of(entry, row.as_ref()),
-            )
+            )?;
+            // Committed: now the copies the engine keeps (SQLite's WAL) go too, on the same
+            // trip. A busy checkpoint is retried and logged, never a failed delete.
+            if deleted.is_some() {
+                crate::db::wal::checkpoint_after_shred(c);
+            }
+            Ok(deleted)
         })
         .await?
     else {
