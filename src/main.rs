@@ -515,21 +515,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot read checkpoint {}", path.display()))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let report = audit::chain::verify(&mut conn, &vault.keyring)?;
-            println!("{}", serde_json::to_string(&report)?);
             let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
-            let signers = audit::checkpoint::signers(&mut conn, &vault.keyring, &origin)?;
+            let (report, verdicts) =
+                audit::verify::with_checkpoints(&mut conn, &vault.keyring, &origin, &notes)?;
+            println!("{}", serde_json::to_string(&report)?);
             let mut problems = Vec::new();
-            for (path, note) in checkpoints.iter().zip(&notes) {
-                let verdict = audit::checkpoint::check(&mut conn, &signers, &origin, note)?;
+            for (path, verdict) in checkpoints.iter().zip(verdicts) {
                 if let Some(problem) = verdict.problem {
                     problems.push(format!("checkpoint {}: {problem}", path.display()));
                 }
             }
             if let Some(seq) = report.first_bad_seq {
+                let why = report.problem.as_deref().unwrap_or("the chain is broken");
                 problems.insert(
                     0,
-                    format!("the audit chain is broken: first bad sequence number {seq}"),
+                    format!(
+                        "the audit log does not verify: first bad sequence number {seq} ({why})"
+                    ),
                 );
             }
             if problems.is_empty() {

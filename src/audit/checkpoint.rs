@@ -256,6 +256,33 @@ pub struct Verdict {
     pub problem: Option<String>,
 }
 
+/// A signed checkpoint's size and root, if its signature verifies under one of the log's
+/// keys and it names this log; the verdict on it otherwise. Whether the log still extends it
+/// is for the walk ([`super::verify`]) to say, from the entries.
+pub fn claim(signers: &[(i32, Signer)], origin: &str, note: &str) -> Result<(u64, Hash), Verdict> {
+    let bad = |size: Option<u64>, problem: &str| Verdict {
+        tree_size: size,
+        ok: false,
+        problem: Some(problem.to_owned()),
+    };
+    let Some(text) = signers.iter().find_map(|(_, s)| s.open(note)) else {
+        return Err(bad(
+            None,
+            "the signature does not verify under this log's keys",
+        ));
+    };
+    let Some((named, size, root)) = parse_body(text) else {
+        return Err(bad(None, "the checkpoint body is malformed"));
+    };
+    if named != origin {
+        return Err(bad(
+            Some(size),
+            "the checkpoint is for another log (origin)",
+        ));
+    }
+    Ok((size, root))
+}
+
 /// Checks a signed checkpoint against the log as it is: the signature verifies under one of
 /// the log's keys, the origin is the log's, and the tree of that size still has that root
 /// (the log extends it: nothing up to it was rolled back, truncated or rewritten).
@@ -270,21 +297,10 @@ pub fn check(
         ok: false,
         problem: Some(problem.to_owned()),
     };
-    let Some(text) = signers.iter().find_map(|(_, s)| s.open(note)) else {
-        return Ok(bad(
-            None,
-            "the signature does not verify under this log's keys",
-        ));
+    let (size, root) = match claim(signers, origin, note) {
+        Ok(claimed) => claimed,
+        Err(verdict) => return Ok(verdict),
     };
-    let Some((named, size, root)) = parse_body(text) else {
-        return Ok(bad(None, "the checkpoint body is malformed"));
-    };
-    if named != origin {
-        return Ok(bad(
-            Some(size),
-            "the checkpoint is for another log (origin)",
-        ));
-    }
     let have = super::merkle::size(conn)?;
     if size > have {
         return Ok(bad(

@@ -1358,3 +1358,146 @@ async fn a_moved_or_removed_archive_anchor_is_caught_and_archive_never_overwrite
     ));
     assert!(!verifies(&app));
 }
+
+// ---------------------------------------------------------------------------------------
+// Nothing the database holds vouches for itself (SPEC §14, issue 29).
+
+/// The head's sequence number.
+fn head_seq(app: &TestApp) -> i64 {
+    app.sql_lines("SELECT CAST(seq AS TEXT) AS line FROM audit_head WHERE id = 1")[0]
+        .parse()
+        .unwrap()
+}
+
+/// A merchant with a credential; each call of the returned path's reveal adds one entry.
+async fn revealer(app: &TestApp) -> (TestUser, String) {
+    let owner = app.user().await;
+    let created = app
+        .create_credential(&owner, "pagamio", "live", "pagamio-password-0029")
+        .await;
+    let path = format!(
+        "/payments/credentials/{}/get-private-key/",
+        created["id"].as_i64().unwrap()
+    );
+    (owner, path)
+}
+
+/// Reveals until the log holds at least `at_least` entries and a multiple of 16 (a size the
+/// stored tree ends a subtree on); the new size.
+async fn grow_to_a_multiple_of_16(
+    app: &TestApp,
+    owner: &TestUser,
+    path: &str,
+    at_least: i64,
+) -> i64 {
+    while head_seq(app) < at_least || head_seq(app) % 16 != 0 {
+        assert_eq!(app.get(path, &owner.access).await.status(), StatusCode::OK);
+    }
+    head_seq(app)
+}
+
+/// The attacker with database write access but no keyring: rewrites entry `seq`'s actor
+/// name, then recomputes every later chain hash and the head's hash. `audit_tree` is left
+/// as it is.
+fn rewrite_entry_and_rechain(app: &TestApp, seq: i64, actor_name: &str) {
+    use diesel::prelude::*;
+    use hazina::audit::chain::AuditRow;
+    use hazina::db::schema::{audit_head as head, audit_log as log};
+
+    let mut conn = app.conn();
+    let rows: Vec<AuditRow> = log::table
+        .filter(log::seq.ge(seq))
+        .order(log::seq.asc())
+        .select(AuditRow::as_select())
+        .load(&mut *conn)
+        .unwrap();
+    let mut prev = rows[0].prev_hash.clone();
+    for mut row in rows {
+        if row.seq == seq {
+            row.actor_name = Some(actor_name.into());
+        }
+        row.prev_hash = prev.clone();
+        row.hash = row.compute_hash().to_vec();
+        diesel::update(log::table.filter(log::seq.eq(row.seq)))
+            .set((
+                log::actor_name.eq(&row.actor_name),
+                log::prev_hash.eq(&row.prev_hash),
+                log::hash.eq(&row.hash),
+            ))
+            .execute(&mut *conn)
+            .unwrap();
+        prev = row.hash;
+    }
+    diesel::update(head::table)
+        .set(head::hash.eq(&prev))
+        .execute(&mut *conn)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_rewritten_reveal_with_every_later_hash_recomputed_fails_verification_where_the_stored_tree_disagrees(
+) {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let (owner, path) = revealer(&app).await;
+    let size = grow_to_a_multiple_of_16(&app, &owner, &path, 40).await;
+    // A checkpoint the security team keeps, of a size the stored tree ends a subtree on.
+    let kept = checkpoint_of(&app, &auditor).await;
+    assert_eq!(kept.lines().nth(1).unwrap(), size.to_string());
+    for _ in 0..3 {
+        assert_eq!(app.get(&path, &owner.access).await.status(), StatusCode::OK);
+    }
+    // A reveal inside the second stored 16-entry subtree, hidden under another name.
+    let reveal: i64 = app.sql_lines(
+        "SELECT CAST(MIN(seq) AS TEXT) AS line FROM audit_log \
+         WHERE action = 'credential.reveal' AND seq > 20",
+    )[0]
+    .parse()
+    .unwrap();
+    assert!(reveal <= 32, "{reveal}");
+    rewrite_entry_and_rechain(&app, reveal, "someone-else");
+
+    // The chain alone is self-consistent; the stored tree, computed when the entries were
+    // written, is not what the entries now produce. The finest it can name is the first entry
+    // of the smallest stored subtree (16 entries) holding the rewritten one.
+    let subtree_start = (reveal - 1) / 16 * 16 + 1;
+    let report: Value = app
+        .get("/audit/verify/", &auditor.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["first_bad_seq"], subtree_start, "{report}");
+    // The kept checkpoint no longer verifies: its root is recomputed from the entries.
+    let verdict = verify_with(&app, &auditor, &[&kept]).await;
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    assert_eq!(verdict["first_bad_seq"], subtree_start, "{verdict}");
+    assert_eq!(verdict["checkpoints"][0]["ok"], false, "{verdict}");
+    assert!(verdict["checkpoints"][0]["problem"]
+        .as_str()
+        .unwrap()
+        .contains("rewritten"));
+    // The command line agrees, with and without the checkpoint.
+    let file = app.dir.path().join("kept.txt");
+    std::fs::write(&file, &kept).unwrap();
+    for args in [
+        &["audit", "verify"][..],
+        &["audit", "verify", "--checkpoint", file.to_str().unwrap()][..],
+    ] {
+        let out = cli(&app, args);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        let stdout: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(stdout["first_bad_seq"], subtree_start, "{stdout}");
+    }
+    // And so does the console.
+    let mut visitor = crate::console::Visitor::signed_in(&app, &auditor).await;
+    let page = visitor.get("/console/audit/verify/").await;
+    assert!(
+        page.html.contains(&format!(
+            "The log has been altered: entry #{subtree_start} "
+        )),
+        "{}",
+        page.html
+    );
+}
