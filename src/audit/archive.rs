@@ -217,6 +217,16 @@ impl From<diesel::result::Error> for ArchiveError {
     }
 }
 
+impl From<checkpoint::SignError> for ArchiveError {
+    fn from(e: checkpoint::SignError) -> Self {
+        match e {
+            checkpoint::SignError::Rewritten(problem) => ArchiveError::Rewritten(problem),
+            checkpoint::SignError::NoKey => ArchiveError::NoKey,
+            checkpoint::SignError::Db(e) => ArchiveError::Db(e),
+        }
+    }
+}
+
 /// Moves the entries older than `before` (microseconds since the epoch; through the last
 /// multiple of 16) to `file`, then deletes them. `None` when there is nothing to archive
 /// (no file is written then).
@@ -224,6 +234,7 @@ pub fn archive(
     conn: &mut DbConn,
     keyring: &Keyring,
     origin: &str,
+    memory: &checkpoint::Memory,
     before: i64,
     file: &Path,
 ) -> Result<Option<Archived>, ArchiveError> {
@@ -245,9 +256,7 @@ pub fn archive(
 
     // Sign nothing about a log that no longer extends what this log signed last.
     let signers = checkpoint::signers(conn, keyring, origin)?;
-    if let Some(problem) = checkpoint::extends_last(conn, &signers, origin)? {
-        return Err(ArchiveError::Rewritten(problem));
-    }
+    checkpoint::prepare(conn, keyring, &signers, origin, memory)?;
     let signer = &signers.first().ok_or(ArchiveError::NoKey)?.1;
     let root = merkle::root(&mut StoredNodes::new(conn), through as u64)?;
     let note = signer.sign(through as u64, &root);
@@ -276,13 +285,12 @@ pub fn archive(
                 // The signer checks the log against its last checkpoint before each new one;
                 // one of a size inside the archive could no longer be checked. Replace it by
                 // one of the whole tree (after checking it, as the signer would).
-                if let Some(problem) = checkpoint::extends_last(tx, &signers, origin)? {
-                    return Err(ArchiveError::Rewritten(problem));
-                }
-                let size = merkle::size(tx)?;
-                let whole = signer.sign(size, &merkle::root(&mut StoredNodes::new(tx), size)?);
                 diesel::update(signer_row::table.find(1))
-                    .set(signer_row::last_checkpoint.eq(Some(whole)))
+                    .set(signer_row::id.eq(signer_row::id))
+                    .execute(tx)?;
+                let (size, root) = checkpoint::prepare(tx, keyring, &signers, origin, memory)?;
+                diesel::update(signer_row::table.find(1))
+                    .set(signer_row::last_checkpoint.eq(Some(signer.sign(size, &root))))
                     .execute(tx)?;
             }
             let deleted = diesel::delete(

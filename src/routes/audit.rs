@@ -351,14 +351,15 @@ pub async fn checkpoint(
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
-    let (pool, keyring, origin) = (
-        state.pool.clone(),
-        state.keyring.clone(),
-        state.audit_origin.clone(),
-    );
+    let signer = state.clone();
     let signed = web::block(move || {
-        let mut conn = pool.get().map_err(crate::db::DbError::from)?;
-        audit_checkpoint::sign_current(&mut conn, &keyring, &origin)
+        let mut conn = signer.pool.get().map_err(crate::db::DbError::from)?;
+        audit_checkpoint::sign_current(
+            &mut conn,
+            &signer.keyring,
+            &signer.audit_origin,
+            &signer.signer_memory,
+        )
     })
     .await?;
     match signed {

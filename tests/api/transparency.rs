@@ -619,7 +619,13 @@ async fn restoring_an_older_copy_of_the_whole_database_is_caught_by_a_later_chec
 
     // The whole database goes back to the copy: log, head, tree and signer state together.
     restore_all(&app, &tables);
-    let restored_size: u64 = checkpoint_of(&app, &auditor)
+    // The running vault remembers the later checkpoint it signed, outside the database, and
+    // will not sign the copy (SPEC §14).
+    let res = app.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A vault started afresh on it without a checkpoint file remembers nothing, and signs it.
+    let fresh = app.spawn_node().await;
+    let restored_size: u64 = checkpoint_of(&fresh, &auditor)
         .await
         .lines()
         .nth(1)
@@ -1434,6 +1440,32 @@ fn rewrite_entry_and_rechain(app: &TestApp, seq: i64, actor_name: &str) {
         .unwrap();
 }
 
+async fn readyz(app: &TestApp) -> StatusCode {
+    app.client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn alarms(app: &TestApp) -> String {
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("hazina_audit_checkpoint_alarms_total"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_rewritten_reveal_with_every_later_hash_recomputed_fails_verification_where_the_stored_tree_disagrees(
 ) {
@@ -1499,5 +1531,146 @@ async fn a_rewritten_reveal_with_every_later_hash_recomputed_fails_verification_
         )),
         "{}",
         page.html
+    );
+}
+
+#[tokio::test]
+async fn the_signer_refuses_a_root_that_the_entries_since_its_last_checkpoint_do_not_produce() {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let (owner, path) = revealer(&app).await;
+    let signed = checkpoint_of(&app, &auditor).await;
+    let signed_size: i64 = signed.lines().nth(1).unwrap().parse().unwrap();
+    assert!(signed_size < 16, "{signed_size}");
+    grow_to_a_multiple_of_16(&app, &owner, &path, 32).await;
+    // An entry after the last checkpoint, inside a stored subtree, rewritten with the chain.
+    rewrite_entry_and_rechain(&app, 20, "someone-else");
+
+    let res = app.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(alarms(&app).await, "hazina_audit_checkpoint_alarms_total 1");
+    let stored: Vec<String> =
+        app.sql_lines("SELECT last_checkpoint AS line FROM audit_signer WHERE id = 1");
+    assert_eq!(stored, [signed], "nothing new was signed");
+}
+
+#[tokio::test]
+async fn the_signer_refuses_a_log_whose_entries_no_longer_chain_onto_its_last_checkpoint() {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let (owner, path) = revealer(&app).await;
+    let size = grow_to_a_multiple_of_16(&app, &owner, &path, 32).await;
+    let signed = checkpoint_of(&app, &auditor).await;
+    assert_eq!(signed.lines().nth(1).unwrap(), size.to_string());
+    for _ in 0..5 {
+        assert_eq!(app.get(&path, &owner.access).await.status(), StatusCode::OK);
+    }
+    // The attacker rewrites an entry the checkpoint covers and every later hash, and has the
+    // tree after the checkpoint rebuilt over the new hashes (a restart catches it up): the
+    // stored subtrees up to the checkpoint still fold to its signed root.
+    rewrite_entry_and_rechain(&app, size - 3, "someone-else");
+    app.sql(&format!(
+        "DELETE FROM audit_tree WHERE ((idx + 1) << level) > {size};
+         UPDATE audit_head SET tree_size = {size} WHERE id = 1;"
+    ));
+    let node = app.spawn_node().await;
+
+    let res = node.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&node).await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_cleared_or_older_signer_row_is_tampering_while_the_running_signer_remembers_a_later_checkpoint(
+) {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let older = checkpoint_of(&app, &auditor).await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let latest = checkpoint_of(&app, &auditor).await;
+    let size: u64 = latest.lines().nth(1).unwrap().parse().unwrap();
+
+    // An older genuine checkpoint written back: the log still extends it, but this signer
+    // signed a later one.
+    app.sql(&format!(
+        "UPDATE audit_signer SET last_checkpoint = '{older}' WHERE id = 1"
+    ));
+    let res = app.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
+
+    // The attack the row alone cannot stop: cut the log back, then clear the row so that
+    // nothing in the database remembers what was signed.
+    truncate_log(&app, size - 2);
+    app.sql("UPDATE audit_signer SET last_checkpoint = NULL WHERE id = 1");
+    let res = app.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
+    let stored: Vec<Option<String>> = {
+        use diesel::prelude::*;
+        use hazina::db::schema::audit_signer;
+        audit_signer::table
+            .select(audit_signer::last_checkpoint)
+            .load(&mut *app.conn())
+            .unwrap()
+    };
+    assert_eq!(stored, [None], "nothing was signed over the cut log");
+}
+
+#[tokio::test]
+async fn a_restarted_signer_reads_its_last_checkpoint_back_from_the_checkpoint_file_and_refuses_a_cleared_row(
+) {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let first = checkpoint_of(&app, &auditor).await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let last = checkpoint_of(&app, &auditor).await;
+    let size: u64 = last.lines().nth(1).unwrap().parse().unwrap();
+    // The checkpoint file as the publisher writes it: notes back to back, the newest last.
+    let file = app.dir.path().join("published-checkpoints.txt");
+    std::fs::write(&file, format!("{first}{last}")).unwrap();
+
+    truncate_log(&app, size - 2);
+    app.sql("UPDATE audit_signer SET last_checkpoint = NULL WHERE id = 1");
+    let setting = file.display().to_string();
+    let restarted = app
+        .spawn_node_with(&[
+            ("HAZINA_AUDIT_CHECKPOINT_FILE", setting.as_str()),
+            ("HAZINA_AUDIT_CHECKPOINT_SECONDS", "86400"),
+        ])
+        .await;
+
+    let res = restarted.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&restarted).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        alarms(&restarted).await,
+        "hazina_audit_checkpoint_alarms_total 1"
+    );
+    // The command line, given the same file, refuses too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .args(["audit", "checkpoint"])
+        .current_dir(app.dir.path())
+        .env("HAZINA_DATABASE_URL", app.db.url())
+        .env("HAZINA_KEYRING", &app.keyring_path)
+        .env("HAZINA_AUDIT_CHECKPOINT_FILE", &file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!("{first}{last}")
     );
 }
