@@ -347,7 +347,7 @@ Settings (environment variables; a .env file in the working directory is read to
   HAZINA_KEYRING                         hazina.keyring       master keyring file (mode 0600)
   HAZINA_KEYRING_DATA                    (none)               the keyring JSON itself, instead of a file
   HAZINA_LOG                             info                 log filter (tracing EnvFilter syntax), checked at start-up
-  HAZINA_OWNER_REVEAL                    true                 false leaves reveals to services only
+  HAZINA_OWNER_REVEAL                    true                 false leaves reveals (and stk-password) to services only
   HAZINA_OWNER_OPERATIONS                true                 false leaves provider operations to services only
   HAZINA_WEBHOOK_GRACE_SECONDS           86400                the previous webhook secret's validity after a rotation
   HAZINA_MAX_BODY_BYTES                  65536                larger request bodies answer 413

@@ -515,21 +515,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot read checkpoint {}", path.display()))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let report = audit::chain::verify(&mut conn, &vault.keyring)?;
-            println!("{}", serde_json::to_string(&report)?);
             let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
-            let signers = audit::checkpoint::signers(&mut conn, &vault.keyring, &origin)?;
+            let (report, verdicts) =
+                audit::verify::with_checkpoints(&mut conn, &vault.keyring, &origin, &notes)?;
+            println!("{}", serde_json::to_string(&report)?);
             let mut problems = Vec::new();
-            for (path, note) in checkpoints.iter().zip(&notes) {
-                let verdict = audit::checkpoint::check(&mut conn, &signers, &origin, note)?;
+            for (path, verdict) in checkpoints.iter().zip(verdicts) {
                 if let Some(problem) = verdict.problem {
                     problems.push(format!("checkpoint {}: {problem}", path.display()));
                 }
             }
             if let Some(seq) = report.first_bad_seq {
+                let why = report.problem.as_deref().unwrap_or("the chain is broken");
                 problems.insert(
                     0,
-                    format!("the audit chain is broken: first bad sequence number {seq}"),
+                    format!(
+                        "the audit log does not verify: first bad sequence number {seq} ({why})"
+                    ),
                 );
             }
             if problems.is_empty() {
@@ -542,7 +544,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = open_vault(&config)?;
             let mut conn = vault.pool.get()?;
             let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
-            let note = audit::checkpoint::sign_current(&mut conn, &vault.keyring, &origin)?;
+            let memory = signer_memory(&config, &mut conn, &vault.keyring, &origin)?;
+            let note =
+                audit::checkpoint::sign_current(&mut conn, &vault.keyring, &origin, &memory)?;
             print!("{note}");
             Ok(())
         }
@@ -577,7 +581,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = open_vault(&config)?;
             let mut conn = vault.pool.get()?;
             let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
-            match audit::archive::archive(&mut conn, &vault.keyring, &origin, before, &to)? {
+            let memory = signer_memory(&config, &mut conn, &vault.keyring, &origin)?;
+            match audit::archive::archive(&mut conn, &vault.keyring, &origin, &memory, before, &to)?
+            {
                 None => println!("nothing to archive: no run of 16 entries older than that"),
                 Some(done) => {
                     println!(
@@ -737,6 +743,10 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
                 "granted `{service}` {} on `{owner}`'s {providers} credentials, {environments} (grant id {})",
                 grant.operations, grant.id
             );
+            // On stderr, so that it reaches the person even when the answer is piped.
+            for warning in hazina::vault::Operations::warnings(&grant.operations) {
+                eprintln!("hazina: warning: {warning}");
+            }
         }
         GrantsCommand::List => {
             for (g, service, owner) in db::services::list_grants(&mut *pool.get()?)? {
@@ -916,6 +926,19 @@ fn verify_export_offline(
 }
 
 /// The database and the keyring that belongs to it (refused when it does not match).
+/// What a signing command remembers: the checkpoint file's last note, when one is configured.
+fn signer_memory(
+    config: &Config,
+    conn: &mut hazina::db::DbConn,
+    keyring: &hazina::crypto::Keyring,
+    origin: &str,
+) -> anyhow::Result<audit::checkpoint::Memory> {
+    Ok(match &config.audit_checkpoint_file {
+        None => audit::checkpoint::Memory::empty(),
+        Some(path) => audit::checkpoint::Memory::from_file(conn, keyring, origin, path)?,
+    })
+}
+
 fn open_vault(config: &Config) -> anyhow::Result<startup::Vault> {
     startup::open_vault(config, &Clock::System)
 }

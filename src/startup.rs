@@ -36,6 +36,9 @@ pub struct AppState {
     /// Set when the checkpoint signer found the log no longer extends the last checkpoint it
     /// signed: `/readyz` fails from then on (an operator must look).
     pub checkpoint_alarm: std::sync::atomic::AtomicBool,
+    /// The last checkpoint this process signed (or read back from the checkpoint file at
+    /// start): the signer's memory outside the database (SPEC §14).
+    pub signer_memory: crate::audit::checkpoint::Memory,
     /// Provider tokens, in memory only (SPEC §9.4).
     pub broker: crate::broker::Broker,
 }
@@ -172,6 +175,7 @@ fn publish_checkpoint(
         &mut conn,
         &state.keyring,
         &state.audit_origin,
+        &state.signer_memory,
     ) {
         Ok(note) => note,
         Err(crate::audit::checkpoint::SignError::Rewritten(problem)) => {
@@ -345,6 +349,16 @@ impl Application {
             &mut *pool.get().context("cannot get a database connection")?,
             config.audit_origin.as_deref(),
         )?;
+        // The signer remembers the checkpoint file's last note, whatever the database says.
+        let signer_memory = match &config.audit_checkpoint_file {
+            None => crate::audit::checkpoint::Memory::empty(),
+            Some(path) => crate::audit::checkpoint::Memory::from_file(
+                &mut *pool.get().context("cannot get a database connection")?,
+                &keyring,
+                &audit_origin,
+                path,
+            )?,
+        };
         let audit = AuditLog::start(&config.database_url)?;
         crate::rotation::resume_if_unfinished(&pool, &keyring, &clock)?;
         crate::rotation::warn_about_wear(&pool, crate::rotation::DEFAULT_WEAR_WARNING)?;
@@ -386,7 +400,11 @@ impl Application {
             hasher,
             audit_origin,
             checkpoint_alarm: std::sync::atomic::AtomicBool::new(false),
+            signer_memory,
         });
+        if let Some(problem) = state.signer_memory.problem() {
+            state.checkpoint_refused(&problem);
+        }
         spawn_token_sweeper(&state);
         if let Some(path) = &state.config.audit_checkpoint_file {
             spawn_checkpoint_publisher(&state, path.clone(), state.config.audit_checkpoint_seconds);

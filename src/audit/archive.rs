@@ -55,6 +55,9 @@ const DELETE_CHUNK: i64 = 1 << 16;
 pub struct Anchor {
     pub seq: i64,
     pub hash: Vec<u8>,
+    /// The root of the tree of the first `seq` entries, when the anchor names it: the stored
+    /// frontier of the archived entries must fold to it.
+    pub root: Option<merkle::Hash>,
 }
 
 impl Anchor {
@@ -62,18 +65,23 @@ impl Anchor {
         Anchor {
             seq: 0,
             hash: GENESIS.to_vec(),
+            root: None,
         }
     }
 }
 
 const TAMPERED: DbError = DbError::Tampered("audit_head (archive anchor)");
 
-/// The anchor note's body. Its second line is not a number, so it never reads as a checkpoint.
-fn body(origin: &str, seq: i64, hash: &[u8]) -> String {
-    format!("{origin}\narchive\n{seq}\n{}\n", B64.encode(hash))
+/// The anchor note's body: origin, `archive`, the sequence number, entry `seq`'s hash and,
+/// when known, the root of the tree of the first `seq` entries. Its second line is not a
+/// number, so it never reads as a checkpoint.
+fn body(origin: &str, seq: i64, hash: &[u8], root: Option<&merkle::Hash>) -> String {
+    let root = root.map_or(String::new(), |r| format!("{}\n", B64.encode(r)));
+    format!("{origin}\narchive\n{seq}\n{}\n{root}", B64.encode(hash))
 }
 
-fn parse_body(text: &str) -> Option<(&str, i64, Vec<u8>)> {
+/// An anchor body's origin, sequence number, hash and root (absent in the older form).
+fn parse_body(text: &str) -> Option<(&str, i64, Vec<u8>, Option<merkle::Hash>)> {
     let mut lines = text.strip_suffix('\n')?.split('\n');
     let origin = lines.next()?;
     if lines.next()? != "archive" {
@@ -81,11 +89,19 @@ fn parse_body(text: &str) -> Option<(&str, i64, Vec<u8>)> {
     }
     let seq: i64 = lines.next()?.parse().ok()?;
     let hash = B64.decode(lines.next()?).ok()?;
+    let root = match lines.next() {
+        None => None,
+        Some(line) => Some(B64.decode(line).ok()?.try_into().ok()?),
+    };
     if lines.next().is_some() || hash.len() != 32 || seq <= 0 {
         return None;
     }
-    Some((origin, seq, hash))
+    Some((origin, seq, hash, root))
 }
+
+/// What a checked anchor note says: the signing version, the sequence number, the hash and
+/// the root.
+type Opened = (i32, i64, Vec<u8>, Option<merkle::Hash>);
 
 /// The key name a signed note names in its first signature line.
 fn signer_name(note: &str) -> Option<&str> {
@@ -99,18 +115,14 @@ fn signer_name(note: &str) -> Option<&str> {
 }
 
 /// The master-key version whose checkpoint key signed the anchor `note`, and what it says.
-fn open(
-    conn: &mut DbConn,
-    keyring: &Keyring,
-    note: &str,
-) -> Result<Option<(i32, i64, Vec<u8>)>, DbError> {
+fn open(conn: &mut DbConn, keyring: &Keyring, note: &str) -> Result<Option<Opened>, DbError> {
     let Some(name) = signer_name(note) else {
         return Ok(None);
     };
     let signers = checkpoint::signers(conn, keyring, name)?;
     Ok(signers.iter().find_map(|(version, signer)| {
-        let (origin, seq, hash) = parse_body(signer.open(note)?)?;
-        (origin == name).then_some((*version, seq, hash))
+        let (origin, seq, hash, root) = parse_body(signer.open(note)?)?;
+        (origin == name).then_some((*version, seq, hash, root))
     }))
 }
 
@@ -127,7 +139,7 @@ pub fn anchor(conn: &mut DbConn, keyring: &Keyring) -> Result<Anchor, DbError> {
     match stored_anchor(conn)? {
         (0, None) => Ok(Anchor::genesis()),
         (seq, Some(note)) if seq > 0 => match open(conn, keyring, &note)? {
-            Some((_, named, hash)) if named == seq => Ok(Anchor { seq, hash }),
+            Some((_, named, hash, root)) if named == seq => Ok(Anchor { seq, hash, root }),
             _ => Err(TAMPERED),
         },
         _ => Err(TAMPERED),
@@ -140,8 +152,8 @@ pub fn anchor_unchecked(conn: &mut DbConn) -> Result<Anchor, DbError> {
     match stored_anchor(conn)? {
         (seq, Some(note)) if seq > 0 => note
             .split_once("\n\n")
-            .and_then(|(text, _)| parse_body(&format!("{text}\n")).map(|(_, _, h)| h))
-            .map(|hash| Anchor { seq, hash })
+            .and_then(|(text, _)| parse_body(&format!("{text}\n")).map(|(_, _, h, r)| (h, r)))
+            .map(|(hash, root)| Anchor { seq, hash, root })
             .ok_or(TAMPERED),
         _ => Ok(Anchor::genesis()),
     }
@@ -205,6 +217,16 @@ impl From<diesel::result::Error> for ArchiveError {
     }
 }
 
+impl From<checkpoint::SignError> for ArchiveError {
+    fn from(e: checkpoint::SignError) -> Self {
+        match e {
+            checkpoint::SignError::Rewritten(problem) => ArchiveError::Rewritten(problem),
+            checkpoint::SignError::NoKey => ArchiveError::NoKey,
+            checkpoint::SignError::Db(e) => ArchiveError::Db(e),
+        }
+    }
+}
+
 /// Moves the entries older than `before` (microseconds since the epoch; through the last
 /// multiple of 16) to `file`, then deletes them. `None` when there is nothing to archive
 /// (no file is written then).
@@ -212,6 +234,7 @@ pub fn archive(
     conn: &mut DbConn,
     keyring: &Keyring,
     origin: &str,
+    memory: &checkpoint::Memory,
     before: i64,
     file: &Path,
 ) -> Result<Option<Archived>, ArchiveError> {
@@ -233,9 +256,7 @@ pub fn archive(
 
     // Sign nothing about a log that no longer extends what this log signed last.
     let signers = checkpoint::signers(conn, keyring, origin)?;
-    if let Some(problem) = checkpoint::extends_last(conn, &signers, origin)? {
-        return Err(ArchiveError::Rewritten(problem));
-    }
+    checkpoint::prepare(conn, keyring, &signers, origin, memory)?;
     let signer = &signers.first().ok_or(ArchiveError::NoKey)?.1;
     let root = merkle::root(&mut StoredNodes::new(conn), through as u64)?;
     let note = signer.sign(through as u64, &root);
@@ -264,13 +285,12 @@ pub fn archive(
                 // The signer checks the log against its last checkpoint before each new one;
                 // one of a size inside the archive could no longer be checked. Replace it by
                 // one of the whole tree (after checking it, as the signer would).
-                if let Some(problem) = checkpoint::extends_last(tx, &signers, origin)? {
-                    return Err(ArchiveError::Rewritten(problem));
-                }
-                let size = merkle::size(tx)?;
-                let whole = signer.sign(size, &merkle::root(&mut StoredNodes::new(tx), size)?);
                 diesel::update(signer_row::table.find(1))
-                    .set(signer_row::last_checkpoint.eq(Some(whole)))
+                    .set(signer_row::id.eq(signer_row::id))
+                    .execute(tx)?;
+                let (size, root) = checkpoint::prepare(tx, keyring, &signers, origin, memory)?;
+                diesel::update(signer_row::table.find(1))
+                    .set(signer_row::last_checkpoint.eq(Some(signer.sign(size, &root))))
                     .execute(tx)?;
             }
             let deleted = diesel::delete(
@@ -282,7 +302,7 @@ pub fn archive(
             if deleted as i64 != end - current.seq {
                 return Err(ArchiveError::Changed);
             }
-            let anchor_note = signer.sign_note(&body(origin, *end, end_hash));
+            let anchor_note = signer.sign_note(&body(origin, *end, end_hash, None));
             diesel::update(head::table.filter(head::id.eq(1)))
                 .set((
                     head::archived_seq.eq(*end),
@@ -303,6 +323,7 @@ pub fn archive(
         current = Anchor {
             seq: *end,
             hash: end_hash.clone(),
+            root: None,
         };
     }
     Ok(Some(Archived {
@@ -387,7 +408,7 @@ pub fn resign_anchor(conn: &mut DbConn, keyring: &Keyring, target: i32) -> Resul
     let (seq, Some(note)) = stored_anchor(conn)? else {
         return Ok(());
     };
-    let Some((version, named, hash)) = open(conn, keyring, &note)? else {
+    let Some((version, named, hash, root)) = open(conn, keyring, &note)? else {
         return Ok(());
     };
     let Some(name) = signer_name(&note) else {
@@ -403,7 +424,12 @@ pub fn resign_anchor(conn: &mut DbConn, keyring: &Keyring, target: i32) -> Resul
         return Ok(());
     };
     diesel::update(head::table.filter(head::id.eq(1)))
-        .set(head::archived_note.eq(Some(signer.sign_note(&body(name, seq, &hash)))))
+        .set(head::archived_note.eq(Some(signer.sign_note(&body(
+            name,
+            seq,
+            &hash,
+            root.as_ref(),
+        )))))
         .execute(conn)?;
     Ok(())
 }
@@ -422,10 +448,14 @@ mod tests {
 
     #[test]
     fn an_anchor_body_never_reads_as_a_checkpoint_and_round_trips() {
-        let text = body("example.com/log", 32, &[7u8; 32]);
+        let text = body("example.com/log", 32, &[7u8; 32], Some(&[9u8; 32]));
         assert!(checkpoint::parse_body(&text).is_none());
-        let (origin, seq, hash) = parse_body(&text).unwrap();
+        let (origin, seq, hash, root) = parse_body(&text).unwrap();
         assert_eq!((origin, seq, hash), ("example.com/log", 32, vec![7u8; 32]));
+        assert_eq!(root, Some([9u8; 32]));
+        // The form without a root still reads.
+        let older = body("example.com/log", 32, &[7u8; 32], None);
+        assert_eq!(parse_body(&older).unwrap().3, None);
         assert!(parse_body("example.com/log\narchive\n0\nAAAA\n").is_none());
         assert!(parse_body("example.com/log\n32\nroot\n").is_none());
     }

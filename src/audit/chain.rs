@@ -240,98 +240,17 @@ pub fn with_entry<T>(
     })
 }
 
-/// The verifier's answer.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Verification {
-    pub ok: bool,
-    pub checked: i64,
-    pub first_bad_seq: Option<i64>,
-}
+pub use super::verify::Verification;
 
-const VERIFY_BATCH: i64 = 1000;
-
-/// Walks the chain in sequence order up to the head read at the start, in bounded batches
-/// (memory stays flat), and names the first entry that was edited, deleted, inserted or
-/// moved; then checks the head. Entries committed after the start are not looked at, so a
-/// log that grows during the check is never reported as tampered (the Merkle tree and signed
-/// checkpoints cover what lies beyond a head).
-///
-/// The chain starts after the archive anchor ([`super::archive`]), which must verify under
-/// one of the log's keys: an anchor edited or moved in the database fails at the entry after
-/// the stored one.
+/// Walks the chain in sequence order up to the head read at the start and names the first
+/// entry that was edited, deleted, inserted or moved, or that the stored Merkle tree
+/// disagrees with; then checks the head. See [`super::verify`], which does the walk (and
+/// recomputes the tree as it goes).
 pub fn verify(
     conn: &mut DbConn,
     keyring: &crate::crypto::Keyring,
 ) -> Result<Verification, DbError> {
-    let bad = |seq: i64, checked: i64| Verification {
-        ok: false,
-        checked,
-        first_bad_seq: Some(seq),
-    };
-    let start = match super::archive::anchor(conn, keyring) {
-        Ok(start) => start,
-        Err(DbError::Tampered(_)) => {
-            let stored = super::archive::anchor_unchecked(conn).map_or(0, |a| a.seq);
-            return Ok(bad(stored + 1, 0));
-        }
-        Err(e) => return Err(e),
-    };
-    let head = read_head(conn)?;
-    let mut expected = start.seq + 1;
-    let mut prev = start.hash;
-    let mut prev_self_consistent = true;
-    let mut checked = 0i64;
-    loop {
-        let batch: Vec<AuditRow> = log::table
-            .filter(log::seq.ge(expected))
-            .filter(log::seq.le(head.seq))
-            .order(log::seq.asc())
-            .limit(VERIFY_BATCH)
-            .select(AuditRow::as_select())
-            .load(conn)?;
-        let n = batch.len() as i64;
-        for row in batch {
-            if row.seq != expected {
-                // A gap: the expected entry was deleted (or renumbered away).
-                return Ok(bad(expected, checked));
-            }
-            let self_consistent = row.compute_hash().as_slice() == row.hash.as_slice();
-            if row.prev_hash != prev {
-                // The link is broken. If this entry is intact, the previous one was rewritten
-                // (content and hash); otherwise this one was edited.
-                let culprit = if self_consistent && prev_self_consistent && row.seq > start.seq + 1
-                {
-                    row.seq - 1
-                } else {
-                    row.seq
-                };
-                return Ok(bad(culprit, checked));
-            }
-            if !self_consistent {
-                return Ok(bad(row.seq, checked));
-            }
-            prev_self_consistent = self_consistent;
-            prev = row.hash;
-            checked += 1;
-            expected += 1;
-        }
-        if n < VERIFY_BATCH {
-            break;
-        }
-    }
-    let last = expected - 1;
-    if head.seq > last {
-        // The head covers entries that are gone: the tail was truncated.
-        return Ok(bad(last + 1, checked));
-    }
-    if head.hash != prev {
-        return Ok(bad(head.seq.max(1), checked));
-    }
-    Ok(Verification {
-        ok: true,
-        checked,
-        first_bad_seq: None,
-    })
+    super::verify::verify(conn, keyring)
 }
 
 #[cfg(test)]

@@ -12,6 +12,13 @@
 //!   keyring version); whoever lacks the keyring cannot sign, so a rewritten log cannot come
 //!   with a checkpoint that verifies under the published key.
 //!
+//! - **The signer signs only what the entries produce** ([`prepare`]): the entries added since
+//!   the last signed checkpoint must chain onto its last entry, and the root is recomputed from
+//!   them, never read from the stored tree.
+//! - **The signer remembers outside the database** ([`Memory`]): the last checkpoint it signed
+//!   stays in the process and is read back from `HAZINA_AUDIT_CHECKPOINT_FILE` at start; a
+//!   cleared or moved-back `audit_signer` row while it remembers a later one is tampering.
+//!
 //! The tests check these formats with a parser and a verifier written in the test, from the
 //! C2SP specifications.
 
@@ -256,80 +263,156 @@ pub struct Verdict {
     pub problem: Option<String>,
 }
 
-/// Checks a signed checkpoint against the log as it is: the signature verifies under one of
-/// the log's keys, the origin is the log's, and the tree of that size still has that root
-/// (the log extends it: nothing up to it was rolled back, truncated or rewritten).
-pub fn check(
-    conn: &mut DbConn,
-    signers: &[(i32, Signer)],
-    origin: &str,
-    note: &str,
-) -> Result<Verdict, DbError> {
+/// A signed checkpoint's size and root, if its signature verifies under one of the log's
+/// keys and it names this log; the verdict on it otherwise. Whether the log still extends it
+/// is for the walk ([`super::verify`]) to say, from the entries.
+pub fn claim(signers: &[(i32, Signer)], origin: &str, note: &str) -> Result<(u64, Hash), Verdict> {
     let bad = |size: Option<u64>, problem: &str| Verdict {
         tree_size: size,
         ok: false,
         problem: Some(problem.to_owned()),
     };
     let Some(text) = signers.iter().find_map(|(_, s)| s.open(note)) else {
-        return Ok(bad(
+        return Err(bad(
             None,
             "the signature does not verify under this log's keys",
         ));
     };
     let Some((named, size, root)) = parse_body(text) else {
-        return Ok(bad(None, "the checkpoint body is malformed"));
+        return Err(bad(None, "the checkpoint body is malformed"));
     };
     if named != origin {
-        return Ok(bad(
+        return Err(bad(
             Some(size),
             "the checkpoint is for another log (origin)",
         ));
     }
-    let have = super::merkle::size(conn)?;
-    if size > have {
-        return Ok(bad(
-            Some(size),
-            &format!("the log holds {have} entries, fewer than the checkpoint's {size}: entries after {have} were removed or the database was restored from an older copy"),
-        ));
-    }
-    let now = match super::merkle::root(&mut super::merkle::StoredNodes::new(conn), size) {
-        Err(DbError::Archived(through)) => {
-            return Ok(bad(
-                Some(size),
-                &format!("this checkpoint lies inside the archived part of the log (entries 1 to {through}): verify it against the archive file"),
-            ))
-        }
-        other => other?,
-    };
-    if now != root {
-        return Ok(bad(
-            Some(size),
-            &format!("the log no longer extends this checkpoint: its first {size} entries were rewritten"),
-        ));
-    }
-    Ok(Verdict {
-        tree_size: Some(size),
-        ok: true,
-        problem: None,
-    })
+    Ok((size, root))
 }
 
-/// Whether the log still extends the last checkpoint it signed (if any): what is wrong, in
-/// plain words, when it does not.
-pub fn extends_last(
+/// Checks one signed checkpoint against the log as it is (see
+/// [`super::verify::with_checkpoints`], which checks many in one walk).
+pub fn check(
     conn: &mut DbConn,
-    signers: &[(i32, Signer)],
+    keyring: &Keyring,
     origin: &str,
-) -> Result<Option<String>, DbError> {
-    let last: Option<String> = signer_row::table
-        .find(1)
-        .select(signer_row::last_checkpoint)
-        .first(conn)?;
-    let Some(last) = last else {
-        return Ok(None);
+    note: &str,
+) -> Result<Verdict, DbError> {
+    let (_, mut verdicts) =
+        super::verify::with_checkpoints(conn, keyring, origin, &[note.to_owned()])?;
+    verdicts
+        .pop()
+        .ok_or(DbError::Tampered("audit checkpoint verdict"))
+}
+
+// ----- what the signer remembers outside the database ------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Remembered {
+    #[default]
+    Nothing,
+    /// The latest checkpoint this process signed, or read back from the checkpoint file.
+    Signed { size: u64, root: Hash },
+    /// The checkpoint file could not be read back: nothing is signed until an operator looks.
+    Unreadable(String),
+}
+
+/// The last checkpoint the signer signed, kept in the process (and read back from
+/// `HAZINA_AUDIT_CHECKPOINT_FILE` at start), so that neither clearing nor moving back
+/// `audit_signer.last_checkpoint` makes it sign a log that does not extend it.
+#[derive(Debug, Default)]
+pub struct Memory(std::sync::Mutex<Remembered>);
+
+/// How much of the checkpoint file's end is read back: many notes' worth.
+const FILE_TAIL: u64 = 64 * 1024;
+
+impl Memory {
+    /// Nothing remembered yet (a process without a checkpoint file, at its start).
+    pub fn empty() -> Self {
+        Memory::default()
+    }
+
+    /// The last complete note of the checkpoint file `path`, checked under the log's keys
+    /// (nothing when the file does not exist or is empty). A file whose last note does not
+    /// verify, or that cannot be read, is remembered as a problem: the signer refuses.
+    pub fn from_file(
+        conn: &mut DbConn,
+        keyring: &Keyring,
+        origin: &str,
+        path: &std::path::Path,
+    ) -> Result<Memory, DbError> {
+        let remembered = match last_note(path) {
+            Ok(None) => Remembered::Nothing,
+            Ok(Some(note)) => {
+                let signers = signers(conn, keyring, origin)?;
+                match claim(&signers, origin, &note) {
+                    Ok((size, root)) => Remembered::Signed { size, root },
+                    Err(verdict) => Remembered::Unreadable(format!(
+                        "the last checkpoint in {} does not verify: {}",
+                        path.display(),
+                        verdict.problem.unwrap_or_default()
+                    )),
+                }
+            }
+            Err(e) => Remembered::Unreadable(format!(
+                "cannot read the checkpoint file {} back: {e}",
+                path.display()
+            )),
+        };
+        Ok(Memory(std::sync::Mutex::new(remembered)))
+    }
+
+    fn get(&self) -> Remembered {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Remembers a checkpoint just signed (never one older than what is remembered).
+    fn remember(&self, size: u64, root: Hash) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*m {
+            Remembered::Signed { size: had, .. } if *had > size => {}
+            Remembered::Unreadable(_) => {}
+            _ => *m = Remembered::Signed { size, root },
+        }
+    }
+
+    /// Why the signer will not sign whatever the log holds, if the memory itself says so.
+    pub fn problem(&self) -> Option<String> {
+        match self.get() {
+            Remembered::Unreadable(problem) => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// The last complete signed note of a checkpoint file (notes follow each other directly, each
+/// ending with its signature line): `None` when there is none yet.
+fn last_note(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
-    let verdict = check(conn, signers, origin, &last)?;
-    Ok((!verdict.ok).then(|| verdict.problem.unwrap_or_default()))
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(FILE_TAIL)))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let text = String::from_utf8_lossy(&tail);
+    let (mut last, mut current) = (None, String::new());
+    for line in text.split_inclusive('\n') {
+        current.push_str(line);
+        if line.starts_with('\u{2014}') && line.ends_with('\n') {
+            last = Some(std::mem::take(&mut current));
+        }
+    }
+    if last.is_none() && !text.trim().is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it holds no complete signed note",
+        ));
+    }
+    Ok(last)
 }
 
 /// Why the signer refused to sign.
@@ -349,30 +432,164 @@ impl From<diesel::result::Error> for SignError {
     }
 }
 
-/// Signs a checkpoint of the whole tree, under the active version's key — but only if the
-/// tree still extends the last checkpoint this log signed (kept in the database, and
-/// checked under the log's own keys, so neither an edit of it nor a rewritten log passes).
-/// The signer's lock row makes checkpoints from several nodes one sequence.
+/// The start at checkpoint (`size`, `root`), if the log of `tree_size` leaves extends it.
+fn extends(
+    tx: &mut DbConn,
+    anchor: &super::archive::Anchor,
+    tree_size: u64,
+    size: u64,
+    root: &Hash,
+) -> Result<super::verify::Start, SignError> {
+    if size > tree_size {
+        return Err(SignError::Rewritten(format!(
+            "the log holds {tree_size} entries, fewer than the checkpoint's {size}: entries after {tree_size} were removed or the database was restored from an older copy"
+        )));
+    }
+    super::verify::from_checkpoint(tx, anchor, size, root)?.map_err(SignError::Rewritten)
+}
+
+/// The size and root the signer may sign now, computed from the entries: the log must extend
+/// the last checkpoint the database names and the one `memory` holds (a cleared or moved
+/// back `audit_signer` row while the process or its file remembers a later one is
+/// tampering), and the entries since then must chain onto it and produce every stored node
+/// they close. Run inside the signer's lock.
+pub fn prepare(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    signers: &[(i32, Signer)],
+    origin: &str,
+    memory: &Memory,
+) -> Result<(u64, Hash), SignError> {
+    let end = prepare_from(tx, keyring, signers, origin, memory, None)?;
+    Ok((end.frontier.size(), end.frontier.root()))
+}
+
+/// [`prepare`], answering where the walk ended; with `resume` (where an earlier walk of this
+/// signer ended, from a checkpoint this log signed) it walks only the entries after that,
+/// which must chain onto the entries that walk saw.
+fn prepare_from(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    signers: &[(i32, Signer)],
+    origin: &str,
+    memory: &Memory,
+    resume: Option<super::verify::Start>,
+) -> Result<super::verify::Start, SignError> {
+    let anchor = match super::archive::anchor(tx, keyring) {
+        Err(DbError::Tampered(_)) => {
+            return Err(SignError::Rewritten(
+                "the archive anchor does not verify under this log's keys".into(),
+            ))
+        }
+        other => other?,
+    };
+    let stored: Option<String> = signer_row::table
+        .find(1)
+        .select(signer_row::last_checkpoint)
+        .first(tx)?;
+    let last = match stored {
+        None => None,
+        Some(note) => Some(
+            claim(signers, origin, &note)
+                .map_err(|v| SignError::Rewritten(v.problem.unwrap_or_default()))?,
+        ),
+    };
+    let tree_size = super::merkle::size(tx)?;
+    let archived = u64::try_from(anchor.seq).unwrap_or(0);
+    match memory.get() {
+        Remembered::Nothing => {}
+        Remembered::Unreadable(problem) => return Err(SignError::Rewritten(problem)),
+        Remembered::Signed { size, root } => {
+            match last {
+                None => {
+                    return Err(SignError::Rewritten(format!(
+                        "the signer's row names no checkpoint, but this signer signed one of {size} entries: the row was cleared"
+                    )))
+                }
+                Some((had, _)) if had < size => {
+                    return Err(SignError::Rewritten(format!(
+                        "the signer's row names a checkpoint of {had} entries, but this signer signed one of {size}: the row was moved back"
+                    )))
+                }
+                Some((had, other)) if had == size && other != root => {
+                    return Err(SignError::Rewritten(format!(
+                        "the signer's row names another root for the checkpoint of {size} entries this signer signed"
+                    )))
+                }
+                _ => {}
+            }
+            // A later checkpoint (another node's) must not hide that the log stopped
+            // extending this one; one inside the archive was checked before the archive.
+            if size >= archived && last != Some((size, root)) {
+                extends(tx, &anchor, tree_size, size, &root)?;
+            }
+        }
+    }
+    let start = match &last {
+        None => {
+            super::verify::from_anchor(tx, &anchor)?.map_err(|b| SignError::Rewritten(b.problem))?
+        }
+        Some((size, root)) => extends(tx, &anchor, tree_size, *size, root)?,
+    };
+    let start = match resume {
+        Some(resume) if resume.seq >= start.seq && resume.frontier.size() <= tree_size => resume,
+        _ => start,
+    };
+    let through = i64::try_from(tree_size).unwrap_or(i64::MAX);
+    let mut walk = super::verify::Walk::new(start, tree_size);
+    loop {
+        let rows = super::verify::Walk::read(tx, walk.next_seq(), through)?;
+        let n = rows.len() as i64;
+        walk.rows(tx, &rows, |_| ())?
+            .map_err(|b| SignError::Rewritten(b.problem))?;
+        if n < super::verify::BATCH {
+            break;
+        }
+    }
+    if let Some(b) = walk.finish() {
+        return Err(SignError::Rewritten(b.problem));
+    }
+    if walk.frontier().size() != tree_size {
+        return Err(SignError::Rewritten(format!(
+            "entry {} is missing",
+            walk.next_seq()
+        )));
+    }
+    Ok(walk.into_start())
+}
+
+/// Signs a checkpoint of the whole tree, under the active version's key — but only of the
+/// root the entries produce, and only if the log still extends the last checkpoint this log
+/// signed (kept in the database, checked under the log's own keys, and remembered outside
+/// it: see [`prepare`]). The signer's lock row makes checkpoints from several nodes one
+/// sequence.
 pub fn sign_current(
     conn: &mut DbConn,
     keyring: &Keyring,
     origin: &str,
+    memory: &Memory,
 ) -> Result<String, SignError> {
-    conn.transaction(|tx| {
+    // The long part of the walk first, outside the signer's lock (which, on SQLite, is the
+    // database's write lock): inside it, only the entries appended meanwhile are walked.
+    let walked = {
+        let signers = signers(conn, keyring, origin)?;
+        prepare_from(conn, keyring, &signers, origin, memory, None)?
+    };
+    let (note, size, root) = conn.transaction(|tx| {
         diesel::update(signer_row::table.find(1))
             .set(signer_row::id.eq(signer_row::id))
             .execute(tx)?;
         let signers = signers(tx, keyring, origin)?;
-        if let Some(problem) = extends_last(tx, &signers, origin)? {
-            return Err(SignError::Rewritten(problem));
-        }
+        let end = prepare_from(tx, keyring, &signers, origin, memory, Some(walked))?;
+        let (size, root) = (end.frontier.size(), end.frontier.root());
         let signer = &signers.first().ok_or(SignError::NoKey)?.1;
-        let size = super::merkle::size(tx)?;
-        let root = super::merkle::root(&mut super::merkle::StoredNodes::new(tx), size)?;
         let note = signer.sign(size, &root);
         diesel::update(signer_row::table.find(1))
             .set(signer_row::last_checkpoint.eq(Some(&note)))
             .execute(tx)?;
-        Ok(note)
-    })
+        Ok::<_, SignError>((note, size, root))
+    })?;
+    // Remembered once committed: a memory ahead of the database would read as tampering.
+    memory.remember(size, root);
+    Ok(note)
 }

@@ -9,7 +9,8 @@
 //!   previous entry's hash; the chain head lives in `audit_head` and moves in the same
 //!   transaction as the entries, so several nodes extend one chain and editing, deleting,
 //!   inserting or reordering any entry is found by [`chain::verify`], which names the first
-//!   bad sequence number.
+//!   bad sequence number. It recomputes the Merkle tree from the entries as it walks them
+//!   ([`verify`]): a stored tree node the entries do not produce fails it too.
 //! - **Durable before release.** [`writer::AuditLog::record`] resolves only after the entry's
 //!   transaction has committed (`synchronous=FULL` / `synchronous_commit=on`). Reveals and
 //!   verifies await it and fail closed.
@@ -23,6 +24,7 @@ pub mod generation;
 pub mod merkle;
 pub mod offline;
 pub mod store;
+pub mod verify;
 pub mod writer;
 
 use std::net::IpAddr;

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::views::{self, banner, text, when, yes_no, ENVIRONMENTS, PROVIDERS};
 use super::{see_other, Cx, Page, Posted, Refusal};
 use crate::routes::{admin as api, keys};
+use crate::vault::Operation;
 
 pub fn register(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/", web::get().to(users))
@@ -44,6 +45,7 @@ fn notice_text(notice: Option<&str>) -> Option<&'static str> {
         "service-created" => "The service was registered.",
         "service-disabled" => "The service is disabled.",
         "grant-created" => "The grant was made.",
+        "grant-created-disclosing" => GRANT_DISCLOSES,
         "grant-revoked" => "The grant was revoked.",
         "rotation-started" => "A master-key rotation is under way; its progress is shown below.",
         _ => return None,
@@ -251,6 +253,11 @@ const OPERATIONS: &[&str] = &[
     "access-token",
 ];
 
+/// The notice after a grant whose operations give a secret away (the API's `warnings`).
+const GRANT_DISCLOSES: &str = "The grant was made. Warning: stk-password discloses the M-Pesa \
+     passkey: the password is base64(shortcode + passkey + timestamp), so the service can \
+     decode the passkey from any password it is given.";
+
 async fn grants(cx: Cx, q: web::Query<Notice>) -> Page {
     grants_page(&cx, notice_text(q.notice.as_deref()), None).await
 }
@@ -304,9 +311,14 @@ async fn grants_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
                     legend { "Operations" }
                     @for op in OPERATIONS {
                         @let id = format!("op-{op}");
+                        @let warning = Operation::parse(op).and_then(Operation::disclosure);
+                        @let described = warning.map(|_| format!("{id}-warning"));
                         div class="check" {
-                            input id=(id) type="checkbox" name="operation" value=(op) checked[*op == "reveal"];
+                            input id=(id) type="checkbox" name="operation" value=(op) checked[*op == "reveal"] aria-describedby=[described.as_deref()];
                             label for=(id) { (op) }
+                        }
+                        @if let (Some(warning), Some(described)) = (warning, &described) {
+                            p class="muted" id=(described) { "Warning: " (warning) "." }
                         }
                     }
                 }
@@ -332,7 +344,13 @@ async fn create_grant(posted: Posted) -> Page {
     }
     let cx = &posted.cx;
     let answer = cx.send(api::create_grant, fields).await;
-    after(answer, "/console/admin/grants/", "grant-created", |e| {
+    let notice = match &answer {
+        Ok(grant) if grant["warnings"].as_array().is_some_and(|w| !w.is_empty()) => {
+            "grant-created-disclosing"
+        }
+        _ => "grant-created",
+    };
+    after(answer, "/console/admin/grants/", notice, |e| {
         grants_page(cx, None, e)
     })
     .await

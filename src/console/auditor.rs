@@ -326,12 +326,15 @@ fn chain_words(report: &Value) -> Markup {
     html! {
         @if report["ok"].as_bool().unwrap_or(false) {
             p class="notice" role="status" {
-                "The log is intact: all " (checked) " entries check out, each linked to the one before it, up to the head."
+                "The log is intact: all " (checked) " entries check out, each linked to the one before it, up to the head, and they produce the stored Merkle tree."
             }
         } @else {
             @let bad = text(&report["first_bad_seq"]);
             p class="error" role="alert" {
                 "The log has been altered: entry #" (bad) " is not the entry that was written (it was edited, deleted, inserted or moved, or the head does not match). "
+                @if let Some(problem) = report["problem"].as_str() {
+                    "In detail: " (problem) ". "
+                }
                 "The " (checked) " entries before it check out."
             }
         }

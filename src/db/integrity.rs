@@ -36,18 +36,6 @@ fn marker_row(format: i32, marked_at: i64) -> rowmac::Row<'static> {
     rowmac::Row::Marker { format, marked_at }
 }
 
-/// Whether the database holds anything a marker must vouch for.
-pub fn holds_rows(conn: &mut DbConn) -> Result<bool, DbError> {
-    use diesel::dsl::exists;
-    Ok(diesel::select(
-        exists(u::table.select(u::id))
-            .or(exists(s::table.select(s::id)))
-            .or(exists(g::table.select(g::id)))
-            .or(exists(c::table.select(c::id))),
-    )
-    .get_result(conn)?)
-}
-
 /// `Ok` when the marker is present and genuine; the refusal otherwise.
 fn check_marker(conn: &mut DbConn, keyring: &Keyring) -> Result<Option<()>, KeyStateError> {
     let row: Option<(i32, i64, Vec<u8>, i32)> = m::table
@@ -78,16 +66,6 @@ fn unmarked() -> KeyStateError {
         "the database holds users, services, grants or credentials but no valid integrity \
          marker: it was edited outside hazina (or restored from an unknown source); refusing \
          it, and nothing was re-signed"
-            .into(),
-    )
-}
-
-/// The refusal for a database whose master-key versions were emptied.
-pub fn keys_emptied() -> KeyStateError {
-    KeyStateError::Mismatch(
-        "the database holds users, services, grants or credentials but no master-key \
-         versions: the table was emptied outside hazina; refusing it, and nothing was \
-         re-signed"
             .into(),
     )
 }
@@ -125,7 +103,7 @@ pub fn check_or_mark(
                     return Ok(false);
                 }
             }
-            if holds_rows(tx)? {
+            if super::key_versions::holds_rows(tx)? {
                 if !before_generations(tx)? {
                     refused = Some(unmarked());
                     return Ok(false);

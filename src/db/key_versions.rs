@@ -28,7 +28,7 @@ use super::schema::{credential_versions as cv, credentials as c, key_lock, key_v
 use super::{DbConn, DbError};
 use crate::audit::{chain, Action, Actor, Event, RequestMeta};
 use crate::clock::UnixSeconds;
-use crate::crypto::{envelope, Aad, Envelope, Keyring, KeyringError};
+use crate::crypto::{Keyring, KeyringError};
 
 pub const ACTIVE: &str = "active";
 pub const RETIRING: &str = "retiring";
@@ -150,54 +150,6 @@ pub fn verify_active(rows: &[KeyVersionRow], keyring: &Keyring) -> Result<(), Ke
     Ok(())
 }
 
-/// (credential id, version, environment, wrapped DEK, owner id, provider, profile).
-type ProveRow = (i64, i32, String, Vec<u8>, i64, String, Option<String>);
-
-/// Proves that `keyring` opens the data keys stored under master-key version `version` (one
-/// row is enough: a foreign key fails authentication). Used once, when a database from before
-/// check values first meets a keyring.
-fn prove_opens(tx: &mut DbConn, keyring: &Keyring, version: i32) -> Result<(), KeyStateError> {
-    let row: Option<ProveRow> = cv::table
-        .inner_join(c::table)
-        .filter(cv::kek_version.eq(version))
-        .select((
-            cv::credential_id,
-            cv::version,
-            cv::environment,
-            cv::wrapped_dek,
-            c::owner_id,
-            c::provider,
-            cv::profile,
-        ))
-        .first(tx)
-        .optional()?;
-    let Some((credential_id, v, environment, wrapped_dek, owner_id, provider, profile)) = row
-    else {
-        return Ok(());
-    };
-    let aad = Aad {
-        owner_id,
-        credential_id,
-        provider: &provider,
-        environment: &environment,
-        version: v,
-        profile: profile.as_deref(),
-    };
-    let stored = Envelope {
-        format: envelope::FORMAT_V1,
-        kek_version: version,
-        wrapped_dek,
-        ciphertext: Vec::new(),
-        verifier: Vec::new(),
-    };
-    envelope::check_dek(keyring, &aad, &stored).map_err(|_| {
-        KeyStateError::Mismatch(format!(
-            "the keyring does not open the keys this database stores under master-key version \
-             {version}: it is not this database's keyring"
-        ))
-    })
-}
-
 fn insert(
     tx: &mut DbConn,
     keyring: &Keyring,
@@ -220,27 +172,18 @@ fn insert(
     Ok(())
 }
 
-/// A database with no registered versions (new, or upgraded from before check values) meets
-/// its keyring: every version a stored key uses must be in the keyring and open that key;
-/// then the keyring's versions are registered, its active version as active.
+/// A new, empty database meets its keyring: the keyring's versions are registered, its
+/// active version as active.
 fn register_first(
     tx: &mut DbConn,
     keyring: &Keyring,
     now: UnixSeconds,
 ) -> Result<(), KeyStateError> {
-    // Only an empty database meets its first keyring: one with rows whose key versions are
-    // gone was emptied outside hazina (SPEC §14), and nothing is registered or re-signed.
-    if super::integrity::holds_rows(tx)? {
-        return Err(super::integrity::keys_emptied());
-    }
-    for (version, n) in super::credentials::count_by_kek_version(tx)? {
-        if u32_of(version).is_none_or(|v| !keyring.has_version(v)) {
-            return Err(KeyStateError::Mismatch(format!(
-                "the keyring lacks master-key version {version}, which {n} stored keys need; \
-                 mount the keyring that belongs to this database"
-            )));
-        }
-        prove_opens(tx, keyring, version)?;
+    // Only an empty database meets its first keyring (SPEC §14). One with rows whose key
+    // versions are gone was emptied outside hazina: nothing is registered, and no row is ever
+    // signed to make it fit (which would launder every edit made with it).
+    if holds_rows(tx)? {
+        return Err(keys_emptied());
     }
     let active = keyring.active_version();
     for version in keyring.versions() {
@@ -248,6 +191,31 @@ fn register_first(
         insert(tx, keyring, version, state, now)?;
     }
     Ok(())
+}
+
+/// Whether the database holds users, services, grants or credentials: rows a keyring must
+/// already have vouched for.
+pub fn holds_rows(conn: &mut DbConn) -> Result<bool, DbError> {
+    use super::schema::{grants as g, services as s, users as u};
+    use diesel::dsl::exists;
+    Ok(diesel::select(
+        exists(u::table.select(u::id))
+            .or(exists(s::table.select(s::id)))
+            .or(exists(g::table.select(g::id)))
+            .or(exists(c::table.select(c::id))),
+    )
+    .get_result(conn)?)
+}
+
+/// The refusal for a database whose rows nothing vouches for any more.
+fn keys_emptied() -> KeyStateError {
+    KeyStateError::Mismatch(
+        "the database holds users, services, grants or credentials but no master-key \
+         versions: the table was emptied outside hazina (or the database predates row MACs; \
+         upgrade it through the previous release first); refusing it, and nothing was \
+         re-signed"
+            .into(),
+    )
 }
 
 /// Makes `version` (already in the keyring) the one active version.

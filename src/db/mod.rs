@@ -3,7 +3,8 @@
 //! [`DbConn`] is a diesel `MultiConnection`; the backend is chosen from the URL scheme,
 //! never by trying one after the other. Every SQLite connection runs in WAL mode with
 //! `synchronous=FULL`, foreign keys on, a busy timeout and `secure_delete` (so shredded
-//! key material is overwritten, not left in free pages).
+//! key material is overwritten, not left in free pages); a credential delete then
+//! checkpoints the WAL ([`wal`]), so no copy stays in the `-wal` file either.
 //!
 //! Write transactions begin with a write statement, so SQLite takes its write lock up
 //! front (waiting on the busy timeout) instead of failing a read-to-write upgrade, and
@@ -20,6 +21,7 @@ pub mod services;
 pub mod sessions;
 pub mod throttle;
 pub mod users;
+pub mod wal;
 
 use std::time::Duration;
 

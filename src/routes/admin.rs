@@ -555,6 +555,10 @@ struct GrantView {
     provider: Option<String>,
     environment: Option<String>,
     operations: Vec<String>,
+    /// What the operations give away beyond their names (`stk-password` discloses the
+    /// passkey); absent when nothing does.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<&'static str>,
     created_at: String,
     revoked_at: Option<String>,
 }
@@ -568,6 +572,7 @@ fn grant_view(g: GrantRow, service: String, owner: String) -> GrantView {
             .into_iter()
             .map(String::from)
             .collect(),
+        warnings: Operations::warnings(&g.operations),
         provider: g.provider,
         environment: g.environment,
         created_at: rfc3339(g.created_at),

@@ -351,14 +351,15 @@ pub async fn checkpoint(
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
-    let (pool, keyring, origin) = (
-        state.pool.clone(),
-        state.keyring.clone(),
-        state.audit_origin.clone(),
-    );
+    let signer = state.clone();
     let signed = web::block(move || {
-        let mut conn = pool.get().map_err(crate::db::DbError::from)?;
-        audit_checkpoint::sign_current(&mut conn, &keyring, &origin)
+        let mut conn = signer.pool.get().map_err(crate::db::DbError::from)?;
+        audit_checkpoint::sign_current(
+            &mut conn,
+            &signer.keyring,
+            &signer.audit_origin,
+            &signer.signer_memory,
+        )
     })
     .await?;
     match signed {
@@ -426,23 +427,19 @@ pub async fn verify_with_checkpoints(
     }
     let (keyring, origin) = (state.keyring.clone(), state.audit_origin.clone());
     let (report, verdicts) = state
-        .db(move |c| {
-            let report = chain::verify(c, &keyring)?;
-            let signers = audit_checkpoint::signers(c, &keyring, &origin)?;
-            let verdicts = notes
-                .iter()
-                .map(|n| audit_checkpoint::check(c, &signers, &origin, n))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((report, verdicts))
-        })
+        .db(move |c| crate::audit::verify::with_checkpoints(c, &keyring, &origin, &notes))
         .await?;
     let ok = report.ok && verdicts.iter().all(|v| v.ok);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
+    let mut body = serde_json::json!({
         "ok": ok,
         "checked": report.checked,
         "first_bad_seq": report.first_bad_seq,
         "checkpoints": verdicts,
-    })))
+    });
+    if let Some(problem) = report.problem {
+        body["problem"] = problem.into();
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// Reveals and denials per hour since `since` (microseconds), for the console's chart:

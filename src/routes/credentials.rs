@@ -471,11 +471,17 @@ pub async fn delete(
     let keyring = state.keyring.clone();
     let Some(row) = state
         .db(move |c| {
-            chain::with_entry(
+            let deleted = chain::with_entry(
                 c,
                 |tx| repo::delete(tx, &keyring, owner, id, if_match.0, now),
                 |row| entry_of(entry, row.as_ref()),
-            )
+            )?;
+            // Committed: now the copies the engine keeps (SQLite's WAL) go too, on the same
+            // trip. A busy checkpoint is retried and logged, never a failed delete.
+            if deleted.is_some() {
+                crate::db::wal::checkpoint_after_shred(c);
+            }
+            Ok(deleted)
         })
         .await?
     else {

@@ -215,6 +215,17 @@ pub async fn by_id(
         )
         .into());
     }
+    // An answer that gives a stored secret away is a reveal, whatever its name (SPEC §14).
+    if operation.disclosure().is_some() && !state.config.owner_reveal {
+        state
+            .audit
+            .record_best_effort(denied(Reason::OwnerRevealDisabled))
+            .await;
+        return Err(ApiError::Forbidden(
+            "stk-password discloses the M-Pesa passkey, and revealing is reserved for services on this vault",
+        )
+        .into());
+    }
     Ok(run(
         &caller,
         checked,

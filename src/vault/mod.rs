@@ -61,6 +61,24 @@ impl Operation {
         }
     }
 
+    /// What the operation's answer gives away of a stored secret, in words for whoever
+    /// grants or runs it (SPEC §14); `None` for the operations whose answer does not let
+    /// anyone recover a secret (and for `reveal`, whose name already says it).
+    pub fn disclosure(self) -> Option<&'static str> {
+        match self {
+            // Daraja's published format: anyone holding one password (or watching it go to
+            // Safaricom) decodes the passkey, which never expires.
+            Operation::StkPassword => Some(
+                "stk-password discloses the M-Pesa passkey: \
+                 the password is base64(shortcode + passkey + timestamp)",
+            ),
+            Operation::Reveal
+            | Operation::SecurityCredential
+            | Operation::WebhookVerify
+            | Operation::AccessToken => None,
+        }
+    }
+
     /// Whether the operation exists for `provider`'s credentials.
     pub fn applies_to(self, provider: Provider) -> bool {
         match self {
@@ -124,6 +142,15 @@ impl Operations {
 
     pub fn names(stored: &str) -> Vec<&str> {
         stored.split(',').filter(|s| !s.is_empty()).collect()
+    }
+
+    /// What a grant of the stored `operations` gives away beyond its names, one line per
+    /// operation whose answer discloses a stored secret ([`Operation::disclosure`]).
+    pub fn warnings(stored: &str) -> Vec<&'static str> {
+        Self::names(stored)
+            .into_iter()
+            .filter_map(|n| Operation::parse(n)?.disclosure())
+            .collect()
     }
 }
 

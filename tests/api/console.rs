@@ -979,3 +979,86 @@ async fn hostile_console_input_gets_a_4xx_page_never_a_5xx() {
     .await;
     assert_eq!(now["version"], 1);
 }
+
+#[tokio::test]
+async fn the_console_warns_on_the_grant_form_and_after_a_grant_that_stk_password_discloses_the_passkey(
+) {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let admin = app.user_with_role(Role::Admin).await;
+    let service =
+        json!({ "name": "payments-api", "identity": "spiffe://hazina.test/payments-api" });
+    assert_eq!(
+        app.post("/admin/services/", &admin.access, &service)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let mut m = Visitor::signed_in(&app, &admin).await;
+    let form = m.get("/console/admin/grants/").await;
+    let csrf = form.csrf();
+    let grant = |provider: &'static str, operation: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("service", "payments-api".to_owned()),
+            ("owner", owner.username.clone()),
+            ("provider", provider.to_owned()),
+            ("environment", "sandbox".to_owned()),
+            ("operation", operation.to_owned()),
+        ]
+    };
+
+    let made = m
+        .post(
+            "/console/admin/grants/",
+            &pairs(&grant("mpesa", "stk-password")),
+        )
+        .await;
+    let after = m.get(made.location()).await;
+    let made_plain = m
+        .post(
+            "/console/admin/grants/",
+            &pairs(&grant("kopokopo", "webhook-verify")),
+        )
+        .await;
+    let after_plain = m.get(made_plain.location()).await;
+
+    let warning = "stk-password discloses the M-Pesa passkey: the password is \
+                   base64(shortcode + passkey + timestamp)";
+    assert!(form.html.contains(warning), "{}", form.html);
+    assert!(
+        form.html
+            .contains("aria-describedby=\"op-stk-password-warning\""),
+        "{}",
+        form.html
+    );
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.html);
+    assert_eq!(
+        made.location(),
+        "/console/admin/grants/?notice=grant-created-disclosing"
+    );
+    assert!(
+        after
+            .html
+            .contains(&format!("The grant was made. Warning: {warning}")),
+        "{}",
+        after.html
+    );
+    assert_eq!(
+        made_plain.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        made_plain.html
+    );
+    assert_eq!(
+        made_plain.location(),
+        "/console/admin/grants/?notice=grant-created"
+    );
+    assert!(after_plain.html.contains("The grant was made."));
+    assert!(!after_plain.html.contains("The grant was made. Warning"));
+}
+
+/// A form's fields as `post` takes them.
+fn pairs<'a>(fields: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    fields.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}

@@ -1135,6 +1135,69 @@ async fn delete_shreds_every_version_and_leaves_a_tombstone() {
     );
 }
 
+/// The stored envelope parts of every version of credential `id`, as bytes (SQLite's `hex`).
+fn stored_envelopes(app: &TestApp, id: i64) -> Vec<(&'static str, Vec<u8>)> {
+    let column = |name: &'static str| {
+        app.sql_lines(&format!(
+            "SELECT hex({name}) AS line FROM credential_versions \
+             WHERE credential_id = {id} ORDER BY version"
+        ))
+        .into_iter()
+        .map(move |h| (name, hex::decode(h).unwrap()))
+    };
+    column("wrapped_dek").chain(column("ciphertext")).collect()
+}
+
+fn occurs(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn delete_leaves_no_wrapped_data_key_or_ciphertext_in_the_sqlite_file_or_its_wal() {
+    if backend() != Backend::Sqlite {
+        return; // the raw file and its WAL are SQLite's; PostgreSQL's copies are in the README
+    }
+    let app = spawn_app().await;
+    let alice = app.user().await;
+    let id = id_of(
+        &app.create_credential(&alice, "kopokopo", "live", "kk_canary_wal_v1")
+            .await,
+    );
+    json_ok(
+        app.post(
+            &path(id, "rotate"),
+            &alice.access,
+            &json!({ "private_key": "kk_canary_wal_v2" }),
+        )
+        .await,
+    )
+    .await;
+    let envelopes = stored_envelopes(&app, id);
+    assert_eq!(
+        envelopes.len(),
+        4,
+        "two versions, each a wrapped key and a ciphertext"
+    );
+    let before = app.stored_bytes();
+    for (column, bytes) in &envelopes {
+        assert!(bytes.len() >= 32, "{column} is too short to search for");
+        assert!(
+            occurs(&before, bytes),
+            "the scan sees {column} before the delete"
+        );
+    }
+
+    json_ok(app.delete(&path(id, ""), &alice.access).await).await;
+
+    let after = app.stored_bytes();
+    for (column, bytes) in &envelopes {
+        assert!(
+            !occurs(&after, bytes),
+            "a deleted credential's {column} is still in the database file or its WAL"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_deleted_credential_answers_404_to_get_and_reveal() {
     let app = spawn_app().await;

@@ -1835,6 +1835,28 @@ async fn a_vault_without_owner_reveal_answers_403_as_documented() {
 }
 
 #[tokio::test]
+async fn a_vault_without_owner_reveal_answers_an_owners_stk_password_403_as_documented() {
+    let app = spawn_app_with(&[("HAZINA_OWNER_REVEAL", "false")]).await;
+    let mut api = Contract::with(app);
+    let (t, _) = api.login_as(Role::User).await;
+    let id = api.create(&t, "mpesa", "sandbox").await;
+
+    let body = api
+        .post(
+            &format!("/payments/credentials/{id}/operations/stk-password/"),
+            &t,
+            json!({}),
+            403,
+        )
+        .await;
+
+    assert_eq!(
+        body["error"],
+        "stk-password discloses the M-Pesa passkey, and revealing is reserved for services on this vault"
+    );
+}
+
+#[tokio::test]
 async fn admin_routes_answer_as_documented() {
     let mut api = Contract::new().await;
     let (admin, _) = api.login_as(Role::Admin).await;

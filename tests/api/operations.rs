@@ -1626,3 +1626,91 @@ async fn an_operation_body_is_judged_only_after_the_caller_is_authenticated() {
     let body = body_of(res, StatusCode::OK).await;
     assert_eq!(body["business_short_code"], "174379");
 }
+
+#[tokio::test]
+async fn with_owner_reveal_off_an_owners_stk_password_is_refused_and_audited_but_other_operations_run(
+) {
+    let app = spawn_app_with(&[("HAZINA_OWNER_REVEAL", "false")]).await;
+    let owner = app.user().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let mpesa = daraja(&app, &owner, "sandbox", "initiator").await;
+    let kopokopo = create(
+        &app,
+        &owner,
+        json!({
+            "provider": "kopokopo", "environment": "sandbox", "api_key": "client-id",
+            "private_key": "client-secret-0123", "secrets": { "webhook_secret": "k" },
+        }),
+    )
+    .await;
+
+    let refused = app
+        .post(
+            &op_path(mpesa, "stk-password"),
+            &owner.access,
+            &json!({ "reference": "stk-owner-refused" }),
+        )
+        .await;
+    let verified = app
+        .post(
+            &op_path(kopokopo, "webhook-verify"),
+            &owner.access,
+            &json!({ "body_base64": b64(b"{}"), "signature": hmac_hex("k", b"{}") }),
+        )
+        .await;
+
+    assert_error(
+        refused,
+        StatusCode::FORBIDDEN,
+        "stk-password discloses the M-Pesa passkey, and revealing is reserved for services on this vault",
+    )
+    .await;
+    let entries = entries_with_reference(&app, &auditor, "stk-owner-refused").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["action"], "credential.operation");
+    assert_eq!(entries[0]["operation"], "stk-password");
+    assert_eq!(entries[0]["outcome"], "denied");
+    assert_eq!(entries[0]["reason"], "owner_reveal_disabled");
+    assert_eq!(
+        body_of(verified, StatusCode::OK).await,
+        json!({ "valid": true, "version": 1 })
+    );
+}
+
+#[tokio::test]
+async fn with_owner_reveal_off_a_service_granted_stk_password_still_computes_it() {
+    let pki = TestPki::new();
+    let app = crate::pki::spawn_tls_app_with(
+        &pki,
+        ClientCerts::Optional,
+        &[("HAZINA_OWNER_REVEAL", "false")],
+    )
+    .await;
+    let admin = app.user_with_role(Role::Admin).await;
+    let owner = app.user().await;
+    let id = daraja(&app, &owner, "sandbox", "initiator").await;
+    let service = json!({ "name": "billing", "identity": SERVICE_URI });
+    body_of(
+        app.post("/admin/services/", &admin.access, &service).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let grant =
+        json!({ "service": "billing", "owner": owner.username, "operations": ["stk-password"] });
+    body_of(
+        app.post("/admin/grants/", &admin.access, &grant).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let billing = pki.https_client(Some(&pki.client(ClientCert::Valid)));
+
+    let res = billing
+        .post(app.url(&op_path(id, "stk-password")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+
+    let body = body_of(res, StatusCode::OK).await;
+    assert_eq!(body["business_short_code"], "174379");
+}

@@ -2263,3 +2263,82 @@ async fn a_uri_that_reads_like_another_services_fingerprint_identifies_nobody() 
     );
     assert!(res.status().is_client_error());
 }
+
+/// What a grant naming `stk-password` says (SPEC §14).
+const STK_PASSWORD_WARNING: &str =
+    "stk-password discloses the M-Pesa passkey: the password is base64(shortcode + passkey + timestamp)";
+
+#[tokio::test]
+async fn a_grant_naming_stk_password_says_in_its_answer_and_listing_that_it_discloses_the_passkey()
+{
+    let v = Vault::new().await;
+    v.register_billing().await;
+
+    let stk = v
+        .admin_post(
+            "/admin/grants/",
+            json!({
+                "service": "billing", "owner": v.merchant.username, "provider": "mpesa",
+                "operations": ["reveal", "stk-password"],
+            }),
+        )
+        .await;
+    let other = v
+        .admin_post(
+            "/admin/grants/",
+            json!({
+                "service": "billing", "owner": v.merchant.username, "provider": "kopokopo",
+                "operations": ["webhook-verify", "access-token"],
+            }),
+        )
+        .await;
+    let listed = body_of(
+        v.app.get("/admin/grants/", &v.admin.access).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    let stk = body_of(stk, StatusCode::CREATED).await;
+    assert_eq!(stk["warnings"], json!([STK_PASSWORD_WARNING]));
+    let other = body_of(other, StatusCode::CREATED).await;
+    assert!(other.get("warnings").is_none(), "{other}");
+    let listed_stk: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["id"] == stk["id"])
+        .collect();
+    assert_eq!(listed_stk, [&stk]);
+}
+
+#[tokio::test]
+async fn the_cli_warns_on_stderr_when_a_grant_names_stk_password() {
+    let v = Vault::new().await;
+    v.register_billing().await;
+    let owner = v.merchant.username.as_str();
+    let grant = |provider: &'static str, operation: &'static str| {
+        [
+            "grants",
+            "create",
+            "--service",
+            "billing",
+            "--owner",
+            owner,
+            "--provider",
+            provider,
+            "--operation",
+            operation,
+        ]
+    };
+
+    let stk = hazina(&v.app, &grant("mpesa", "stk-password")).await;
+    let verify = hazina(&v.app, &grant("kopokopo", "webhook-verify")).await;
+
+    succeeded(&stk);
+    assert_eq!(
+        String::from_utf8_lossy(&stk.stderr).trim_end(),
+        format!("hazina: warning: {STK_PASSWORD_WARNING}")
+    );
+    succeeded(&verify);
+    assert_eq!(String::from_utf8_lossy(&verify.stderr), "");
+}

@@ -619,7 +619,13 @@ async fn restoring_an_older_copy_of_the_whole_database_is_caught_by_a_later_chec
 
     // The whole database goes back to the copy: log, head, tree and signer state together.
     restore_all(&app, &tables);
-    let restored_size: u64 = checkpoint_of(&app, &auditor)
+    // The running vault remembers the later checkpoint it signed, outside the database, and
+    // will not sign the copy (SPEC §14).
+    let res = app.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A vault started afresh on it without a checkpoint file remembers nothing, and signs it.
+    let fresh = app.spawn_node().await;
+    let restored_size: u64 = checkpoint_of(&fresh, &auditor)
         .await
         .lines()
         .nth(1)
@@ -1357,4 +1363,314 @@ async fn a_moved_or_removed_archive_anchor_is_caught_and_archive_never_overwrite
         "UPDATE audit_head SET archived_seq = {b}, archived_note = 'origin\narchive\n{b}\nAAAA\n\n\u{2014} origin AAAA\n' WHERE id = 1"
     ));
     assert!(!verifies(&app));
+}
+
+// ---------------------------------------------------------------------------------------
+// Nothing the database holds vouches for itself (SPEC §14, issue 29).
+
+/// The head's sequence number.
+fn head_seq(app: &TestApp) -> i64 {
+    app.sql_lines("SELECT CAST(seq AS TEXT) AS line FROM audit_head WHERE id = 1")[0]
+        .parse()
+        .unwrap()
+}
+
+/// A merchant with a credential; each call of the returned path's reveal adds one entry.
+async fn revealer(app: &TestApp) -> (TestUser, String) {
+    let owner = app.user().await;
+    let created = app
+        .create_credential(&owner, "pagamio", "live", "pagamio-password-0029")
+        .await;
+    let path = format!(
+        "/payments/credentials/{}/get-private-key/",
+        created["id"].as_i64().unwrap()
+    );
+    (owner, path)
+}
+
+/// Reveals until the log holds at least `at_least` entries and a multiple of 16 (a size the
+/// stored tree ends a subtree on); the new size.
+async fn grow_to_a_multiple_of_16(
+    app: &TestApp,
+    owner: &TestUser,
+    path: &str,
+    at_least: i64,
+) -> i64 {
+    while head_seq(app) < at_least || head_seq(app) % 16 != 0 {
+        assert_eq!(app.get(path, &owner.access).await.status(), StatusCode::OK);
+    }
+    head_seq(app)
+}
+
+/// The attacker with database write access but no keyring: rewrites entry `seq`'s actor
+/// name, then recomputes every later chain hash and the head's hash. `audit_tree` is left
+/// as it is.
+fn rewrite_entry_and_rechain(app: &TestApp, seq: i64, actor_name: &str) {
+    use diesel::prelude::*;
+    use hazina::audit::chain::AuditRow;
+    use hazina::db::schema::{audit_head as head, audit_log as log};
+
+    let mut conn = app.conn();
+    let rows: Vec<AuditRow> = log::table
+        .filter(log::seq.ge(seq))
+        .order(log::seq.asc())
+        .select(AuditRow::as_select())
+        .load(&mut *conn)
+        .unwrap();
+    let mut prev = rows[0].prev_hash.clone();
+    for mut row in rows {
+        if row.seq == seq {
+            row.actor_name = Some(actor_name.into());
+        }
+        row.prev_hash = prev.clone();
+        row.hash = row.compute_hash().to_vec();
+        diesel::update(log::table.filter(log::seq.eq(row.seq)))
+            .set((
+                log::actor_name.eq(&row.actor_name),
+                log::prev_hash.eq(&row.prev_hash),
+                log::hash.eq(&row.hash),
+            ))
+            .execute(&mut *conn)
+            .unwrap();
+        prev = row.hash;
+    }
+    diesel::update(head::table)
+        .set(head::hash.eq(&prev))
+        .execute(&mut *conn)
+        .unwrap();
+}
+
+async fn readyz(app: &TestApp) -> StatusCode {
+    app.client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn alarms(app: &TestApp) -> String {
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("hazina_audit_checkpoint_alarms_total"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_rewritten_reveal_with_every_later_hash_recomputed_fails_verification_where_the_stored_tree_disagrees(
+) {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let (owner, path) = revealer(&app).await;
+    let size = grow_to_a_multiple_of_16(&app, &owner, &path, 40).await;
+    // A checkpoint the security team keeps, of a size the stored tree ends a subtree on.
+    let kept = checkpoint_of(&app, &auditor).await;
+    assert_eq!(kept.lines().nth(1).unwrap(), size.to_string());
+    for _ in 0..3 {
+        assert_eq!(app.get(&path, &owner.access).await.status(), StatusCode::OK);
+    }
+    // A reveal inside the second stored 16-entry subtree, hidden under another name.
+    let reveal: i64 = app.sql_lines(
+        "SELECT CAST(MIN(seq) AS TEXT) AS line FROM audit_log \
+         WHERE action = 'credential.reveal' AND seq > 20",
+    )[0]
+    .parse()
+    .unwrap();
+    assert!(reveal <= 32, "{reveal}");
+    rewrite_entry_and_rechain(&app, reveal, "someone-else");
+
+    // The chain alone is self-consistent; the stored tree, computed when the entries were
+    // written, is not what the entries now produce. The finest it can name is the first entry
+    // of the smallest stored subtree (16 entries) holding the rewritten one.
+    let subtree_start = (reveal - 1) / 16 * 16 + 1;
+    let report: Value = app
+        .get("/audit/verify/", &auditor.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["first_bad_seq"], subtree_start, "{report}");
+    // The kept checkpoint no longer verifies: its root is recomputed from the entries.
+    let verdict = verify_with(&app, &auditor, &[&kept]).await;
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    assert_eq!(verdict["first_bad_seq"], subtree_start, "{verdict}");
+    assert_eq!(verdict["checkpoints"][0]["ok"], false, "{verdict}");
+    assert!(verdict["checkpoints"][0]["problem"]
+        .as_str()
+        .unwrap()
+        .contains("rewritten"));
+    // The command line agrees, with and without the checkpoint.
+    let file = app.dir.path().join("kept.txt");
+    std::fs::write(&file, &kept).unwrap();
+    for args in [
+        &["audit", "verify"][..],
+        &["audit", "verify", "--checkpoint", file.to_str().unwrap()][..],
+    ] {
+        let out = cli(&app, args);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        let stdout: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(stdout["first_bad_seq"], subtree_start, "{stdout}");
+    }
+    // And so does the console.
+    let mut visitor = crate::console::Visitor::signed_in(&app, &auditor).await;
+    let page = visitor.get("/console/audit/verify/").await;
+    assert!(
+        page.html.contains(&format!(
+            "The log has been altered: entry #{subtree_start} "
+        )),
+        "{}",
+        page.html
+    );
+}
+
+#[tokio::test]
+async fn the_signer_refuses_a_root_that_the_entries_since_its_last_checkpoint_do_not_produce() {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let (owner, path) = revealer(&app).await;
+    let signed = checkpoint_of(&app, &auditor).await;
+    let signed_size: i64 = signed.lines().nth(1).unwrap().parse().unwrap();
+    assert!(signed_size < 16, "{signed_size}");
+    grow_to_a_multiple_of_16(&app, &owner, &path, 32).await;
+    // An entry after the last checkpoint, inside a stored subtree, rewritten with the chain.
+    rewrite_entry_and_rechain(&app, 20, "someone-else");
+
+    let res = app.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(alarms(&app).await, "hazina_audit_checkpoint_alarms_total 1");
+    let stored: Vec<String> =
+        app.sql_lines("SELECT last_checkpoint AS line FROM audit_signer WHERE id = 1");
+    assert_eq!(stored, [signed], "nothing new was signed");
+}
+
+#[tokio::test]
+async fn the_signer_refuses_a_log_whose_entries_no_longer_chain_onto_its_last_checkpoint() {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let (owner, path) = revealer(&app).await;
+    let size = grow_to_a_multiple_of_16(&app, &owner, &path, 32).await;
+    let signed = checkpoint_of(&app, &auditor).await;
+    assert_eq!(signed.lines().nth(1).unwrap(), size.to_string());
+    for _ in 0..5 {
+        assert_eq!(app.get(&path, &owner.access).await.status(), StatusCode::OK);
+    }
+    // The attacker rewrites an entry the checkpoint covers and every later hash, and has the
+    // tree after the checkpoint rebuilt over the new hashes (a restart catches it up): the
+    // stored subtrees up to the checkpoint still fold to its signed root.
+    rewrite_entry_and_rechain(&app, size - 3, "someone-else");
+    app.sql(&format!(
+        "DELETE FROM audit_tree WHERE ((idx + 1) << level) > {size};
+         UPDATE audit_head SET tree_size = {size} WHERE id = 1;"
+    ));
+    let node = app.spawn_node().await;
+
+    let res = node.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&node).await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_cleared_or_older_signer_row_is_tampering_while_the_running_signer_remembers_a_later_checkpoint(
+) {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let older = checkpoint_of(&app, &auditor).await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let latest = checkpoint_of(&app, &auditor).await;
+    let size: u64 = latest.lines().nth(1).unwrap().parse().unwrap();
+
+    // An older genuine checkpoint written back: the log still extends it, but this signer
+    // signed a later one.
+    app.sql(&format!(
+        "UPDATE audit_signer SET last_checkpoint = '{older}' WHERE id = 1"
+    ));
+    let res = app.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
+
+    // The attack the row alone cannot stop: cut the log back, then clear the row so that
+    // nothing in the database remembers what was signed.
+    truncate_log(&app, size - 2);
+    app.sql("UPDATE audit_signer SET last_checkpoint = NULL WHERE id = 1");
+    let res = app.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
+    let stored: Vec<Option<String>> = {
+        use diesel::prelude::*;
+        use hazina::db::schema::audit_signer;
+        audit_signer::table
+            .select(audit_signer::last_checkpoint)
+            .load(&mut *app.conn())
+            .unwrap()
+    };
+    assert_eq!(stored, [None], "nothing was signed over the cut log");
+}
+
+#[tokio::test]
+async fn a_restarted_signer_reads_its_last_checkpoint_back_from_the_checkpoint_file_and_refuses_a_cleared_row(
+) {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let first = checkpoint_of(&app, &auditor).await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let last = checkpoint_of(&app, &auditor).await;
+    let size: u64 = last.lines().nth(1).unwrap().parse().unwrap();
+    // The checkpoint file as the publisher writes it: notes back to back, the newest last.
+    let file = app.dir.path().join("published-checkpoints.txt");
+    std::fs::write(&file, format!("{first}{last}")).unwrap();
+
+    truncate_log(&app, size - 2);
+    app.sql("UPDATE audit_signer SET last_checkpoint = NULL WHERE id = 1");
+    let setting = file.display().to_string();
+    let restarted = app
+        .spawn_node_with(&[
+            ("HAZINA_AUDIT_CHECKPOINT_FILE", setting.as_str()),
+            ("HAZINA_AUDIT_CHECKPOINT_SECONDS", "86400"),
+        ])
+        .await;
+
+    let res = restarted.get("/audit/checkpoint/", &auditor.access).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz(&restarted).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        alarms(&restarted).await,
+        "hazina_audit_checkpoint_alarms_total 1"
+    );
+    // The command line, given the same file, refuses too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .args(["audit", "checkpoint"])
+        .current_dir(app.dir.path())
+        .env("HAZINA_DATABASE_URL", app.db.url())
+        .env("HAZINA_KEYRING", &app.keyring_path)
+        .env("HAZINA_AUDIT_CHECKPOINT_FILE", &file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!("{first}{last}")
+    );
 }
