@@ -406,7 +406,8 @@ impl Collector for AuditCollector {
             (
                 "hazina_audit_entries_written",
                 "Audit entries durably committed",
-                stats.written.load(Ordering::Relaxed),
+                stats.written.load(Ordering::Relaxed)
+                    + crate::audit::chain::CHANGE_ENTRIES.load(Ordering::Relaxed),
             ),
             (
                 "hazina_audit_batches",

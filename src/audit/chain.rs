@@ -221,7 +221,8 @@ pub fn with_entry<T>(
     change: impl FnOnce(&mut DbConn) -> Result<T, DbError>,
     entry: impl FnOnce(&T) -> Option<Event>,
 ) -> Result<T, DbError> {
-    conn.transaction(|tx| {
+    let mut recorded = false;
+    let out = conn.transaction(|tx| {
         let scope = super::generation::Scope::open()?;
         let out = change(tx)?;
         let (reserved, subjects) = scope.close();
@@ -232,13 +233,22 @@ pub fn with_entry<T>(
                 if reserved.is_some_and(|r| seqs.first() != Some(&r)) {
                     return Err(DbError::Unaudited);
                 }
+                recorded = true;
             }
             None if subjects.is_some() => return Err(DbError::Unaudited),
             None => {}
         }
         Ok(out)
-    })
+    })?;
+    if recorded {
+        CHANGE_ENTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(out)
 }
+
+/// Entries this process committed with a change ([`with_entry`]), beside those its group
+/// writer committed (`/metrics` adds the two).
+pub static CHANGE_ENTRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub use super::verify::Verification;
 

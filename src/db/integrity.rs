@@ -226,3 +226,41 @@ fn upgrade(tx: &mut DbConn, keyring: &Keyring) -> Result<(), DbError> {
     );
     Ok(())
 }
+
+/// Re-signs the marker under master-key version `target` (a rotation's step; one pass: `after`
+/// is `i64::MIN` the first time), when its MAC still verifies.
+pub fn resign_batch(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    target: i32,
+    after: i64,
+    _limit: i64,
+) -> Result<Option<i64>, DbError> {
+    if after != i64::MIN {
+        return Ok(None);
+    }
+    let row: Option<(i32, i64, Vec<u8>, i32)> = m::table
+        .filter(m::id.eq(1))
+        .filter(m::mac_version.lt(target))
+        .select((m::format, m::marked_at, m::mac, m::mac_version))
+        .first(tx)
+        .optional()?;
+    if let Some((format, marked_at, mac, version)) = row {
+        let marker = marker_row(format, marked_at);
+        if rowmac::verify(keyring, Some(version), Some(&mac), &marker) {
+            let (mac, version) = super::users::sign(keyring, &marker)?;
+            diesel::update(m::table.filter(m::id.eq(1)))
+                .set((m::mac.eq(mac), m::mac_version.eq(version)))
+                .execute(tx)?;
+        }
+    }
+    Ok(Some(0))
+}
+
+/// 1 when the marker is signed under master-key version `version`.
+pub fn signed_under(conn: &mut DbConn, version: i32) -> Result<i64, DbError> {
+    Ok(m::table
+        .filter(m::mac_version.eq(version))
+        .count()
+        .get_result(conn)?)
+}

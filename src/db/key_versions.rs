@@ -444,10 +444,11 @@ pub fn retire(
                     + super::provider_certs::signed_under(tx, version)?
                     + super::credentials::signed_under(tx, version)?
                     + super::sessions::signed_under(tx, version)?
-                    + super::keys::wear_signed_under(tx, version)?;
+                    + super::keys::wear_signed_under(tx, version)?
+                    + super::integrity::signed_under(tx, version)?;
                 if signed > 0 {
                     return Err(KeyStateError::Conflict(format!(
-                        "Master-key version {version} still signs {signed} users, services, grants, credentials, sessions, key-wear counts or provider certificates; finish a rotation first"
+                        "Master-key version {version} still signs {signed} users, services, grants, credentials, sessions, key-wear counts, provider certificates or the integrity marker; finish a rotation first"
                     )));
                 }
                 if crate::audit::archive::signed_under(tx, keyring, version)? {

@@ -342,7 +342,7 @@ fn resign_authorization_rows(
     batch: i64,
 ) -> Result<(), DbError> {
     type Step = fn(&mut DbConn, &Keyring, i32, i64, i64) -> Result<Option<i64>, DbError>;
-    let steps: [Step; 7] = [
+    let steps: [Step; 8] = [
         super::users::resign_batch,
         super::services::resign_services_batch,
         super::services::resign_grants_batch,
@@ -350,6 +350,7 @@ fn resign_authorization_rows(
         super::credentials::resign_batch,
         super::sessions::resign_batch,
         resign_wear_batch,
+        super::integrity::resign_batch,
     ];
     for step in steps {
         let mut after = i64::MIN;

@@ -504,7 +504,10 @@ async fn a_restore_refuses_a_running_servers_database_the_wrong_keyring_and_an_e
 async fn a_populated_database_from_before_backups_upgrades_in_place_and_backs_up() {
     let app = spawn_app().await;
     let creds = seed(&app, 3).await;
-    assert_eq!(app.revert_migrations(1), ["20261201000011"]);
+    assert_eq!(
+        app.revert_migrations(2),
+        ["20261207000012", "20261201000011"]
+    );
     let node = app.spawn_node().await;
     assert_all_reveal(&node, &creds).await;
     let to = backup_to(&node, "after-upgrade.db");

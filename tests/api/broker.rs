@@ -767,16 +767,19 @@ async fn a_cached_token_is_never_handed_out_for_a_row_edited_in_the_database() {
     assert_eq!(token_of(&app, &owner.access, id).await, stub.token(1));
 
     // A database writer moves the credential to mallory: the SQL now finds it for her, but the
-    // row differs from the one the token was exchanged for, so it is opened again, and its
-    // AAD (the owner) fails: the generic 500 of a stored row that does not open (as for a
-    // reveal), audited as tampering, and no token.
+    // row's MAC (SPEC §14) no longer verifies, so it is answered like a missing credential,
+    // audited as tampering, and no token. (Before rows carried MACs, the envelope's AAD caught
+    // it one step later, as a 500.)
     app.sql_execute(&format!(
         "UPDATE credentials SET owner_id = {} WHERE id = {id}",
         mallory.id
     ));
     let res = ask(&app, &mallory.access, id).await;
-    let body = body_of(res, StatusCode::INTERNAL_SERVER_ERROR).await;
-    assert_eq!(body, json!({ "error": "Internal server error" }));
+    let body = body_of(res, StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        body,
+        json!({ "error": "Payment credentials not found or access denied" })
+    );
     // Moved back: the cached token is good again, without a call.
     app.sql_execute(&format!(
         "UPDATE credentials SET owner_id = {} WHERE id = {id}",

@@ -377,6 +377,23 @@ impl TestApp {
         id.get()
     }
 
+    /// Disables a user directly in the database, as an audited change (as the CLI does).
+    pub fn disable_user(&self, username: &str) -> Option<i64> {
+        let mut conn = self.conn();
+        let entry = hazina::audit::Event::new(
+            self.clock.now_micros(),
+            hazina::audit::Actor::system(),
+            &hazina::audit::RequestMeta::default(),
+            hazina::audit::Action::AdminUserDisable,
+        );
+        hazina::audit::chain::with_entry(
+            &mut conn,
+            |tx| db::users::disable(tx, &self.state.keyring, username),
+            |id| id.map(|id| entry.target(hazina::audit::Target::owner(id))),
+        )
+        .unwrap()
+    }
+
     pub async fn login(&self, username: &str, password: &str) -> Response {
         self.client
             .post(self.url("/users/login/"))

@@ -164,7 +164,7 @@ async fn a_disabled_user_cannot_log_in() {
     let app = spawn_app().await;
     let user = app.user().await;
     assert_eq!(
-        hazina::db::users::disable(&mut app.conn(), &app.state.keyring, &user.username).unwrap(),
+        app.disable_user(&user.username),
         Some(user.id)
     );
 

@@ -940,8 +940,13 @@ async fn a_tree_stored_at_every_level_upgrades_to_the_compact_tree_and_old_check
     // The schema before the compact tree, with the tree the previous release kept: every
     // complete subtree at every level, computed here from RFC 6962.
     assert_eq!(
-        app.revert_migrations(3),
-        ["20261201000011", "20261201000010", "20261201000009"]
+        app.revert_migrations(4),
+        [
+            "20261207000012",
+            "20261201000011",
+            "20261201000010",
+            "20261201000009"
+        ]
     );
     let mut rows = Vec::new();
     let mut level = 0u32;
