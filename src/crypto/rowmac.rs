@@ -335,6 +335,12 @@ pub fn verify(keyring: &Keyring, version: Option<i32>, mac: Option<&[u8]>, row: 
     check(keyring, version, mac, row.encode_as(FORMAT2))
 }
 
+/// The MAC the previous release made of `row` (format 1, before generations). Nothing in
+/// hazina signs with it; the upgrade tests build a previous release's database with it.
+pub fn sign_format1(keyring: &Keyring, version: u32, row: &Row<'_>) -> Option<Vec<u8>> {
+    mac_of(keyring, version, &row.encode_as(FORMAT1)?)
+}
+
 /// Whether `mac` is `row`'s MAC in format 1 (before generations), for the one-time upgrade
 /// only: nothing else ever accepts it.
 pub fn verify_format1(

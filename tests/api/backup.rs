@@ -517,3 +517,24 @@ async fn a_populated_database_from_before_backups_upgrades_in_place_and_backs_up
         vec!["1".to_string()]
     );
 }
+
+/// Issue 29 (SPEC §14): the audit log remembers a backup, so deleting its record does not let
+/// `keys retire` destroy the version it needs.
+#[tokio::test]
+async fn a_deleted_backup_record_still_holds_back_keys_retire() {
+    let app = spawn_app().await;
+    seed(&app, 1).await;
+    let to = backup_to(&app, "kept.db");
+    assert!(to.exists());
+    assert_eq!(app.sql_execute("DELETE FROM backups"), 1);
+    let out = hazina(&app, &["keys", "rotate"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = hazina(&app, &["keys", "retire", "--version", "1"]);
+    assert!(
+        !out.status.success(),
+        "a version a backup needs was retired: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+}

@@ -435,3 +435,152 @@ async fn key_wear_reset_or_deleted_in_the_database_refuses_the_next_write() {
         .await;
     assert_eq!(res.status(), StatusCode::CONFLICT, "a deleted count was restarted");
 }
+
+/// A database of the previous release (every migration before row generations), built as that
+/// release left it: key versions with check values, users signed in format 1, a credential.
+/// `edited` is a user whose role was raised in the database before the upgrade.
+#[tokio::test]
+async fn an_in_place_upgrade_signs_every_genuine_row_once_and_still_refuses_one_edited_before_it()
+{
+    use diesel::prelude::*;
+    use diesel_migrations::MigrationHarness;
+    use hazina::crypto::rowmac::{self, Row};
+    use hazina::crypto::{envelope, Aad, Keyring};
+    use hazina::db::schema::{
+        credential_versions as cv, credentials as c, key_versions as kv, users as u,
+    };
+
+    let (db, dir) = create_test_database();
+    let keyring_path = dir.path().join("hazina.keyring");
+    Keyring::generate().write_new_file(&keyring_path).unwrap();
+    let keyring = Keyring::load_file(&keyring_path).unwrap();
+    let url = hazina::config::DatabaseUrl::parse(&db.url()).unwrap();
+    let mut conn = hazina::db::establish(&url).unwrap();
+    for _ in 0..11 {
+        match &mut conn {
+            hazina::db::DbConn::Sqlite(c) => {
+                c.run_next_migration(hazina::db::SQLITE_MIGRATIONS).unwrap();
+            }
+            hazina::db::DbConn::Postgres(c) => {
+                c.run_next_migration(hazina::db::POSTGRES_MIGRATIONS)
+                    .unwrap();
+            }
+        }
+    }
+    diesel::insert_into(kv::table)
+        .values((
+            kv::version.eq(1),
+            kv::check_value.eq(keyring.check_value(1).unwrap().to_vec()),
+            kv::state.eq("active"),
+            kv::created_at.eq(0_i64),
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    let hash =
+        hazina::auth::password::hash(&secrecy::SecretString::from(PASSWORD.to_owned())).unwrap();
+    for (id, name, role) in [(7_001_i64, "genuine", "user"), (7_002, "edited", "user")] {
+        let mac = rowmac::sign_format1(
+            &keyring,
+            1,
+            &Row::User {
+                id,
+                username: name,
+                password_hash: &hash,
+                role,
+                is_disabled: false,
+                allowed_cidrs: None,
+                generation: 0,
+            },
+        )
+        .unwrap();
+        diesel::insert_into(u::table)
+            .values((
+                u::id.eq(id),
+                u::username.eq(name),
+                u::password_hash.eq(&hash),
+                u::role.eq(role),
+                u::is_disabled.eq(false),
+                u::created_at.eq(0_i64),
+                u::mac.eq(Some(mac)),
+                u::mac_version.eq(Some(1)),
+            ))
+            .execute(&mut conn)
+            .unwrap();
+    }
+    // Edited before the upgrade: the previous release would have refused it too.
+    diesel::update(u::table.filter(u::id.eq(7_002_i64)))
+        .set(u::role.eq("admin"))
+        .execute(&mut conn)
+        .unwrap();
+    let (cred_id, key) = (9_001_i64, "pre-upgrade-live-key-0001");
+    diesel::insert_into(c::table)
+        .values((
+            c::id.eq(cred_id),
+            c::owner_id.eq(7_001_i64),
+            c::provider.eq("mpesa"),
+            c::environment.eq("live"),
+            c::api_key.eq(Some("consumer-key")),
+            c::is_active.eq(true),
+            c::current_version.eq(1),
+            c::created_at.eq(0_i64),
+            c::updated_at.eq(0_i64),
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    let aad = Aad {
+        owner_id: 7_001,
+        credential_id: cred_id,
+        provider: "mpesa",
+        environment: "live",
+        version: 1,
+        profile: None,
+    };
+    let sealed =
+        envelope::seal(&keyring, &aad, &secrecy::SecretString::from(key.to_owned())).unwrap();
+    diesel::insert_into(cv::table)
+        .values((
+            cv::credential_id.eq(cred_id),
+            cv::version.eq(1),
+            cv::environment.eq("live"),
+            cv::format.eq(sealed.format),
+            cv::kek_version.eq(sealed.kek_version),
+            cv::wrapped_dek.eq(sealed.wrapped_dek.clone()),
+            cv::ciphertext.eq(sealed.ciphertext.clone()),
+            cv::verifier.eq(sealed.verifier.clone()),
+            cv::created_at.eq(0_i64),
+            cv::created_by.eq(7_001_i64),
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    drop(conn);
+
+    let app = start_on(db.clone(), dir.clone()).await;
+    let login: serde_json::Value = app.login("genuine", PASSWORD).await.json().await.unwrap();
+    let token = login["access_token"]
+        .as_str()
+        .expect("the genuine user logs in after the upgrade");
+    let res = reveal(&app, token, cred_id).await;
+    let body = body_of(res, StatusCode::OK).await;
+    assert_eq!(body["private_key"], key);
+    assert_eq!(
+        app.login("edited", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "a row edited before the upgrade was signed by it"
+    );
+    let marked = app.sql_lines(
+        "SELECT CAST(COUNT(*) AS TEXT) AS line FROM audit_log WHERE action = 'integrity.marked'",
+    );
+    assert_eq!(marked, vec!["1".to_owned()]);
+    // Once: a restart signs nothing more, and the edited row stays refused.
+    let again = app.spawn_node().await;
+    assert_eq!(
+        again.login("edited", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        again.sql_lines(
+            "SELECT CAST(COUNT(*) AS TEXT) AS line FROM audit_log WHERE action = 'integrity.marked'"
+        ),
+        vec!["1".to_owned()]
+    );
+}

@@ -2344,3 +2344,113 @@ async fn the_cli_warns_on_stderr_when_a_grant_names_stk_password() {
     succeeded(&verify);
     assert_eq!(String::from_utf8_lossy(&verify.stderr), "");
 }
+
+// ---------------------------------------------------------------------------------------
+// Integrity, second pass (issue 29, SPEC §14): an older genuine row written back, or a
+// revocation deleted, gives nothing back.
+
+/// `(mac hex, generation)` of one row, to write back later.
+fn saved_mac(app: &TestApp, table: &str, id: i64) -> (String, String) {
+    let hex = match backend() {
+        Backend::Sqlite => "lower(hex(mac))",
+        Backend::Postgres => "encode(mac, 'hex')",
+    };
+    let line = app.sql_lines(&format!(
+        "SELECT {hex} || '|' || CAST(generation AS TEXT) AS line FROM {table} WHERE id = {id}"
+    ));
+    let (mac, generation) = line[0].split_once('|').unwrap();
+    (mac.to_owned(), generation.to_owned())
+}
+
+fn blob(hex: &str) -> String {
+    match backend() {
+        Backend::Sqlite => format!("X'{hex}'"),
+        Backend::Postgres => format!("decode('{hex}', 'hex')"),
+    }
+}
+
+fn replays_audited(app: &TestApp) -> usize {
+    app.sql_lines(
+        "SELECT reason AS line FROM audit_log WHERE action = 'integrity.violation' \
+         AND reason = 'row_replayed'",
+    )
+    .len()
+}
+
+#[tokio::test]
+async fn a_grant_written_back_after_its_revocation_stays_revoked_and_is_audited_as_replayed() {
+    let v = Vault::new().await;
+    let id = v.credential(&v.merchant, "mpesa", "live").await;
+    let grant = v.billing_granted_the_merchant().await;
+    let grant_id = grant["id"].as_i64().unwrap();
+    let billing = v.billing();
+    assert_eq!(v.reveal(&billing, id).await.status(), StatusCode::OK);
+    let (mac, generation) = saved_mac(&v.app, "grants", grant_id);
+    let missing = v.missing(&billing).await;
+
+    let revoked = v
+        .app
+        .delete(&format!("/admin/grants/{grant_id}/"), &v.admin.access)
+        .await;
+    assert_eq!(revoked.status(), StatusCode::OK);
+    v.app.sql_execute(&format!(
+        "UPDATE grants SET revoked_at = NULL, mac = {}, generation = {generation} WHERE id = {grant_id}",
+        blob(&mac)
+    ));
+
+    assert_like_missing(v.reveal(&billing, id).await, &missing).await;
+    assert!(replays_audited(&v.app) >= 1, "the replay was not audited");
+}
+
+#[tokio::test]
+async fn a_service_written_back_after_it_was_disabled_stays_disabled() {
+    let v = Vault::new().await;
+    let id = v.credential(&v.merchant, "mpesa", "live").await;
+    let service = v.register_billing().await;
+    v.grant("billing", &v.merchant, None, None).await;
+    let service_id = service["id"].as_i64().unwrap();
+    let billing = v.billing();
+    assert_eq!(v.reveal(&billing, id).await.status(), StatusCode::OK);
+    let (mac, generation) = saved_mac(&v.app, "services", service_id);
+
+    let disabled = v
+        .admin_post("/admin/services/billing/disable/", json!({}))
+        .await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+    v.app.sql_execute(&format!(
+        "UPDATE services SET is_enabled = {}, mac = {}, generation = {generation} WHERE id = {service_id}",
+        match backend() {
+            Backend::Sqlite => "1",
+            Backend::Postgres => "true",
+        },
+        blob(&mac)
+    ));
+
+    assert_error(
+        v.reveal(&billing, id).await,
+        StatusCode::FORBIDDEN,
+        UNKNOWN_SERVICE,
+    )
+    .await;
+    assert!(replays_audited(&v.app) >= 1, "the replay was not audited");
+}
+
+#[tokio::test]
+async fn a_deleted_certificate_revocation_still_refuses_the_certificate() {
+    let v = Vault::new().await;
+    v.billing_granted_the_merchant().await;
+    let id = v.credential(&v.merchant, "mpesa", "live").await;
+    let cert = v.pki.client(ClientCert::Valid);
+    let client = v.pki.https_client(Some(&cert));
+    let res = v
+        .admin_post(
+            "/admin/certificates/revoked/",
+            json!({ "fingerprint": fingerprint(&cert) }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_error(v.reveal(&client, id).await, StatusCode::FORBIDDEN, REVOKED).await;
+
+    assert_eq!(v.app.sql_execute("DELETE FROM revoked_certificates"), 1);
+    assert_error(v.reveal(&client, id).await, StatusCode::FORBIDDEN, REVOKED).await;
+}
