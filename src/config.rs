@@ -130,6 +130,9 @@ pub struct Config {
     /// grows (`HAZINA_AUDIT_CHECKPOINT_FILE`; none by default).
     pub audit_checkpoint_file: Option<PathBuf>,
     pub audit_checkpoint_seconds: u64,
+    /// `hazina audit archive` refuses to archive entries younger than this many days unless
+    /// forced (`HAZINA_AUDIT_RETENTION_MIN_DAYS`, default 30).
+    pub audit_retention_min_days: u32,
     pub max_body_bytes: usize,
     pub workers: Option<usize>,
     pub db_pool_size: u32,
@@ -367,6 +370,7 @@ Settings (environment variables; a .env file in the working directory is read to
   HAZINA_AUDIT_ORIGIN                    (random, fixed)      the audit log's name in its checkpoints
   HAZINA_AUDIT_CHECKPOINT_FILE           (none)               append signed checkpoints to this file
   HAZINA_AUDIT_CHECKPOINT_SECONDS        60                   how often
+  HAZINA_AUDIT_RETENTION_MIN_DAYS        30                   audit archive keeps entries younger than this
   HAZINA_PROVIDER_MPESA_SANDBOX_URL      https://sandbox.safaricom.co.ke
   HAZINA_PROVIDER_MPESA_LIVE_URL         https://api.safaricom.co.ke
   HAZINA_PROVIDER_KOPOKOPO_SANDBOX_URL   https://sandbox.kopokopo.com
@@ -472,6 +476,8 @@ impl Config {
             60,
             1..=86_400,
         )?);
+        let audit_retention_min_days =
+            number(&get, "HAZINA_AUDIT_RETENTION_MIN_DAYS", 30, 0..=36_500)?;
 
         let max_body_bytes = match get("HAZINA_MAX_BODY_BYTES") {
             None => 64 * 1024,
@@ -520,6 +526,7 @@ impl Config {
             audit_origin,
             audit_checkpoint_file,
             audit_checkpoint_seconds,
+            audit_retention_min_days,
             max_body_bytes,
             workers,
             db_pool_size,
@@ -803,6 +810,21 @@ mod tests {
         );
         assert_eq!(c.bind, "127.0.0.1:8080");
         assert!(c.owner_reveal);
+        assert_eq!(c.audit_retention_min_days, 30);
+    }
+
+    #[test]
+    fn the_retention_minimum_is_a_number_of_days() {
+        assert_eq!(
+            cfg(&[("HAZINA_AUDIT_RETENTION_MIN_DAYS", "0")])
+                .unwrap()
+                .audit_retention_min_days,
+            0
+        );
+        for nonsense in ["-1", "thirty", "", "36501"] {
+            let e = cfg(&[("HAZINA_AUDIT_RETENTION_MIN_DAYS", nonsense)]).unwrap_err();
+            assert_eq!(e.setting, "HAZINA_AUDIT_RETENTION_MIN_DAYS", "{nonsense}");
+        }
     }
 
     #[test]

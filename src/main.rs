@@ -182,6 +182,9 @@ enum AuditCommand {
         /// The archive file to create (never overwritten).
         #[arg(long)]
         to: std::path::PathBuf,
+        /// Archive entries younger than HAZINA_AUDIT_RETENTION_MIN_DAYS too.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -576,8 +579,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             Ok(())
         }
-        Command::Audit(AuditCommand::Archive { before, to }) => {
+        Command::Audit(AuditCommand::Archive { before, to, force }) => {
             let before = parse_time("--before", &before)?;
+            audit::archive::check_retention(
+                before,
+                Clock::System.now_micros(),
+                config.audit_retention_min_days,
+                force,
+            )?;
             let vault = open_vault(&config)?;
             let mut conn = vault.pool.get()?;
             let origin = audit::checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;

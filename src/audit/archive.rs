@@ -13,8 +13,17 @@
 //!   signed checkpoint of the tree of size `B`, as `{"checkpoint":NOTE}`. Last comes the
 //!   file's chain head. `hazina audit verify --export FILE --public-key KEY` re-chains and
 //!   re-hashes the file and checks its checkpoint.
+//! - **Retention.** A `--before` later than `HAZINA_AUDIT_RETENTION_MIN_DAYS` days ago is
+//!   refused unless forced ([`check_retention`]); the `audit.archive` entry records the
+//!   first and last archived sequence numbers, the file's SHA-256 and its checkpoint's root
+//!   ([`record`]).
+//! - **Nothing signed comes from the stored tree.** The file's checkpoint is of the root the
+//!   archived entries produce, recomputed while they are written (every stored node they close
+//!   must agree); the vault's replacement checkpoint is signed only as the signer would.
 //! - **The anchor.** The database keeps `archived_seq = B` and a note signed with the
-//!   checkpoint key that names `B` and entry `B`'s hash. Chain verification starts there.
+//!   checkpoint key that names `B`, entry `B`'s hash and the root of the tree of the first `B`
+//!   entries (to which the stored subtrees over them must fold: they cannot be recomputed
+//!   once the entries are gone). Chain verification starts there.
 //!   Without the keyring nobody can move it. Deleting more entries, or putting an older
 //!   anchor back, breaks the chain at the first missing entry.
 //! - **Order.** The file is written and synced before anything is deleted. Entries are then
@@ -32,8 +41,9 @@ use std::path::Path;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use diesel::prelude::*;
+use sha2::{Digest, Sha256};
 
-use super::chain::{AuditRow, GENESIS};
+use super::chain::GENESIS;
 use super::checkpoint;
 use super::merkle::{self, Nodes, StoredNodes};
 use super::store::EntryView;
@@ -55,8 +65,9 @@ const DELETE_CHUNK: i64 = 1 << 16;
 pub struct Anchor {
     pub seq: i64,
     pub hash: Vec<u8>,
-    /// The root of the tree of the first `seq` entries, when the anchor names it: the stored
-    /// frontier of the archived entries must fold to it.
+    /// The root of the tree of the first `seq` entries, as the archive computed it from the
+    /// entries (absent in anchors written before it was recorded): the stored frontier of the
+    /// archived entries must fold to it.
     pub root: Option<merkle::Hash>,
 }
 
@@ -72,9 +83,9 @@ impl Anchor {
 
 const TAMPERED: DbError = DbError::Tampered("audit_head (archive anchor)");
 
-/// The anchor note's body: origin, `archive`, the sequence number, entry `seq`'s hash and,
-/// when known, the root of the tree of the first `seq` entries. Its second line is not a
-/// number, so it never reads as a checkpoint.
+/// The anchor note's body: origin, `archive`, the sequence number, entry `seq`'s hash and the
+/// root of the tree of the first `seq` entries. Its second line is not a number, so it never
+/// reads as a checkpoint.
 fn body(origin: &str, seq: i64, hash: &[u8], root: Option<&merkle::Hash>) -> String {
     let root = root.map_or(String::new(), |r| format!("{}\n", B64.encode(r)));
     format!("{origin}\narchive\n{seq}\n{}\n{root}", B64.encode(hash))
@@ -191,6 +202,10 @@ pub struct Archived {
     pub last_seq: i64,
     /// The signed checkpoint of the tree of size `last_seq`, also in the file.
     pub checkpoint: String,
+    /// The checkpoint's root, computed from the archived entries.
+    pub root: merkle::Hash,
+    /// The SHA-256 of the file as written.
+    pub sha256: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +222,8 @@ pub enum ArchiveError {
     NoKey,
     #[error("the audit log changed while the archive was moved (another archive?): what was deleted is in the file, the rest is still in the database")]
     Changed,
+    #[error("refusing to archive entries younger than HAZINA_AUDIT_RETENTION_MIN_DAYS ({days} days): --before must be {latest} or earlier, or pass --force; nothing was archived")]
+    TooRecent { days: u32, latest: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -227,9 +244,40 @@ impl From<checkpoint::SignError> for ArchiveError {
     }
 }
 
+/// Retention: an archive may only take entries older than `min_days` days before `now`
+/// (microseconds), unless forced. `before` is the archive's bound, in microseconds.
+pub fn check_retention(
+    before: i64,
+    now: i64,
+    min_days: u32,
+    force: bool,
+) -> Result<(), ArchiveError> {
+    let latest = now.saturating_sub(i64::from(min_days) * 86_400 * 1_000_000);
+    if force || before <= latest {
+        return Ok(());
+    }
+    Err(ArchiveError::TooRecent {
+        days: min_days,
+        latest: crate::clock::rfc3339_micros(latest),
+    })
+}
+
+/// What the `audit.archive` entry records: the first and last archived sequence numbers, the
+/// file's SHA-256 and its checkpoint's root (hex), in the entry's `reference`.
+pub fn record(first_seq: i64, last_seq: i64, sha256: &[u8], root: &merkle::Hash) -> String {
+    format!(
+        "seq {first_seq}-{last_seq} sha256 {} root {}",
+        hex::encode(sha256),
+        hex::encode(root)
+    )
+}
+
 /// Moves the entries older than `before` (microseconds since the epoch; through the last
 /// multiple of 16) to `file`, then deletes them. `None` when there is nothing to archive
-/// (no file is written then).
+/// (no file is written then). The caller checks the retention minimum first
+/// ([`check_retention`]). Nothing signed here comes from the stored tree: the file's
+/// checkpoint is of the root the archived entries produce, and the vault's last checkpoint is
+/// re-signed only as the signer would ([`checkpoint::prepare`]).
 pub fn archive(
     conn: &mut DbConn,
     keyring: &Keyring,
@@ -258,14 +306,12 @@ pub fn archive(
     let signers = checkpoint::signers(conn, keyring, origin)?;
     checkpoint::prepare(conn, keyring, &signers, origin, memory)?;
     let signer = &signers.first().ok_or(ArchiveError::NoKey)?.1;
-    let root = merkle::root(&mut StoredNodes::new(conn), through as u64)?;
-    let note = signer.sign(through as u64, &root);
 
-    let ends = write_file(conn, &start, through, &note, file)?;
+    let written = write_file(conn, &start, through, signer, file)?;
 
     let mut current = start.clone();
-    for (n, (end, end_hash)) in ends.iter().enumerate() {
-        let last_chunk = n + 1 == ends.len();
+    for (n, (end, end_hash, end_root)) in written.ends.iter().enumerate() {
+        let last_chunk = n + 1 == written.ends.len();
         conn.transaction(|tx| {
             diesel::update(head::table.filter(head::id.eq(1)))
                 .set(head::seq.eq(head::seq))
@@ -302,7 +348,7 @@ pub fn archive(
             if deleted as i64 != end - current.seq {
                 return Err(ArchiveError::Changed);
             }
-            let anchor_note = signer.sign_note(&body(origin, *end, end_hash, None));
+            let anchor_note = signer.sign_note(&body(origin, *end, end_hash, Some(end_root)));
             diesel::update(head::table.filter(head::id.eq(1)))
                 .set((
                     head::archived_seq.eq(*end),
@@ -310,12 +356,19 @@ pub fn archive(
                 ))
                 .execute(tx)?;
             if last_chunk {
-                let event = Event::new(
+                let mut event = Event::new(
                     crate::clock::Clock::System.now_micros(),
                     Actor::system(),
                     &RequestMeta::default(),
                     Action::AuditArchive,
                 );
+                // What moved where, in the column the schema has for a reference.
+                event.reference = Some(record(
+                    start.seq + 1,
+                    through,
+                    &written.sha256,
+                    &written.root,
+                ));
                 super::chain::append(tx, &[&event])?;
             }
             Ok(())
@@ -323,26 +376,61 @@ pub fn archive(
         current = Anchor {
             seq: *end,
             hash: end_hash.clone(),
-            root: None,
+            root: Some(*end_root),
         };
     }
     Ok(Some(Archived {
         first_seq: start.seq + 1,
         last_seq: through,
-        checkpoint: note,
+        checkpoint: written.checkpoint,
+        root: written.root,
+        sha256: written.sha256,
     }))
 }
 
-/// Writes entries `start.seq + 1 ..= through` (checking their chain on the way), the
-/// checkpoint and the file's chain head to a new file, synced. Answers where each deletion
-/// chunk ends, with that entry's hash (the last is `through`).
+/// What [`write_file`] wrote.
+struct Written {
+    /// Where each deletion chunk ends: the entry, its hash and the root of the tree up to it
+    /// (the last is `through`).
+    ends: Vec<(i64, Vec<u8>, merkle::Hash)>,
+    checkpoint: String,
+    root: merkle::Hash,
+    sha256: [u8; 32],
+}
+
+/// A writer that also hashes what it writes.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes entries `start.seq + 1 ..= through` to a new file, synced, checking their chain and
+/// recomputing the tree over them on the way (every stored node they close must agree), then
+/// the signed checkpoint of the root they produce and the file's chain head.
 fn write_file(
     conn: &mut DbConn,
     start: &Anchor,
     through: i64,
-    note: &str,
+    signer: &checkpoint::Signer,
     file: &Path,
-) -> Result<Vec<(i64, Vec<u8>)>, ArchiveError> {
+) -> Result<Written, ArchiveError> {
+    let tampered = |_| ArchiveError::Db(DbError::Tampered("audit log (an entry to archive)"));
+    let walk_start = super::verify::from_anchor(conn, start)?.map_err(tampered)?;
+    let tree_size = u64::try_from(through).unwrap_or(0);
+    let mut walk = super::verify::Walk::new(walk_start, tree_size);
+
     let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -351,55 +439,66 @@ fn write_file(
             std::io::ErrorKind::AlreadyExists => ArchiveError::Exists(file.display().to_string()),
             _ => ArchiveError::Io(e),
         })?;
-    let mut w = std::io::BufWriter::new(out);
+    let mut w = Hashing {
+        inner: std::io::BufWriter::new(out),
+        sha: Sha256::new(),
+    };
     if let Some(line) = start_line(conn, start)? {
         w.write_all(&line)?;
     }
-    let mut prev = start.hash.clone();
-    let mut expected = start.seq + 1;
     let mut ends = Vec::new();
-    while expected <= through {
-        let rows: Vec<AuditRow> = log::table
-            .filter(log::seq.ge(expected))
-            .filter(log::seq.le(through))
-            .order(log::seq.asc())
-            .limit(1000)
-            .select(AuditRow::as_select())
-            .load(conn)?;
+    while walk.next_seq() <= through {
+        let rows = super::verify::Walk::read(conn, walk.next_seq(), through)?;
         if rows.is_empty() {
             return Err(DbError::Tampered("audit log (an entry to archive is missing)").into());
         }
+        let mut roots = Vec::new();
+        walk.rows(conn, &rows, |f| {
+            let seq = f.size() as i64;
+            if seq == through || (seq - start.seq) % DELETE_CHUNK == 0 {
+                roots.push((seq, f.root()));
+            }
+        })?
+        .map_err(tampered)?;
+        if let Some(b) = walk.finish() {
+            return Err(tampered(b));
+        }
+        for (seq, root) in roots {
+            let hash = rows
+                .iter()
+                .find(|r| r.seq == seq)
+                .map(|r| r.hash.clone())
+                .unwrap_or_default();
+            ends.push((seq, hash, root));
+        }
         for row in rows {
-            if row.seq != expected
-                || row.prev_hash != prev
-                || row.compute_hash().as_slice() != row.hash.as_slice()
-            {
-                return Err(DbError::Tampered("audit log (an entry to archive)").into());
-            }
-            if row.seq == through || (row.seq - start.seq) % DELETE_CHUNK == 0 {
-                ends.push((row.seq, row.hash.clone()));
-            }
-            prev = row.hash.clone();
-            expected += 1;
             serde_json::to_writer(&mut w, &EntryView::from(row)).map_err(std::io::Error::from)?;
             w.write_all(b"\n")?;
         }
     }
+    let root = walk.frontier().root();
+    let note = signer.sign(tree_size, &root);
     serde_json::to_writer(&mut w, &serde_json::json!({ "checkpoint": note }))
         .map_err(std::io::Error::from)?;
     w.write_all(b"\n")?;
     serde_json::to_writer(
         &mut w,
-        &serde_json::json!({ "chain_head": { "seq": through, "hash": hex::encode(&prev) } }),
+        &serde_json::json!({ "chain_head": { "seq": through, "hash": hex::encode(walk.prev_hash()) } }),
     )
     .map_err(std::io::Error::from)?;
     w.write_all(b"\n")?;
-    let out = w.into_inner().map_err(|e| e.into_error())?;
+    let sha256: [u8; 32] = w.sha.finalize().into();
+    let out = w.inner.into_inner().map_err(|e| e.into_error())?;
     out.sync_all()?;
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok(ends)
+    Ok(Written {
+        ends,
+        checkpoint: note,
+        root,
+        sha256,
+    })
 }
 
 /// Key rotation: re-signs the anchor under `target` (after checking it under its own key), so
@@ -453,11 +552,23 @@ mod tests {
         let (origin, seq, hash, root) = parse_body(&text).unwrap();
         assert_eq!((origin, seq, hash), ("example.com/log", 32, vec![7u8; 32]));
         assert_eq!(root, Some([9u8; 32]));
-        // The form without a root still reads.
+        // The form from before the root was recorded still reads.
         let older = body("example.com/log", 32, &[7u8; 32], None);
         assert_eq!(parse_body(&older).unwrap().3, None);
         assert!(parse_body("example.com/log\narchive\n0\nAAAA\n").is_none());
         assert!(parse_body("example.com/log\n32\nroot\n").is_none());
+    }
+
+    #[test]
+    fn the_retention_minimum_holds_unless_forced() {
+        const DAY: i64 = 86_400 * 1_000_000;
+        let now = 100 * DAY;
+        assert!(check_retention(now - 30 * DAY, now, 30, false).is_ok());
+        let refused = check_retention(now - 30 * DAY + 1, now, 30, false).unwrap_err();
+        assert!(matches!(refused, ArchiveError::TooRecent { days: 30, .. }));
+        assert!(!refused.to_string().contains('\n'));
+        assert!(check_retention(now + DAY, now, 30, true).is_ok());
+        assert!(check_retention(now, now, 0, false).is_ok());
     }
 
     #[test]

@@ -344,7 +344,15 @@ impl Memory {
         let remembered = match last_note(path) {
             Ok(None) => Remembered::Nothing,
             Ok(Some(note)) => {
-                let signers = signers(conn, keyring, origin)?;
+                // Retired versions too: the memory only ever restricts what is signed, and a
+                // note signed just before a version was retired is still this log's.
+                let signers: Vec<(i32, Signer)> = key_versions::load(conn)?
+                    .into_iter()
+                    .filter_map(|r| {
+                        let v = u32::try_from(r.version).ok()?;
+                        Some((r.version, Signer::new(keyring, v, origin)?))
+                    })
+                    .collect();
                 match claim(&signers, origin, &note) {
                     Ok((size, root)) => Remembered::Signed { size, root },
                     Err(verdict) => Remembered::Unreadable(format!(

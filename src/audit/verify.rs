@@ -22,11 +22,11 @@
 //!   is never reported as tampered.
 
 use diesel::prelude::*;
-use sha2::{Digest, Sha256};
 
 use super::archive::{self, Anchor};
 use super::chain::AuditRow;
 use super::checkpoint::{self, Verdict};
+pub use super::merkle::Frontier;
 use super::merkle::{self, Hash, Nodes, StoredNodes, STORED_FROM_LEVEL};
 use crate::crypto::Keyring;
 use crate::db::schema::{audit_head as head, audit_log as log, audit_tree as tree};
@@ -56,73 +56,6 @@ pub struct Bad {
 
 fn bad(seq: i64, problem: String) -> Bad {
     Bad { seq, problem }
-}
-
-// ----- the frontier --------------------------------------------------------------------
-
-/// The roots of the complete subtrees covering the first `size` leaves, largest (leftmost)
-/// first: enough to extend the tree leaf by leaf and to compute its root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frontier {
-    size: u64,
-    nodes: Vec<Hash>,
-}
-
-impl Frontier {
-    pub fn empty() -> Self {
-        Frontier {
-            size: 0,
-            nodes: Vec::with_capacity(64),
-        }
-    }
-
-    /// The frontier of `size` leaves from its subtree roots, left to right (one per set bit
-    /// of `size`, see [`merkle::frontier_nodes`]).
-    pub fn new(size: u64, roots: Vec<Hash>) -> Option<Self> {
-        if roots.len() != size.count_ones() as usize {
-            return None;
-        }
-        let mut nodes = Vec::with_capacity(64);
-        nodes.extend(roots);
-        Some(Frontier { size, nodes })
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The tree's root (`SHA-256("")` for the empty tree).
-    pub fn root(&self) -> Hash {
-        let mut nodes = self.nodes.iter().rev();
-        let Some(last) = nodes.next() else {
-            return Sha256::digest([]).into();
-        };
-        nodes.fold(*last, |right, left| merkle::node_hash(left, &right))
-    }
-
-    /// Appends the leaf of `entry_hash`; `closed(level, index, hash)` sees every subtree of
-    /// one or more levels this completes, lowest first.
-    pub fn push<E>(
-        &mut self,
-        entry_hash: &[u8],
-        mut closed: impl FnMut(u32, u64, &Hash) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let mut hash = merkle::leaf_hash(entry_hash);
-        let mut index = self.size;
-        let mut level = 0u32;
-        while index & 1 == 1 {
-            let Some(left) = self.nodes.pop() else {
-                break;
-            };
-            hash = merkle::node_hash(&left, &hash);
-            level += 1;
-            index >>= 1;
-            closed(level, index, &hash)?;
-        }
-        self.nodes.push(hash);
-        self.size += 1;
-        Ok(())
-    }
 }
 
 // ----- stored nodes, read a batch at a time ------------------------------------------
@@ -488,7 +421,7 @@ pub fn from_checkpoint(
         rebuilt = merkle::node_hash(&left, &rebuilt);
         index /= 2;
     }
-    if frontier.nodes.last() != Some(&rebuilt) {
+    if frontier.roots().last() != Some(&rebuilt) {
         return Ok(Err(rewritten()));
     }
     Ok(Ok(Start {
@@ -686,50 +619,4 @@ pub fn run(
         },
         verdicts,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn naive(leaves: &[Hash]) -> Hash {
-        match leaves.len() {
-            0 => Sha256::digest([]).into(),
-            1 => leaves[0],
-            n => {
-                let k = 1 << (63 - ((n as u64) - 1).leading_zeros());
-                merkle::node_hash(&naive(&leaves[..k]), &naive(&leaves[k..]))
-            }
-        }
-    }
-
-    #[test]
-    fn the_frontier_computes_every_root_and_closes_each_subtree_once() {
-        let entries: Vec<[u8; 32]> = (0u64..70)
-            .map(|i| Sha256::digest(i.to_be_bytes()).into())
-            .collect();
-        let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
-        let mut frontier = Frontier::empty();
-        assert_eq!(frontier.root(), naive(&[]));
-        let mut closed = Vec::new();
-        for (n, e) in entries.iter().enumerate() {
-            frontier
-                .push(e, |level, idx, hash| {
-                    let width = 1usize << level;
-                    let start = idx as usize * width;
-                    assert_eq!(*hash, naive(&leaves[start..start + width]));
-                    closed.push((level, idx));
-                    Ok::<(), ()>(())
-                })
-                .unwrap();
-            assert_eq!(frontier.root(), naive(&leaves[..=n]), "{n}");
-            assert_eq!(frontier.size(), n as u64 + 1);
-        }
-        // 70 leaves close 35 + 17 + 8 + 4 + 2 + 1 subtrees above the leaves.
-        assert_eq!(closed.len(), 35 + 17 + 8 + 4 + 2 + 1);
-        // A frontier rebuilt from its roots goes on the same way.
-        let copy = Frontier::new(frontier.size(), frontier.nodes.clone()).unwrap();
-        assert_eq!(copy, frontier);
-        assert!(Frontier::new(3, vec![[0u8; 32]]).is_none());
-    }
 }

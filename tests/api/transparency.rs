@@ -1009,7 +1009,7 @@ fn unix_now() -> i64 {
 }
 
 /// Archives every entry older than a minute from now (so: all of them, through a multiple of
-/// 16) to `file`.
+/// 16) to `file`: younger than the retention minimum, so with `--force`.
 fn archive_all(app: &TestApp, file: &std::path::Path) -> std::process::Output {
     let before = (unix_now() + 60).to_string();
     cli(
@@ -1021,6 +1021,7 @@ fn archive_all(app: &TestApp, file: &std::path::Path) -> std::process::Output {
             &before,
             "--to",
             file.to_str().unwrap(),
+            "--force",
         ],
     )
 }
@@ -1677,5 +1678,58 @@ async fn a_restarted_signer_reads_its_last_checkpoint_back_from_the_checkpoint_f
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         format!("{first}{last}")
+    );
+}
+
+#[tokio::test]
+async fn archiving_recent_entries_is_refused_without_force_and_the_archive_entry_records_what_moved(
+) {
+    let app = spawn_app().await;
+    for _ in 0..40 {
+        app.user().await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("recent.jsonl");
+    let before = (unix_now() + 60).to_string();
+    let archive = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "archive",
+            "--before",
+            before.as_str(),
+            "--to",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        cli(&app, &args)
+    };
+    // Minutes-old entries are younger than the retention minimum (30 days by default).
+    let out = archive(&[]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("HAZINA_AUDIT_RETENTION_MIN_DAYS") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(!file.exists());
+    assert_eq!(entries_at_or_below(&app, 16), 16);
+
+    // With --force it archives, and its entry says what moved where.
+    let out = archive(&["--force"]);
+    assert!(out.status.success(), "{out:?}");
+    let archived = read_archive(&file);
+    let vkey = String::from_utf8(cli(&app, &["audit", "public-key"]).stdout).unwrap();
+    let (_, root) = size_and_root(&archived.checkpoint, &parse_vkey(vkey.trim()));
+    let sha = hex::encode(Sha256::digest(std::fs::read(&file).unwrap()));
+    let recorded =
+        app.sql_lines("SELECT reference AS line FROM audit_log WHERE action = 'audit.archive'");
+    assert_eq!(
+        recorded,
+        [format!(
+            "seq 1-{} sha256 {sha} root {}",
+            archived.through,
+            hex::encode(root)
+        )]
     );
 }
