@@ -113,7 +113,9 @@ impl Drop for Scope {
 pub fn generation_for(tx: &mut DbConn, subject: String) -> Result<i64, DbError> {
     let reserved = SCOPE.with(|s| {
         let s = s.borrow();
-        s.as_ref().map(|open| open.reserved).ok_or(DbError::Unaudited)
+        s.as_ref()
+            .map(|open| open.reserved)
+            .ok_or(DbError::Unaudited)
     })?;
     let seq = match reserved {
         Some(seq) => seq,

@@ -71,7 +71,14 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut owner_ids = Vec::with_capacity(owners);
     // Rows are signed only inside an audited change: one entry per chunk names its rows.
-    let seeded = |action| Event::new(Clock::System.now_micros(), Actor::system(), &RequestMeta::default(), action);
+    let seeded = |action| {
+        Event::new(
+            Clock::System.now_micros(),
+            Actor::system(),
+            &RequestMeta::default(),
+            action,
+        )
+    };
     for chunk in (0..owners).collect::<Vec<_>>().chunks(CHUNK) {
         chain::with_entry(
             conn,
@@ -79,8 +86,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 for i in chunk {
                     let name = Username::parse(&format!("{}{i:06}", args.prefix))?;
                     owner_ids.push(
-                        db::users::create(tx, &keyring, &name, &hash, Role::User, None, now)?
-                            .get(),
+                        db::users::create(tx, &keyring, &name, &hash, Role::User, None, now)?.get(),
                     );
                 }
                 Ok(())
@@ -148,30 +154,34 @@ fn run(args: Args) -> anyhow::Result<()> {
             ));
         }
         let n = chunk.len() as i64;
-        chain::with_entry(conn, |tx| {
-            match tx {
-                DbConn::Sqlite(s) => {
-                    diesel::insert_into(c::table).values(&creds).execute(s)?;
-                    diesel::insert_into(cv::table)
-                        .values(&versions)
-                        .execute(s)?;
+        chain::with_entry(
+            conn,
+            |tx| {
+                match tx {
+                    DbConn::Sqlite(s) => {
+                        diesel::insert_into(c::table).values(&creds).execute(s)?;
+                        diesel::insert_into(cv::table)
+                            .values(&versions)
+                            .execute(s)?;
+                    }
+                    DbConn::Postgres(p) => {
+                        diesel::insert_into(c::table).values(&creds).execute(p)?;
+                        diesel::insert_into(cv::table)
+                            .values(&versions)
+                            .execute(p)?;
+                    }
                 }
-                DbConn::Postgres(p) => {
-                    diesel::insert_into(c::table).values(&creds).execute(p)?;
-                    diesel::insert_into(cv::table)
-                        .values(&versions)
-                        .execute(p)?;
+                let rows: Vec<db::credentials::CredentialRow> = c::table
+                    .filter(c::id.eq_any(&ids))
+                    .select(db::credentials::CredentialRow::as_select())
+                    .load(tx)?;
+                for row in rows {
+                    db::credentials::store_state(tx, &keyring, row)?;
                 }
-            }
-            let rows: Vec<db::credentials::CredentialRow> = c::table
-                .filter(c::id.eq_any(&ids))
-                .select(db::credentials::CredentialRow::as_select())
-                .load(tx)?;
-            for row in rows {
-                db::credentials::store_state(tx, &keyring, row)?;
-            }
-            db::keys::bump_wear(tx, &keyring, kek_version, n)
-        }, |_| Some(seeded(Action::CredentialCreate)))?;
+                db::keys::bump_wear(tx, &keyring, kek_version, n)
+            },
+            |_| Some(seeded(Action::CredentialCreate)),
+        )?;
     }
     seed_audit(conn, args.audit_entries, &targets)?;
     println!(

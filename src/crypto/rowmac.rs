@@ -316,7 +316,12 @@ pub fn sign(keyring: &Keyring, version: u32, row: &Row<'_>) -> Option<Vec<u8>> {
     mac_of(keyring, version, &row.encode())
 }
 
-fn check(keyring: &Keyring, version: Option<i32>, mac: Option<&[u8]>, encoded: Option<Vec<u8>>) -> bool {
+fn check(
+    keyring: &Keyring,
+    version: Option<i32>,
+    mac: Option<&[u8]>,
+    encoded: Option<Vec<u8>>,
+) -> bool {
     let (Some(version), Some(mac), Some(encoded)) = (version, mac, encoded) else {
         return false;
     };

@@ -14,8 +14,8 @@ use diesel::prelude::*;
 
 use super::schema::{credential_versions as cv, credentials as c};
 use super::{DbConn, DbError};
-use crate::clock::UnixSeconds;
 use crate::audit::generation;
+use crate::clock::UnixSeconds;
 use crate::crypto::rowmac::{self, Verdict};
 use crate::crypto::{Envelope, Keyring};
 use crate::domain::{CredentialId, UserId};

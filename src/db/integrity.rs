@@ -48,7 +48,12 @@ fn check_marker(conn: &mut DbConn, keyring: &Keyring) -> Result<Option<()>, KeyS
         return Ok(None);
     };
     if format == FORMAT
-        && rowmac::verify(keyring, Some(version), Some(&mac), &marker_row(format, marked_at))
+        && rowmac::verify(
+            keyring,
+            Some(version),
+            Some(&mac),
+            &marker_row(format, marked_at),
+        )
     {
         Ok(Some(()))
     } else {

@@ -13,8 +13,8 @@ use super::schema::{
     credential_versions as cv, credentials as c, key_rotations as r, key_wear as w,
 };
 use super::{DbConn, DbError};
-use crate::clock::UnixSeconds;
 use crate::audit::generation;
+use crate::clock::UnixSeconds;
 use crate::crypto::{envelope, rowmac, Aad, Envelope, Keyring};
 
 /// One master-key version's wear: how many data keys it has wrapped, signed with its
@@ -40,7 +40,12 @@ impl WearRow {
     }
 
     pub(crate) fn intact(&self, keyring: &Keyring) -> bool {
-        rowmac::verify(keyring, self.mac_version, self.mac.as_deref(), &self.mac_row())
+        rowmac::verify(
+            keyring,
+            self.mac_version,
+            self.mac.as_deref(),
+            &self.mac_row(),
+        )
     }
 }
 
@@ -237,62 +242,66 @@ pub fn rewrap_batch(
         &crate::audit::RequestMeta::default(),
         crate::audit::Action::KeysRewrap,
     );
-    crate::audit::chain::with_entry(conn, |tx| {
-        if !lock_live_rotation(tx, rotation)? {
-            return Ok(0);
-        }
-        // Walk the kek_version index by range: each batch reads only rows still to move, so a
-        // rotation is linear in the row count. Each row is moved by a compare-and-swap on its
-        // old version.
-        let rows = load_batch(tx, target, batch)?;
-        let mut moved = 0usize;
-        for (
-            credential_id,
-            version,
-            environment,
-            old_kek,
-            wrapped_dek,
-            owner_id,
-            provider,
-            profile,
-        ) in rows
-        {
-            let aad = Aad {
-                owner_id,
+    crate::audit::chain::with_entry(
+        conn,
+        |tx| {
+            if !lock_live_rotation(tx, rotation)? {
+                return Ok(0);
+            }
+            // Walk the kek_version index by range: each batch reads only rows still to move, so a
+            // rotation is linear in the row count. Each row is moved by a compare-and-swap on its
+            // old version.
+            let rows = load_batch(tx, target, batch)?;
+            let mut moved = 0usize;
+            for (
                 credential_id,
-                provider: &provider,
-                environment: &environment,
                 version,
-                profile: profile.as_deref(),
-            };
-            let current = Envelope {
-                format: envelope::FORMAT_V1,
-                kek_version: old_kek,
+                environment,
+                old_kek,
                 wrapped_dek,
-                ciphertext: Vec::new(),
-                verifier: Vec::new(),
-            };
-            let rewrapped = envelope::rewrap_dek(keyring, &aad, &current, target)?;
-            moved += diesel::update(
-                cv::table
-                    .filter(cv::credential_id.eq(credential_id))
-                    .filter(cv::version.eq(version))
-                    .filter(cv::kek_version.eq(old_kek)),
-            )
-            .set((cv::kek_version.eq(target), cv::wrapped_dek.eq(rewrapped)))
-            .execute(tx)?;
-        }
-        if moved > 0 {
-            bump_wear(tx, keyring, target, moved as i64)?;
-            diesel::sql_query(
-                "UPDATE key_rotations SET rows_rewrapped = rows_rewrapped + $1 WHERE id = $2",
-            )
-            .bind::<BigInt, _>(moved as i64)
-            .bind::<BigInt, _>(rotation.id)
-            .execute(tx)?;
-        }
-        Ok(moved)
-    }, |moved| (*moved > 0).then_some(event))
+                owner_id,
+                provider,
+                profile,
+            ) in rows
+            {
+                let aad = Aad {
+                    owner_id,
+                    credential_id,
+                    provider: &provider,
+                    environment: &environment,
+                    version,
+                    profile: profile.as_deref(),
+                };
+                let current = Envelope {
+                    format: envelope::FORMAT_V1,
+                    kek_version: old_kek,
+                    wrapped_dek,
+                    ciphertext: Vec::new(),
+                    verifier: Vec::new(),
+                };
+                let rewrapped = envelope::rewrap_dek(keyring, &aad, &current, target)?;
+                moved += diesel::update(
+                    cv::table
+                        .filter(cv::credential_id.eq(credential_id))
+                        .filter(cv::version.eq(version))
+                        .filter(cv::kek_version.eq(old_kek)),
+                )
+                .set((cv::kek_version.eq(target), cv::wrapped_dek.eq(rewrapped)))
+                .execute(tx)?;
+            }
+            if moved > 0 {
+                bump_wear(tx, keyring, target, moved as i64)?;
+                diesel::sql_query(
+                    "UPDATE key_rotations SET rows_rewrapped = rows_rewrapped + $1 WHERE id = $2",
+                )
+                .bind::<BigInt, _>(moved as i64)
+                .bind::<BigInt, _>(rotation.id)
+                .execute(tx)?;
+            }
+            Ok(moved)
+        },
+        |moved| (*moved > 0).then_some(event),
+    )
 }
 
 pub fn finish_rotation(conn: &mut DbConn, id: i64, now: UnixSeconds) -> Result<(), DbError> {

@@ -8,8 +8,8 @@ use diesel::prelude::*;
 use super::schema::provider_certificates as pc;
 use super::users::sign;
 use super::{DbConn, DbError};
-use crate::clock::UnixSeconds;
 use crate::audit::generation;
+use crate::clock::UnixSeconds;
 use crate::crypto::{rowmac, Keyring};
 use crate::vault::compute::CertificateInfo;
 
@@ -205,7 +205,11 @@ pub fn resign_batch(
 
 /// How many certificates depend on master-key version `version`.
 /// Signs the certificate row as it is (its generation included).
-pub(crate) fn store(tx: &mut DbConn, keyring: &Keyring, row: &CertificateRow) -> Result<(), DbError> {
+pub(crate) fn store(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    row: &CertificateRow,
+) -> Result<(), DbError> {
     let (mac, version) = sign(keyring, &row.mac_row())?;
     diesel::update(
         pc::table

@@ -11,8 +11,8 @@ use super::schema::{
 };
 use super::users::{resign_each, sign};
 use super::{DbConn, DbError};
-use crate::clock::UnixSeconds;
 use crate::audit::generation;
+use crate::clock::UnixSeconds;
 use crate::crypto::rowmac::{self, Verdict};
 use crate::crypto::Keyring;
 use crate::domain::CredentialId;
@@ -218,7 +218,11 @@ pub fn disable_service(
     })
 }
 
-pub(crate) fn store_service(tx: &mut DbConn, keyring: &Keyring, row: &ServiceRow) -> Result<(), DbError> {
+pub(crate) fn store_service(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    row: &ServiceRow,
+) -> Result<(), DbError> {
     let (mac, mac_version) = sign(keyring, &row.mac_row())?;
     diesel::update(s::table.filter(s::id.eq(row.id)))
         .set((
@@ -559,7 +563,11 @@ pub fn granted_by_owner(
 }
 
 /// Signs the grant as it is (its generation included).
-pub(crate) fn store_grant(tx: &mut DbConn, keyring: &Keyring, row: &GrantRow) -> Result<(), DbError> {
+pub(crate) fn store_grant(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    row: &GrantRow,
+) -> Result<(), DbError> {
     let (mac, mac_version) = sign(keyring, &row.mac_row())?;
     diesel::update(g::table.filter(g::id.eq(row.id)))
         .set((
@@ -648,12 +656,9 @@ pub fn is_revoked(conn: &mut DbConn, fingerprint: &str) -> Result<bool, DbError>
     use super::schema::revoked_certificates as r;
     Ok(diesel::select(
         diesel::dsl::exists(r::table.filter(r::fingerprint.eq(fingerprint))).or(
-            diesel::dsl::exists(
-                super::schema::audit_subjects::table.filter(
-                    super::schema::audit_subjects::subject
-                        .eq(generation::revoked_cert(fingerprint)),
-                ),
-            ),
+            diesel::dsl::exists(super::schema::audit_subjects::table.filter(
+                super::schema::audit_subjects::subject.eq(generation::revoked_cert(fingerprint)),
+            )),
         ),
     )
     .get_result(conn)?)

@@ -7,8 +7,8 @@ use diesel::prelude::*;
 
 use super::schema::users as u;
 use super::{DbConn, DbError};
-use crate::clock::UnixSeconds;
 use crate::audit::generation;
+use crate::clock::UnixSeconds;
 use crate::crypto::rowmac::{self, Verdict};
 use crate::crypto::Keyring;
 use crate::domain::{Role, UserId, Username};
@@ -239,15 +239,7 @@ pub fn resign_batch(
         .limit(limit)
         .select(UserRow::as_select())
         .load(tx)?;
-    resign_each(
-        tx,
-        keyring,
-        &rows,
-        "user",
-        |r| r.id,
-        UserRow::intact,
-        store,
-    )
+    resign_each(tx, keyring, &rows, "user", |r| r.id, UserRow::intact, store)
 }
 
 /// Re-signs each intact row of `rows` with `rewrite`; a row that fails its integrity check

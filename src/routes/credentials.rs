@@ -434,7 +434,9 @@ pub async fn update(
             };
             chain::with_entry(
                 c,
-                |tx| repo::update_metadata(tx, &keyring, owner, id, update, if_match.0, &reseal, now),
+                |tx| {
+                    repo::update_metadata(tx, &keyring, owner, id, update, if_match.0, &reseal, now)
+                },
                 |row| entry_of(entry, row.as_ref()),
             )?
             .map(|row| repo::with_profile(c, row))

@@ -411,7 +411,15 @@ pub(crate) async fn renew(
                 crate::audit::chain::with_entry(
                     c,
                     |tx| {
-                        repo::rotate_refresh(tx, &keyring, &claims.sid, user, presented, &next_jti, now)
+                        repo::rotate_refresh(
+                            tx,
+                            &keyring,
+                            &claims.sid,
+                            user,
+                            presented,
+                            &next_jti,
+                            now,
+                        )
                     },
                     |(outcome, username)| {
                         let actor = user_actor(user.get(), username.as_deref());

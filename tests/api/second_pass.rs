@@ -265,7 +265,11 @@ async fn a_revoked_session_cleared_or_written_back_in_the_database_stays_revoked
         saved[0]
     ));
     let res = app.get("/payments/credentials/", &user.access).await;
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "written-back session");
+    assert_eq!(
+        res.status(),
+        StatusCode::UNAUTHORIZED,
+        "written-back session"
+    );
     assert!(violations(&app, user.id).contains(&"row_replayed".to_owned()));
 }
 
@@ -309,7 +313,9 @@ async fn rotated_away_from_a_leak(app: &TestApp) -> (TestUser, i64) {
             }),
         )
         .await;
-    let id = body_of(res, StatusCode::CREATED).await["id"].as_i64().unwrap();
+    let id = body_of(res, StatusCode::CREATED).await["id"]
+        .as_i64()
+        .unwrap();
     let res = app
         .post(
             &format!("/payments/credentials/{id}/rotate/"),
@@ -385,7 +391,11 @@ async fn a_credential_state_written_back_from_before_a_rotation_is_refused_as_re
         saved[1]
     ));
     let res = reveal(&app, &owner.access, id).await;
-    assert_eq!(res.status(), StatusCode::NOT_FOUND, "the rolled-back key was revealed");
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "the rolled-back key was revealed"
+    );
     assert!(violations(&app, owner.id).contains(&"row_replayed".to_owned()));
 }
 
@@ -407,7 +417,11 @@ async fn a_deactivation_flipped_back_in_the_database_is_refused_and_toggle_does_
     let res = reveal(&app, &owner.access, id).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let res = app.post_empty(&toggle, &owner.access).await;
-    assert_eq!(res.status(), StatusCode::CONFLICT, "a tampered row was re-signed");
+    assert_eq!(
+        res.status(),
+        StatusCode::CONFLICT,
+        "a tampered row was re-signed"
+    );
 }
 
 #[tokio::test]
@@ -424,7 +438,11 @@ async fn key_wear_reset_or_deleted_in_the_database_refuses_the_next_write() {
             &json!({ "provider": "jpay", "environment": "live", "api_key": "k", "private_key": "wear-jpay-key-0001" }),
         )
         .await;
-    assert_eq!(res.status(), StatusCode::CONFLICT, "a reset count was obeyed");
+    assert_eq!(
+        res.status(),
+        StatusCode::CONFLICT,
+        "a reset count was obeyed"
+    );
     app.sql("DELETE FROM key_wear");
     let res = app
         .post(
@@ -433,15 +451,18 @@ async fn key_wear_reset_or_deleted_in_the_database_refuses_the_next_write() {
             &json!({ "provider": "jpay", "environment": "live", "api_key": "k", "private_key": "wear-jpay-key-0001" }),
         )
         .await;
-    assert_eq!(res.status(), StatusCode::CONFLICT, "a deleted count was restarted");
+    assert_eq!(
+        res.status(),
+        StatusCode::CONFLICT,
+        "a deleted count was restarted"
+    );
 }
 
 /// A database of the previous release (every migration before row generations), built as that
 /// release left it: key versions with check values, users signed in format 1, a credential.
 /// `edited` is a user whose role was raised in the database before the upgrade.
 #[tokio::test]
-async fn an_in_place_upgrade_signs_every_genuine_row_once_and_still_refuses_one_edited_before_it()
-{
+async fn an_in_place_upgrade_signs_every_genuine_row_once_and_still_refuses_one_edited_before_it() {
     use diesel::prelude::*;
     use diesel_migrations::MigrationHarness;
     use hazina::crypto::rowmac::{self, Row};

@@ -163,10 +163,7 @@ async fn a_disabled_user_cannot_log_in() {
     // Arrange
     let app = spawn_app().await;
     let user = app.user().await;
-    assert_eq!(
-        app.disable_user(&user.username),
-        Some(user.id)
-    );
+    assert_eq!(app.disable_user(&user.username), Some(user.id));
 
     // Act
     let res = app.login(&user.username, PASSWORD).await;
