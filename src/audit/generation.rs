@@ -4,14 +4,14 @@
 //! certificates, key wear) binds in its MAC a **generation**: the sequence number of the audit
 //! entry that recorded its last change. That entry names the row among its `subjects`, which
 //! its chain hash covers, and `audit_subjects` indexes them by subject. A row is current only
-//! when the latest entry naming it is the one its generation names ([`fresh`]): a genuine but
+//! when the latest entry naming it is the one its generation names: a genuine but
 //! older row written back (from a backup, a dump, a WAL) names an older entry and is refused as
-//! `row_replayed`. Rows signed by the one-time upgrade (`db::integrity`) have generation 0 and
+//! `row_replayed` (`crypto::rowmac::Verdict`). Rows signed by the one-time upgrade (`db::integrity`) have generation 0 and
 //! no entry naming them until their first change.
 //!
 //! Facts that take something away and have no row to sign (a revoked certificate, a backup
 //! that still needs a key) are subjects too: deleting their table row leaves the subject in
-//! the log ([`named`], [`with_prefix`]).
+//! the log ([`with_prefix`]; revoked certificates are looked up by `db::services::is_revoked`).
 //!
 //! **Signing only inside an audited change.** [`super::chain::with_entry`] opens a [`Scope`]
 //! for the change it runs. A repository that signs a row asks [`generation_for`] for the row's
@@ -21,9 +21,9 @@
 //! path can sign a row without an entry that names it. The scope is per thread: a change runs
 //! on one blocking thread, inside one transaction, from start to commit.
 //!
-//! What the index is trusted for: the hot path reads `audit_subjects`, not the chain; an
-//! edit of the index (or of the entries) is what `audit verify` and the checkpoint signer
-//! find, since the subjects are hashed into each entry.
+//! What the index is trusted for: the hot path reads `audit_subjects`, not the chain. An edit
+//! of the index is what `audit verify` finds (`audit::verify` compares it with the subjects
+//! hashed into each entry); an edit of the entries, what verify and the checkpoint signer find.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -176,17 +176,6 @@ macro_rules! latest_generation {
     };
 }
 
-/// Whether a row of generation `generation` is the latest the log knows for its subject
-/// (generation 0: signed by the upgrade, and no entry has named it since).
-pub fn fresh(generation: i64, latest: Option<i64>) -> bool {
-    crate::crypto::rowmac::Verdict::of(true, generation, latest).is_intact()
-}
-
-/// Whether any entry ever named `subject`.
-pub fn named(conn: &mut DbConn, subject: &str) -> Result<bool, DbError> {
-    Ok(latest(conn, subject)?.is_some())
-}
-
 /// Every subject starting with `prefix`, with the latest entry naming it.
 pub fn with_prefix(conn: &mut DbConn, prefix: &str) -> Result<Vec<(String, i64)>, DbError> {
     // A range scan of the primary key: [prefix, prefix + U+10FFFF).
@@ -212,12 +201,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_row_is_fresh_only_at_the_latest_generation() {
+    fn a_row_is_current_only_at_the_latest_generation() {
+        use crate::crypto::rowmac::Verdict;
+        let fresh = |g, latest| Verdict::of(true, g, latest).is_intact();
         assert!(fresh(0, None));
         assert!(fresh(7, Some(7)));
         assert!(!fresh(5, Some(7)));
         assert!(!fresh(7, None));
         assert!(!fresh(0, Some(3)));
+        assert_eq!(Verdict::of(false, 7, Some(7)), Verdict::Tampered);
+        assert_eq!(Verdict::of(true, 5, Some(7)), Verdict::Replayed);
     }
 
     #[test]

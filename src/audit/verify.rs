@@ -265,6 +265,11 @@ impl Walk {
             }
             leaf(&self.frontier);
         }
+        if !self.tree_only && self.tree_bad.is_none() {
+            if let Some(b) = check_subjects(conn, rows)? {
+                return Ok(Err(b));
+            }
+        }
         Ok(Ok(()))
     }
 
@@ -323,6 +328,53 @@ impl Walk {
 
 /// The frontier over the first `size` leaves, from the stored tree and the entries
 /// (`None` when a node is missing or malformed).
+/// The row-change index (`audit_subjects`, which the hot path trusts to say which change of a
+/// row is the latest, SPEC §14) must hold exactly the subjects the entries' hashes cover: an
+/// index row deleted (to make an older row look current), planted or moved is named by the
+/// first entry it disagrees with.
+fn check_subjects(conn: &mut DbConn, rows: &[AuditRow]) -> Result<Option<Bad>, DbError> {
+    use crate::db::schema::audit_subjects as subj;
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Ok(None);
+    };
+    let mut stored: Vec<(i64, String)> = subj::table
+        .filter(subj::seq.ge(first.seq))
+        .filter(subj::seq.le(last.seq))
+        .select((subj::seq, subj::subject))
+        .load(conn)?;
+    stored.sort_unstable();
+    let mut expected: Vec<(i64, String)> = rows
+        .iter()
+        .flat_map(|r| {
+            r.subjects
+                .iter()
+                .flat_map(|s| s.split(' ').filter(|x| !x.is_empty()))
+                .map(move |x| (r.seq, x.to_owned()))
+        })
+        .collect();
+    expected.sort_unstable();
+    if stored == expected {
+        return Ok(None);
+    }
+    let differs = stored
+        .iter()
+        .zip(expected.iter())
+        .find(|(a, b)| a != b)
+        .map(|(a, b)| a.0.min(b.0))
+        .or_else(|| match stored.len().cmp(&expected.len()) {
+            std::cmp::Ordering::Greater => stored.get(expected.len()).map(|a| a.0),
+            _ => expected.get(stored.len()).map(|b| b.0),
+        })
+        .unwrap_or(first.seq);
+    Ok(Some(bad(
+        differs,
+        format!(
+            "the row-change index (audit_subjects) disagrees with entry {differs}: an index \
+             row was deleted, planted or moved, so an older row could pass for the latest"
+        ),
+    )))
+}
+
 fn stored_frontier(conn: &mut DbConn, size: u64) -> Result<Option<Frontier>, DbError> {
     match archive::frontier(&mut StoredNodes::new(conn), size) {
         Ok(roots) => Ok(Frontier::new(size, roots)),

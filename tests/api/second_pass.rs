@@ -605,3 +605,28 @@ async fn an_in_place_upgrade_signs_every_genuine_row_once_and_still_refuses_one_
         vec!["1".to_owned()]
     );
 }
+
+#[tokio::test]
+async fn a_deleted_row_change_index_entry_fails_verification_naming_its_entry() {
+    let app = spawn_app().await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    app.user().await;
+    let verdict = body_of(
+        app.get("/audit/verify/", &auditor.access).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    let seq: i64 = app.sql_lines("SELECT CAST(MAX(seq) AS TEXT) AS line FROM audit_subjects")[0]
+        .parse()
+        .unwrap();
+    assert!(app.sql_execute(&format!("DELETE FROM audit_subjects WHERE seq = {seq}")) >= 1);
+
+    let verdict = body_of(
+        app.get("/audit/verify/", &auditor.access).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    assert_eq!(verdict["first_bad_seq"], seq, "{verdict}");
+}

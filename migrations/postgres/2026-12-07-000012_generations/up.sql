@@ -13,6 +13,8 @@ CREATE TABLE IF NOT EXISTS audit_subjects (
     seq     BIGINT NOT NULL,
     PRIMARY KEY (subject, seq)
 );
+-- Verification compares the index with the entries, a batch of sequence numbers at a time.
+CREATE INDEX IF NOT EXISTS audit_subjects_by_seq ON audit_subjects (seq);
 
 ALTER TABLE users ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE services ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
