@@ -107,6 +107,20 @@ pub fn store_state(
 ) -> Result<CredentialRow, DbError> {
     row.generation = generation::generation_for(tx, generation::credential(row.id))?;
     let version_created_at = current_version_time(tx, &row)?;
+    let (mac, mac_version) = write_mac(tx, keyring, &row, version_created_at)?;
+    row.mac = Some(mac);
+    row.mac_version = Some(mac_version);
+    Ok(row)
+}
+
+/// Signs `row` as it is (its generation included) under the active version, and stores the
+/// MAC and the generation.
+fn write_mac(
+    tx: &mut DbConn,
+    keyring: &Keyring,
+    row: &CredentialRow,
+    version_created_at: Option<i64>,
+) -> Result<(Vec<u8>, i32), DbError> {
     let (mac, mac_version) = super::users::sign(keyring, &row.mac_row(version_created_at))?;
     diesel::update(c::table.filter(c::id.eq(row.id)))
         .set((
@@ -115,9 +129,7 @@ pub fn store_state(
             c::mac_version.eq(Some(mac_version)),
         ))
         .execute(tx)?;
-    row.mac = Some(mac);
-    row.mac_version = Some(mac_version);
-    Ok(row)
+    Ok((mac, mac_version))
 }
 
 /// Signs a credential's state at generation 0 (the one-time upgrade only, `db::integrity`).
@@ -128,15 +140,7 @@ pub(crate) fn store_upgraded(
 ) -> Result<(), DbError> {
     row.generation = 0;
     let version_created_at = current_version_time(tx, &row)?;
-    let (mac, mac_version) = super::users::sign(keyring, &row.mac_row(version_created_at))?;
-    diesel::update(c::table.filter(c::id.eq(row.id)))
-        .set((
-            c::generation.eq(0),
-            c::mac.eq(Some(mac)),
-            c::mac_version.eq(Some(mac_version)),
-        ))
-        .execute(tx)?;
-    Ok(())
+    write_mac(tx, keyring, &row, version_created_at).map(|_| ())
 }
 
 /// One stored envelope and the environment it was sealed for.
@@ -667,28 +671,27 @@ pub fn resign_batch(
         .limit(limit)
         .select(CredentialRow::as_select())
         .load(tx)?;
-    for row in &rows {
-        let created_at = current_version_time(tx, row)?;
-        let mac_ok = rowmac::verify(
-            keyring,
-            row.mac_version,
-            row.mac.as_deref(),
-            &row.mac_row(created_at),
-        );
-        if !mac_ok {
-            tracing::error!(
-                row = "credential",
-                id = row.id,
-                "a row failed its integrity check: left unsigned"
-            );
-            continue;
-        }
-        let (mac, mac_version) = super::users::sign(keyring, &row.mac_row(created_at))?;
-        diesel::update(c::table.filter(c::id.eq(row.id)))
-            .set((c::mac.eq(Some(mac)), c::mac_version.eq(Some(mac_version))))
-            .execute(tx)?;
+    let mut timed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let created_at = current_version_time(tx, &row)?;
+        timed.push((row, created_at));
     }
-    Ok(rows.last().map(|r| r.id))
+    super::users::resign_each(
+        tx,
+        keyring,
+        &timed,
+        "credential",
+        |(row, _)| row.id,
+        |(row, created_at), keyring| {
+            rowmac::verify(
+                keyring,
+                row.mac_version,
+                row.mac.as_deref(),
+                &row.mac_row(*created_at),
+            )
+        },
+        |tx, keyring, (row, created_at)| write_mac(tx, keyring, row, *created_at).map(|_| ()),
+    )
 }
 
 /// Credential states signed under master-key version `version`.
