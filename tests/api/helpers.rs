@@ -563,3 +563,57 @@ pub async fn assert_all_reveal(app: &TestApp, creds: &[(String, i64, String)]) {
         assert_eq!(&body["private_key"], key, "credential {id}");
     }
 }
+
+/// Inserts an M-Pesa live credential (version 1, sealed under `keyring`'s active version) the
+/// way an earlier release stored one, into a database arranged at an older schema: no MAC, no
+/// profile, no generation.
+pub fn insert_earlier_release_credential(
+    conn: &mut DbConn,
+    keyring: &hazina::crypto::Keyring,
+    owner_id: i64,
+    cred_id: i64,
+    key: &str,
+) {
+    use diesel::prelude::*;
+    use hazina::crypto::{envelope, Aad};
+    use hazina::db::schema::{credential_versions as cv, credentials as c};
+    diesel::insert_into(c::table)
+        .values((
+            c::id.eq(cred_id),
+            c::owner_id.eq(owner_id),
+            c::provider.eq("mpesa"),
+            c::environment.eq("live"),
+            c::api_key.eq(Some("consumer-key")),
+            c::is_active.eq(true),
+            c::current_version.eq(1),
+            c::created_at.eq(0_i64),
+            c::updated_at.eq(0_i64),
+        ))
+        .execute(conn)
+        .unwrap();
+    let aad = Aad {
+        owner_id,
+        credential_id: cred_id,
+        provider: "mpesa",
+        environment: "live",
+        version: 1,
+        profile: None,
+    };
+    let sealed =
+        envelope::seal(keyring, &aad, &secrecy::SecretString::from(key.to_owned())).unwrap();
+    diesel::insert_into(cv::table)
+        .values((
+            cv::credential_id.eq(cred_id),
+            cv::version.eq(1),
+            cv::environment.eq("live"),
+            cv::format.eq(sealed.format),
+            cv::kek_version.eq(sealed.kek_version),
+            cv::wrapped_dek.eq(sealed.wrapped_dek.clone()),
+            cv::ciphertext.eq(sealed.ciphertext.clone()),
+            cv::verifier.eq(sealed.verifier.clone()),
+            cv::created_at.eq(0_i64),
+            cv::created_by.eq(owner_id),
+        ))
+        .execute(conn)
+        .unwrap();
+}

@@ -547,8 +547,7 @@ async fn a_credential_whose_owner_or_environment_was_edited_opens_nothing_for_it
 async fn a_database_from_before_row_macs_is_refused_and_nothing_in_it_is_signed() {
     use diesel::prelude::*;
     use diesel_migrations::MigrationHarness;
-    use hazina::crypto::{envelope, Aad};
-    use hazina::db::schema::{credential_versions as cv, credentials as c, users as u};
+    use hazina::db::schema::users as u;
 
     let (db, dir) = create_test_database();
     let keyring_path = dir.path().join("hazina.keyring");
@@ -582,45 +581,7 @@ async fn a_database_from_before_row_macs_is_refused_and_nothing_in_it_is_signed(
         ))
         .execute(&mut conn)
         .unwrap();
-    diesel::insert_into(c::table)
-        .values((
-            c::id.eq(cred_id),
-            c::owner_id.eq(owner_id),
-            c::provider.eq("mpesa"),
-            c::environment.eq("live"),
-            c::api_key.eq(Some("consumer-key")),
-            c::is_active.eq(true),
-            c::current_version.eq(1),
-            c::created_at.eq(0_i64),
-            c::updated_at.eq(0_i64),
-        ))
-        .execute(&mut conn)
-        .unwrap();
-    let aad = Aad {
-        owner_id,
-        credential_id: cred_id,
-        provider: "mpesa",
-        environment: "live",
-        version: 1,
-        profile: None,
-    };
-    let sealed =
-        envelope::seal(&keyring, &aad, &secrecy::SecretString::from(key.to_owned())).unwrap();
-    diesel::insert_into(cv::table)
-        .values((
-            cv::credential_id.eq(cred_id),
-            cv::version.eq(1),
-            cv::environment.eq("live"),
-            cv::format.eq(sealed.format),
-            cv::kek_version.eq(sealed.kek_version),
-            cv::wrapped_dek.eq(sealed.wrapped_dek.clone()),
-            cv::ciphertext.eq(sealed.ciphertext.clone()),
-            cv::verifier.eq(sealed.verifier.clone()),
-            cv::created_at.eq(0_i64),
-            cv::created_by.eq(owner_id),
-        ))
-        .execute(&mut conn)
-        .unwrap();
+    insert_earlier_release_credential(&mut conn, &keyring, owner_id, cred_id, key);
     drop(conn);
 
     // A database from before row MACs has rows that no keyring ever vouched for, exactly what

@@ -466,10 +466,8 @@ async fn an_in_place_upgrade_signs_every_genuine_row_once_and_still_refuses_one_
     use diesel::prelude::*;
     use diesel_migrations::MigrationHarness;
     use hazina::crypto::rowmac::{self, Row};
-    use hazina::crypto::{envelope, Aad, Keyring};
-    use hazina::db::schema::{
-        credential_versions as cv, credentials as c, key_versions as kv, users as u,
-    };
+    use hazina::crypto::Keyring;
+    use hazina::db::schema::{key_versions as kv, users as u};
 
     let (db, dir) = create_test_database();
     let keyring_path = dir.path().join("hazina.keyring");
@@ -534,45 +532,7 @@ async fn an_in_place_upgrade_signs_every_genuine_row_once_and_still_refuses_one_
         .execute(&mut conn)
         .unwrap();
     let (cred_id, key) = (9_001_i64, "pre-upgrade-live-key-0001");
-    diesel::insert_into(c::table)
-        .values((
-            c::id.eq(cred_id),
-            c::owner_id.eq(7_001_i64),
-            c::provider.eq("mpesa"),
-            c::environment.eq("live"),
-            c::api_key.eq(Some("consumer-key")),
-            c::is_active.eq(true),
-            c::current_version.eq(1),
-            c::created_at.eq(0_i64),
-            c::updated_at.eq(0_i64),
-        ))
-        .execute(&mut conn)
-        .unwrap();
-    let aad = Aad {
-        owner_id: 7_001,
-        credential_id: cred_id,
-        provider: "mpesa",
-        environment: "live",
-        version: 1,
-        profile: None,
-    };
-    let sealed =
-        envelope::seal(&keyring, &aad, &secrecy::SecretString::from(key.to_owned())).unwrap();
-    diesel::insert_into(cv::table)
-        .values((
-            cv::credential_id.eq(cred_id),
-            cv::version.eq(1),
-            cv::environment.eq("live"),
-            cv::format.eq(sealed.format),
-            cv::kek_version.eq(sealed.kek_version),
-            cv::wrapped_dek.eq(sealed.wrapped_dek.clone()),
-            cv::ciphertext.eq(sealed.ciphertext.clone()),
-            cv::verifier.eq(sealed.verifier.clone()),
-            cv::created_at.eq(0_i64),
-            cv::created_by.eq(7_001_i64),
-        ))
-        .execute(&mut conn)
-        .unwrap();
+    insert_earlier_release_credential(&mut conn, &keyring, 7_001, cred_id, key);
     drop(conn);
 
     let app = start_on(db.clone(), dir.clone()).await;
