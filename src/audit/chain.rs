@@ -162,13 +162,15 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
         return Ok(Vec::new());
     }
     conn.transaction(|tx| {
-        diesel::update(head::table.filter(head::id.eq(1)))
-            .set(head::seq.eq(head::seq))
-            .execute(tx)?;
-        let (mut seq, hash, mut tree_size) = head::table
+        crate::per_backend!(&mut *tx, |c| diesel::update(
+            head::table.filter(head::id.eq(1))
+        )
+        .set(head::seq.eq(head::seq))
+        .execute(c))?;
+        let (mut seq, hash, mut tree_size) = crate::per_backend!(&mut *tx, |c| head::table
             .filter(head::id.eq(1))
             .select((head::seq, head::hash, head::tree_size))
-            .first::<(i64, Vec<u8>, i64)>(tx)?;
+            .first::<(i64, Vec<u8>, i64)>(c))?;
         let mut prev = hash;
         let mut rows = Vec::with_capacity(events.len());
         for e in events {
@@ -181,7 +183,9 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
         // cached for the connection. (A multi-row INSERT's text changes with every batch size
         // and was re-parsed for each batch.) It is all one transaction and one fsync anyway.
         for row in &rows {
-            diesel::insert_into(log::table).values(row).execute(tx)?;
+            crate::per_backend!(&mut *tx, |c| diesel::insert_into(log::table)
+                .values(row)
+                .execute(c))?;
             if let Some(subjects) = row.subjects.as_deref() {
                 super::generation::index(tx, row.seq, subjects)?;
             }
@@ -197,13 +201,15 @@ pub fn append(conn: &mut DbConn, events: &[&Event]) -> Result<Vec<i64>, DbError>
             tree_size = super::merkle::extend_nodes(tx, first, &hashes)?;
         }
         // The chain head and the tree's size move together, in one statement.
-        diesel::update(head::table.filter(head::id.eq(1)))
-            .set((
-                head::seq.eq(seq),
-                head::hash.eq(&prev),
-                head::tree_size.eq(tree_size),
-            ))
-            .execute(tx)?;
+        crate::per_backend!(&mut *tx, |c| diesel::update(
+            head::table.filter(head::id.eq(1))
+        )
+        .set((
+            head::seq.eq(seq),
+            head::hash.eq(&prev),
+            head::tree_size.eq(tree_size),
+        ))
+        .execute(c))?;
         Ok(rows.iter().map(|r| r.seq).collect())
     })
 }

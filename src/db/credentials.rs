@@ -259,19 +259,21 @@ pub fn get_current(
     owner: UserId,
     id: CredentialId,
 ) -> Result<Option<(CredentialRow, VersionRow, Verdict)>, DbError> {
-    let found: Option<(CredentialRow, VersionRow, Option<i64>)> = owned!(owner, id)
-        .inner_join(
-            cv::table.on(cv::credential_id
-                .eq(c::id)
-                .and(cv::version.eq(c::current_version))),
-        )
-        .select((
-            CredentialRow::as_select(),
-            VersionRow::as_select(),
-            crate::latest_generation!(generation::credential(id.get())),
-        ))
-        .first(conn)
-        .optional()?;
+    let subject = generation::credential(id.get());
+    let found: Option<(CredentialRow, VersionRow, Option<i64>)> =
+        crate::per_backend!(conn, |conn| owned!(owner, id)
+            .inner_join(
+                cv::table.on(cv::credential_id
+                    .eq(c::id)
+                    .and(cv::version.eq(c::current_version))),
+            )
+            .select((
+                CredentialRow::as_select(),
+                VersionRow::as_select(),
+                crate::latest_generation!(&subject),
+            ))
+            .first(conn)
+            .optional())?;
     Ok(found.map(|(row, version, latest)| {
         let verdict = row.verdict(keyring, Some(version.created_at), latest);
         (row, version, verdict)

@@ -137,22 +137,27 @@ pub fn live(
     key_version: u32,
     now: UnixSeconds,
 ) -> Result<Option<LiveSession>, DbError> {
-    let found: Option<(UserRow, SessionRow, Option<i64>, Option<i64>)> = s::table
-        .inner_join(u::table)
-        .filter(signing_key_live(key_version))
-        .filter(s::id.eq(session_id))
-        .filter(s::user_id.eq(user.get()))
-        .filter(s::revoked_at.is_null())
-        .filter(s::expires_at.gt(now))
-        .filter(u::is_disabled.eq(false))
-        .select((
-            UserRow::as_select(),
-            SessionRow::as_select(),
-            crate::latest_generation!(generation::user(user.get())),
-            crate::latest_generation!(generation::session(session_id)),
-        ))
-        .first(conn)
-        .optional()?;
+    let (user_subject, session_subject) = (
+        generation::user(user.get()),
+        generation::session(session_id),
+    );
+    let found: Option<(UserRow, SessionRow, Option<i64>, Option<i64>)> =
+        crate::per_backend!(conn, |c| s::table
+            .inner_join(u::table)
+            .filter(signing_key_live(key_version))
+            .filter(s::id.eq(session_id))
+            .filter(s::user_id.eq(user.get()))
+            .filter(s::revoked_at.is_null())
+            .filter(s::expires_at.gt(now))
+            .filter(u::is_disabled.eq(false))
+            .select((
+                UserRow::as_select(),
+                SessionRow::as_select(),
+                crate::latest_generation!(&user_subject),
+                crate::latest_generation!(&session_subject),
+            ))
+            .first(c)
+            .optional())?;
     Ok(found.map(|(row, session, user_latest, session_latest)| {
         let verdict = match row.verdict(keyring, user_latest) {
             Verdict::Intact => session.verdict(keyring, session_latest),
