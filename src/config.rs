@@ -133,6 +133,16 @@ pub struct Config {
     /// `hazina audit archive` refuses to archive entries younger than this many days unless
     /// forced (`HAZINA_AUDIT_RETENTION_MIN_DAYS`, default 30).
     pub audit_retention_min_days: u32,
+    /// Follow streams (`GET /audit/export/?follow=true`, the console's live view) open at
+    /// once at most (`HAZINA_AUDIT_FOLLOW_MAX`, default 8); one more answers 429.
+    pub audit_follow_max: u32,
+    /// Versions a credential keeps at most (`HAZINA_MAX_VERSIONS`, default 50); writing one
+    /// more shreds the oldest that is not current, in the same transaction, audited.
+    pub max_versions: u32,
+    /// Where browsers reach this vault (`HAZINA_PUBLIC_URL`), when a TLS-terminating proxy
+    /// stands in front: `https://…` makes the console's cookies `__Host-` and `Secure` and
+    /// sends HSTS, as hazina's own TLS does.
+    pub public_url: Option<String>,
     pub max_body_bytes: usize,
     pub workers: Option<usize>,
     pub db_pool_size: u32,
@@ -371,6 +381,10 @@ Settings (environment variables; a .env file in the working directory is read to
   HAZINA_AUDIT_CHECKPOINT_FILE           (none)               append signed checkpoints to this file
   HAZINA_AUDIT_CHECKPOINT_SECONDS        60                   how often
   HAZINA_AUDIT_RETENTION_MIN_DAYS        30                   audit archive keeps entries younger than this
+  HAZINA_AUDIT_FOLLOW_MAX                8                    audit follow streams open at once; more answer 429
+  HAZINA_MAX_VERSIONS                    50                   versions a credential keeps; one more shreds the oldest
+  HAZINA_PUBLIC_URL                      (none)               where browsers reach the vault; https:// behind a proxy
+                                                              makes console cookies __Host- and Secure, and sends HSTS
   HAZINA_PROVIDER_MPESA_SANDBOX_URL      https://sandbox.safaricom.co.ke
   HAZINA_PROVIDER_MPESA_LIVE_URL         https://api.safaricom.co.ke
   HAZINA_PROVIDER_KOPOKOPO_SANDBOX_URL   https://sandbox.kopokopo.com
@@ -389,6 +403,17 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_KEYRING_FILE: &str = "hazina.keyring";
 
 impl Config {
+    /// Whether browsers reach this vault over HTTPS: its own TLS, or a TLS-terminating
+    /// proxy named by `HAZINA_PUBLIC_URL=https://…`. Then the console's cookies are
+    /// `__Host-` prefixed and `Secure`, and HSTS is sent (SPEC §15).
+    pub fn served_over_https(&self) -> bool {
+        self.tls.is_some()
+            || self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+    }
+
     /// Reads the process environment (call [`load_dotenv`] first to honour `.env`).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -478,6 +503,24 @@ impl Config {
         )?);
         let audit_retention_min_days =
             number(&get, "HAZINA_AUDIT_RETENTION_MIN_DAYS", 30, 0..=36_500)?;
+        let audit_follow_max = number(&get, "HAZINA_AUDIT_FOLLOW_MAX", 8, 1..=1_000)?;
+        let max_versions = number(&get, "HAZINA_MAX_VERSIONS", 50, 2..=10_000)?;
+        let public_url = match get("HAZINA_PUBLIC_URL") {
+            None => None,
+            Some(v) => {
+                let v = v.trim().trim_end_matches('/').to_owned();
+                let host = v
+                    .strip_prefix("https://")
+                    .or_else(|| v.strip_prefix("http://"));
+                if !host.is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace)) {
+                    return Err(bad(
+                        "HAZINA_PUBLIC_URL",
+                        "must be an http:// or https:// URL, such as https://vault.example.com",
+                    ));
+                }
+                Some(v)
+            }
+        };
 
         let max_body_bytes = match get("HAZINA_MAX_BODY_BYTES") {
             None => 64 * 1024,
@@ -527,6 +570,9 @@ impl Config {
             audit_checkpoint_file,
             audit_checkpoint_seconds,
             audit_retention_min_days,
+            audit_follow_max,
+            max_versions,
+            public_url,
             max_body_bytes,
             workers,
             db_pool_size,

@@ -190,6 +190,8 @@ pub struct Limits {
     last_maintenance: AtomicI64,
     last_login_cleanup: AtomicI64,
     checks: AtomicU64,
+    /// Audit follow streams open now (see [`Limits::follow_permit`]).
+    follow_streams: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -220,6 +222,7 @@ impl Limits {
             last_maintenance: AtomicI64::new(clock.clock.now()),
             last_login_cleanup: AtomicI64::new(i64::MIN),
             checks: AtomicU64::new(0),
+            follow_streams: Default::default(),
             clock,
         }
     }
@@ -238,6 +241,17 @@ impl Limits {
             }
         } else if let Some(peer) = req.conn_data::<PeerIdentity>() {
             return Some(RateKey::Service(peer.fingerprint.clone()));
+        } else if let Some(token) =
+            crate::console::cookie_access_token(req, state.config.served_over_https())
+        {
+            // A console page's session cookie: its user's budget when it validates, else the
+            // address's — checked before the cookie's refresh token is ever spent (SPEC §15).
+            let claims = state
+                .tokens
+                .validate(&token, TokenType::Access, state.clock.now());
+            if let Some(user) = claims.ok().and_then(|c| c.user_id()) {
+                return Some(RateKey::User(user.get()));
+            }
         }
         client_ip(req).map(|ip| RateKey::Address(address_key(ip)))
     }
@@ -303,6 +317,20 @@ impl Limits {
         }
     }
 
+    /// Whether the denial of a request without a valid principal (a garbage refresh token,
+    /// an unknown or revoked client certificate) should be audited now: once per (reason,
+    /// source) per minute (SPEC §15), so no one can grow the audit log faster than that. The
+    /// source is the certificate's fingerprint when there is one, else the address (IPv6 by
+    /// its /64). Every denial is still counted in `/metrics` (`hazina_denials`).
+    pub fn audit_denial(&self, reason: Reason, meta: &RequestMeta) -> bool {
+        let source = match (&meta.cert_fingerprint, meta.source_ip) {
+            (Some(fingerprint), _) => format!("certificate:{fingerprint}"),
+            (None, Some(ip)) => format!("address:{}", address_key(ip)),
+            (None, None) => "unknown".to_owned(),
+        };
+        self.once_per_minute(format!("denied:{}:{source}", reason.as_str()))
+    }
+
     /// Drops keys whose budgets have refilled (they are indistinguishable from new ones),
     /// once a minute, or at once when too many are tracked.
     fn maintain(&self) {
@@ -353,9 +381,31 @@ impl Limits {
                 .is_ok()
     }
 
+    /// A place for one more audit follow stream, if fewer than `max` are open; the place is
+    /// given back when the permit drops (the stream's thread ends).
+    pub fn follow_permit(&self, max: u32) -> Option<FollowPermit> {
+        let streams = std::sync::Arc::clone(&self.follow_streams);
+        streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(FollowPermit(streams))
+    }
+
     /// Whether any rate limit is on (start-up warns loudly when none is).
     pub fn enabled(&self) -> bool {
         self.principals.is_some()
+    }
+}
+
+/// One open audit follow stream (see [`Limits::follow_permit`]).
+#[derive(Debug)]
+pub struct FollowPermit(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for FollowPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

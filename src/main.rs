@@ -575,6 +575,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &pool,
                 after,
                 std::time::Duration::from_millis(200),
+                // The operator at the console of the machine: no session to end.
+                |_| Ok(true),
                 |chunk| out.write_all(&chunk).and_then(|()| out.flush()).is_ok(),
             )?;
             Ok(())

@@ -421,8 +421,10 @@ impl Application {
                 .app_data(app_state.clone())
                 .configure(routes::extractor_config(app_state.config.max_body_bytes))
                 .wrap(routes::json_errors())
-                .wrap(crate::limits::Guard)
+                // The limiter runs before the console's cookies are turned into a session
+                // (and a refresh token is spent, and its failure audited): SPEC §15.
                 .wrap(crate::console::CookieSession)
+                .wrap(crate::limits::Guard)
                 .wrap(routes::RequestContext)
                 .configure(routes::register)
                 .configure(|cfg| crate::console::register(cfg, app_state.config.max_body_bytes))

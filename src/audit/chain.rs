@@ -227,28 +227,39 @@ pub fn with_entry<T>(
     change: impl FnOnce(&mut DbConn) -> Result<T, DbError>,
     entry: impl FnOnce(&T) -> Option<Event>,
 ) -> Result<T, DbError> {
-    let mut recorded = false;
+    with_entries(conn, change, |out| entry(out).into_iter().collect())
+}
+
+/// [`with_entry`] for a change that records more than one entry (a rotation that also
+/// shreds the oldest version, say): the first entry is the change's (it carries the row
+/// generations); the others follow it in the same transaction.
+pub fn with_entries<T>(
+    conn: &mut DbConn,
+    change: impl FnOnce(&mut DbConn) -> Result<T, DbError>,
+    entries: impl FnOnce(&T) -> Vec<Event>,
+) -> Result<T, DbError> {
+    let mut recorded = 0;
     let out = conn.transaction(|tx| {
         let scope = super::generation::Scope::open()?;
         let out = change(tx)?;
         let (reserved, subjects) = scope.close();
-        match entry(&out) {
-            Some(mut event) => {
-                event.subjects = subjects;
-                let seqs = append(tx, &[&event])?;
+        let mut events = entries(&out);
+        match events.first_mut() {
+            Some(first) => {
+                first.subjects = subjects;
+                let refs: Vec<&Event> = events.iter().collect();
+                let seqs = append(tx, &refs)?;
                 if reserved.is_some_and(|r| seqs.first() != Some(&r)) {
                     return Err(DbError::Unaudited);
                 }
-                recorded = true;
+                recorded = seqs.len() as u64;
             }
             None if subjects.is_some() => return Err(DbError::Unaudited),
             None => {}
         }
         Ok(out)
     })?;
-    if recorded {
-        CHANGE_ENTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    CHANGE_ENTRIES.fetch_add(recorded, std::sync::atomic::Ordering::Relaxed);
     Ok(out)
 }
 

@@ -113,6 +113,7 @@ closed_enum! {
         Restore => "backup.restore",
         IntegrityMarked => "integrity.marked",
         KeysRewrap => "keys.rewrap",
+        CredentialVersionShred => "credential.version_shred",
     }
 }
 
@@ -152,6 +153,7 @@ closed_enum! {
         ProviderError => "provider_error",
         ProviderRateLimited => "provider_rate_limited",
         ProviderTimeout => "provider_timeout",
+        MaxVersions => "max_versions",
     }
 }
 

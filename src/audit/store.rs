@@ -202,12 +202,18 @@ pub fn follow(
     pool: &crate::db::Pool,
     mut after: i64,
     every: std::time::Duration,
+    mut still_allowed: impl FnMut(&mut DbConn) -> Result<bool, DbError>,
     mut emit: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<(), DbError> {
     let mut idle = 0u32;
     loop {
         let rows = {
             let mut conn = pool.get()?;
+            // The follower's right to read is checked again on every poll, so a stream ends
+            // within one poll of its session ending or its auditor losing the role (SPEC §15).
+            if !still_allowed(&mut conn)? {
+                return Ok(());
+            }
             list(&mut conn, &Filter::default(), after, 1000)?
         };
         if rows.is_empty() {

@@ -28,6 +28,8 @@ pub struct AuthenticatedUser {
     pub username: String,
     pub role: Role,
     pub session_id: String,
+    /// The master-key version that signed the access token (for re-checking the session).
+    pub key_version: u32,
 }
 
 impl AuthenticatedUser {
@@ -204,6 +206,7 @@ impl PendingUser {
             username: live.username,
             role,
             session_id: self.claims.sid,
+            key_version: self.claims.key_version,
         })
     }
 }
@@ -278,13 +281,18 @@ impl FromRequest for AuthenticatedService {
                 )
                 .outcome(Outcome::Denied, Some(reason))
             };
+            // A certificate that makes no principal is audited once per certificate and
+            // reason per minute (SPEC §15); the rest are answered and counted.
+            let first = |reason: Reason| state.limits.audit_denial(reason, &meta);
             if peer.revoked || matches!(found, FoundService::Revoked) {
                 // Revoked by the CRL or by `services revoke-certificate`: nobody, whatever
                 // service the certificate names (recorded by fingerprint in the meta).
-                state
-                    .audit
-                    .record_best_effort(denied(Actor::anonymous(), Reason::CertificateRevoked))
-                    .await;
+                if first(Reason::CertificateRevoked) {
+                    state
+                        .audit
+                        .record_best_effort(denied(Actor::anonymous(), Reason::CertificateRevoked))
+                        .await;
+                }
                 return Err(ApiError::Forbidden(REVOKED_CERTIFICATE));
             }
             let found = match found {
@@ -310,10 +318,12 @@ impl FromRequest for AuthenticatedService {
             };
             let Some(service) = found else {
                 // The certificate is recorded by fingerprint (in the entry's meta).
-                state
-                    .audit
-                    .record_best_effort(denied(Actor::anonymous(), Reason::UnknownService))
-                    .await;
+                if first(Reason::UnknownService) {
+                    state
+                        .audit
+                        .record_best_effort(denied(Actor::anonymous(), Reason::UnknownService))
+                        .await;
+                }
                 return Err(ApiError::Forbidden(UNKNOWN_SERVICE));
             };
             let authenticated = AuthenticatedService {

@@ -61,11 +61,44 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
     img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
     base-uri 'none'";
 
-const ACCESS_COOKIE: &str = "hazina_access";
-const REFRESH_COOKIE: &str = "hazina_refresh";
-/// The sign-in form's CSRF token (double submit: the cookie and the form field must match).
-const SIGN_IN_COOKIE: &str = "hazina_signin";
-const COOKIE_PATH: &str = "/console/";
+/// The console's cookies. Over HTTPS (hazina's own TLS, or `HAZINA_PUBLIC_URL=https://…`)
+/// they are `__Host-` prefixed, `Secure` and scoped to `/` — a sibling subdomain cannot set
+/// or overwrite such a cookie — and only the prefixed names are read; over plain HTTP (a
+/// development set-up) they are unprefixed and scoped to `/console/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Jar {
+    Access,
+    Refresh,
+    /// The sign-in form's CSRF token: server-issued (see [`sign_in_token`]), and the cookie
+    /// and the form field must match.
+    SignIn,
+}
+
+impl Jar {
+    fn name(self, https: bool) -> &'static str {
+        match (self, https) {
+            (Jar::Access, false) => "hazina_access",
+            (Jar::Refresh, false) => "hazina_refresh",
+            (Jar::SignIn, false) => "hazina_signin",
+            (Jar::Access, true) => "__Host-hazina_access",
+            (Jar::Refresh, true) => "__Host-hazina_refresh",
+            (Jar::SignIn, true) => "__Host-hazina_signin",
+        }
+    }
+
+    fn read(self, req: &HttpRequest, https: bool) -> Option<String> {
+        req.cookie(self.name(https)).map(|c| c.value().to_owned())
+    }
+}
+
+/// The access token of a console request's cookie, for the rate limiter's choice of budget
+/// (it runs before [`CookieSession`]).
+pub fn cookie_access_token(req: &HttpRequest, https: bool) -> Option<String> {
+    let path = req.path();
+    (path.starts_with(PREFIX) && !path.starts_with(STATIC))
+        .then(|| Jar::Access.read(req, https))
+        .flatten()
+}
 const STATIC: &str = "/console/static/";
 
 /// Keys the console's CSRF tokens (a fixed label, never caller data).
@@ -101,38 +134,31 @@ pub fn register(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
 // ---------------------------------------------------------------------------------------
 // Sessions by cookie
 
-fn cookie(name: &'static str, value: String, https: bool) -> Cookie<'static> {
-    Cookie::build(name, value)
-        .path(COOKIE_PATH)
+fn cookie(jar: Jar, value: String, https: bool) -> Cookie<'static> {
+    Cookie::build(jar.name(https), value)
+        .path(if https { "/" } else { PREFIX })
         .http_only(true)
         .same_site(SameSite::Strict)
         .secure(https)
         .finish()
 }
 
-fn removal(name: &'static str) -> Cookie<'static> {
-    let mut c = Cookie::build(name, "")
-        .path(COOKIE_PATH)
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .finish();
+fn removal(jar: Jar, https: bool) -> Cookie<'static> {
+    let mut c = cookie(jar, String::new(), https);
     c.make_removal();
     c
 }
 
 fn set_session<B>(res: &mut HttpResponse<B>, pair: &TokenPair, https: bool) {
-    for (name, token) in [
-        (ACCESS_COOKIE, &pair.access),
-        (REFRESH_COOKIE, &pair.refresh),
-    ] {
+    for (jar, token) in [(Jar::Access, &pair.access), (Jar::Refresh, &pair.refresh)] {
         // A token is base64url and dots: always a valid cookie value.
-        let _ = res.add_cookie(&cookie(name, token.expose_secret().to_owned(), https));
+        let _ = res.add_cookie(&cookie(jar, token.expose_secret().to_owned(), https));
     }
 }
 
-fn clear_session<B>(res: &mut HttpResponse<B>) {
-    for name in [ACCESS_COOKIE, REFRESH_COOKIE] {
-        let _ = res.add_cookie(&removal(name));
+fn clear_session<B>(res: &mut HttpResponse<B>, https: bool) {
+    for jar in [Jar::Access, Jar::Refresh] {
+        let _ = res.add_cookie(&removal(jar, https));
     }
 }
 
@@ -185,8 +211,9 @@ where
         let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
             return Box::pin(service.call(req));
         };
-        let access = req.cookie(ACCESS_COOKIE).map(|c| c.value().to_owned());
-        let refresh = req.cookie(REFRESH_COOKIE).map(|c| c.value().to_owned());
+        let https = state.config.served_over_https();
+        let access = Jar::Access.read(req.request(), https);
+        let refresh = Jar::Refresh.read(req.request(), https);
         Box::pin(async move {
             let now = state.clock.now();
             let live = access.filter(|t| state.tokens.validate(t, TokenType::Access, now).is_ok());
@@ -209,12 +236,15 @@ where
             }
             let mut res = service.call(req).await?;
             // A handler that set the session itself (sign-in, sign-out) has the last word.
-            let handled = res.response().cookies().any(|c| c.name() == ACCESS_COOKIE);
+            let handled = res
+                .response()
+                .cookies()
+                .any(|c| c.name() == Jar::Access.name(https));
             if !handled {
                 if let Some(pair) = &renewed {
-                    set_session(res.response_mut(), pair, state.config.tls.is_some());
+                    set_session(res.response_mut(), pair, https);
                 } else if dead {
-                    clear_session(res.response_mut());
+                    clear_session(res.response_mut(), https);
                 }
             }
             Ok(res)
@@ -587,7 +617,9 @@ impl ResponseError for Refusal {
         match self {
             Refusal::SignIn => {
                 let mut res = see_other("/console/login/");
-                clear_session(&mut res);
+                // No request here to say which names are in use: both are cleared.
+                clear_session(&mut res, false);
+                clear_session(&mut res, true);
                 res
             }
             Refusal::Page { status, message } => html(*status, views::problem(*status, message)),
@@ -629,12 +661,54 @@ async fn home(cx: Cx) -> HttpResponse {
     })
 }
 
-fn random_token() -> String {
+/// Keys the sign-in form's tokens (a fixed label, never caller data).
+const SIGN_IN_PURPOSE: &str = "hazina/console-sign-in/v1";
+/// A sign-in form's token is good for this long.
+const SIGN_IN_TTL_SECONDS: i64 = 2 * 60 * 60;
+const SIGN_IN_NONCE: usize = 16;
+
+/// The MAC of a sign-in token's nonce and issue time.
+fn sign_in_mac(state: &AppState, nonce: &[u8], issued_at: i64) -> Option<[u8; 32]> {
+    use hmac::{Hmac, Mac};
+    let keyring = &state.keyring;
+    let key = keyring.derive(keyring.active_version(), SIGN_IN_PURPOSE)?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).ok()?;
+    mac.update(nonce);
+    mac.update(&issued_at.to_be_bytes());
+    Some(mac.finalize().into_bytes().into())
+}
+
+/// A new sign-in token issued by this server: a random nonce, the time, and their MAC under
+/// a keyring-derived key (SPEC §15). A value the client chose never verifies.
+fn sign_in_token(state: &AppState) -> Option<String> {
     use base64::Engine as _;
     use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let mut nonce = [0u8; SIGN_IN_NONCE];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let now = state.clock.now();
+    let mac = sign_in_mac(state, &nonce, now)?;
+    let mut raw = nonce.to_vec();
+    raw.extend_from_slice(&now.to_be_bytes());
+    raw.extend_from_slice(&mac);
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Whether `token` is one this server issued within [`SIGN_IN_TTL_SECONDS`].
+fn sign_in_token_valid(state: &AppState, token: &str) -> bool {
+    use base64::Engine as _;
+    use subtle::ConstantTimeEq;
+    let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token) else {
+        return false;
+    };
+    if raw.len() != SIGN_IN_NONCE + 8 + 32 {
+        return false;
+    }
+    let (nonce, rest) = raw.split_at(SIGN_IN_NONCE);
+    let (time, mac) = rest.split_at(8);
+    let issued_at = i64::from_be_bytes(time.try_into().unwrap_or([0; 8]));
+    let age = state.clock.now().saturating_sub(issued_at);
+    (0..=SIGN_IN_TTL_SECONDS).contains(&age)
+        && sign_in_mac(state, nonce, issued_at).is_some_and(|m| bool::from(m.ct_eq(mac)))
 }
 
 fn sign_in_form(
@@ -643,16 +717,18 @@ fn sign_in_form(
     error: Option<&str>,
     username: &str,
 ) -> HttpResponse {
-    let https = req
-        .app_data::<web::Data<AppState>>()
-        .is_some_and(|s| s.config.tls.is_some());
-    let token = req
-        .cookie(SIGN_IN_COOKIE)
-        .map(|c| c.value().to_owned())
-        .filter(|v| v.len() == 43)
-        .unwrap_or_else(random_token);
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Refusal::internal(anyhow::anyhow!("application state missing")).error_response();
+    };
+    let https = state.config.served_over_https();
+    let kept = Jar::SignIn
+        .read(req, https)
+        .filter(|t| sign_in_token_valid(state, t));
+    let Some(token) = kept.or_else(|| sign_in_token(state)) else {
+        return Refusal::internal(anyhow::anyhow!("no active master key")).error_response();
+    };
     let mut res = html(status, views::sign_in(&token, error, username));
-    let _ = res.add_cookie(&cookie(SIGN_IN_COOKIE, token, https));
+    let _ = res.add_cookie(&cookie(Jar::SignIn, token, https));
     res
 }
 
@@ -668,7 +744,11 @@ async fn sign_in(
     form: web::Form<Vec<(String, String)>>,
 ) -> HttpResponse {
     let fields = Fields(form.into_inner());
-    let expected = req.cookie(SIGN_IN_COOKIE).map(|c| c.value().to_owned());
+    let https = state.config.served_over_https();
+    // The token must be one this server issued, and the form must carry the cookie's.
+    let expected = Jar::SignIn
+        .read(&req, https)
+        .filter(|t| sign_in_token_valid(&state, t));
     if !same_token(fields.get("csrf"), expected.as_deref().unwrap_or("")) {
         return Refusal::forged().error_response();
     }
@@ -678,8 +758,8 @@ async fn sign_in(
     match sessions::sign_in(&state, &meta, username.clone(), password).await {
         Ok(pair) => {
             let mut res = see_other(PREFIX);
-            set_session(&mut res, &pair, state.config.tls.is_some());
-            let _ = res.add_cookie(&removal(SIGN_IN_COOKIE));
+            set_session(&mut res, &pair, https);
+            let _ = res.add_cookie(&removal(Jar::SignIn, https));
             res
         }
         Err(e) => {
@@ -695,8 +775,9 @@ async fn sign_in(
 async fn sign_out(posted: Posted) -> Page {
     let Posted { cx, .. } = posted;
     cx.ask0(sessions::logout).await?;
+    let https = cx.state.config.served_over_https();
     let mut res = see_other("/console/login/");
-    clear_session(&mut res);
+    clear_session(&mut res, https);
     Ok(res)
 }
 

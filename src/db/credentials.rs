@@ -408,6 +408,33 @@ fn check_expected(expected: Option<i32>, current: i32) -> Result<(), DbError> {
     }
 }
 
+/// Keeps at most `max` versions of `row`'s credential (SPEC §15): the oldest versions that
+/// are not current are shredded (their rows, with the wrapped keys, deleted) in the caller's
+/// transaction. The versions shredded, oldest first; none while the credential is within
+/// its cap.
+pub fn shred_beyond(tx: &mut DbConn, row: &CredentialRow, max: u32) -> Result<Vec<i32>, DbError> {
+    let versions: Vec<i32> = cv::table
+        .filter(cv::credential_id.eq(row.id))
+        .order(cv::version.asc())
+        .select(cv::version)
+        .load(tx)?;
+    let excess = versions.len().saturating_sub(max as usize);
+    let doomed: Vec<i32> = versions
+        .into_iter()
+        .filter(|v| *v != row.current_version)
+        .take(excess)
+        .collect();
+    if !doomed.is_empty() {
+        diesel::delete(
+            cv::table
+                .filter(cv::credential_id.eq(row.id))
+                .filter(cv::version.eq_any(&doomed)),
+        )
+        .execute(tx)?;
+    }
+    Ok(doomed)
+}
+
 fn insert_version(tx: &mut DbConn, keyring: &Keyring, row: VersionRow) -> Result<(), DbError> {
     let kek_version = row.kek_version;
     diesel::insert_into(cv::table).values(row).execute(tx)?;

@@ -216,6 +216,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    login_sources (subject) {
+        subject -> Text,
+        last_success_at -> BigInt,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(grants -> services (service_id));
 diesel::joinable!(grants -> users (owner_id));

@@ -15,12 +15,16 @@
 
 use diesel::prelude::*;
 
+use super::schema::login_sources as known;
 use super::schema::login_throttle as t;
 use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
 
 /// A subject's failures are forgotten this long after its last one.
 pub const FORGET_AFTER_SECONDS: i64 = 24 * 60 * 60;
+/// A source that signed in to an account within this long is known to it (SPEC §15).
+pub const KNOWN_SOURCE_SECONDS: i64 = 30 * 24 * 60 * 60;
+
 /// No single block lasts longer than this.
 pub const MAX_BLOCK_SECONDS: i64 = 60 * 60;
 
@@ -153,19 +157,61 @@ fn admit_tx(
     })
 }
 
-/// A successful login takes its attempt back: the account's failures are forgiven (its row
-/// goes), and each other subject loses the count and any block this attempt started (an
-/// address's earlier failures stay: a guesser may hold an account of their own).
-pub fn succeeded(conn: &mut DbConn, account: &str, undo: &Undo) -> Result<(), DbError> {
+/// Whether `source` (an account and an address, keyed like the other subjects) signed in
+/// within [`KNOWN_SOURCE_SECONDS`]. Such a source meets a limit of its own in place of the
+/// account's, so failures from elsewhere never lock it out.
+pub fn is_known_source(conn: &mut DbConn, source: &str, now: UnixSeconds) -> Result<bool, DbError> {
+    Ok(diesel::select(diesel::dsl::exists(
+        known::table
+            .filter(known::subject.eq(source))
+            .filter(known::last_success_at.ge(now - KNOWN_SOURCE_SECONDS)),
+    ))
+    .get_result(conn)?)
+}
+
+/// Records that `source` signed in now. Two nodes recording the same source at once is one
+/// fact: the loser's insert conflicts and is dropped.
+pub fn remember_source(conn: &mut DbConn, source: &str, now: UnixSeconds) -> Result<(), DbError> {
+    let updated = diesel::update(known::table.filter(known::subject.eq(source)))
+        .set(known::last_success_at.eq(now))
+        .execute(conn)?;
+    if updated == 0 {
+        let inserted = conn.transaction(|tx| {
+            diesel::insert_into(known::table)
+                .values((known::subject.eq(source), known::last_success_at.eq(now)))
+                .execute(tx)
+                .map_err(DbError::from)
+        });
+        match inserted {
+            Ok(_) | Err(DbError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A successful login takes its attempt back: the failures of each subject in `forgive`
+/// (the account's, and the source's own) are forgiven (their rows go), and each other
+/// subject loses the count and any block this attempt started (an address's earlier
+/// failures stay: a guesser may hold an account of their own).
+pub fn succeeded(conn: &mut DbConn, forgive: &[&str], undo: &Undo) -> Result<(), DbError> {
     conn.transaction(|tx| {
-        // In subject order, as `admit` locks them (see there).
-        let mut rows: Vec<&(String, Option<UnixSeconds>)> = undo.0.iter().collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        // Every row in subject order, as `admit` locks them (see there): the forgiven ones
+        // go, the others give this attempt back.
+        let mut rows: Vec<(&str, Option<&Option<UnixSeconds>>)> =
+            forgive.iter().map(|s| (*s, None)).collect();
+        rows.extend(
+            undo.0
+                .iter()
+                .filter(|(s, _)| !forgive.contains(&s.as_str()))
+                .map(|(s, before)| (s.as_str(), Some(before))),
+        );
+        rows.sort_by(|a, b| a.0.cmp(b.0));
         for (subject, before) in rows {
-            if subject == account {
+            let Some(before) = before else {
                 diesel::delete(t::table.filter(t::subject.eq(subject))).execute(tx)?;
                 continue;
-            }
+            };
             diesel::update(
                 t::table
                     .filter(t::subject.eq(subject))
@@ -184,6 +230,8 @@ pub fn succeeded(conn: &mut DbConn, account: &str, undo: &Undo) -> Result<(), Db
 /// Deletes rows whose last failure is older than [`FORGET_AFTER_SECONDS`] and that block
 /// nothing, so the table stays as small as recent abuse. The number deleted.
 pub fn forget_stale(conn: &mut DbConn, now: UnixSeconds) -> Result<usize, DbError> {
+    diesel::delete(known::table.filter(known::last_success_at.lt(now - KNOWN_SOURCE_SECONDS)))
+        .execute(conn)?;
     Ok(diesel::delete(
         t::table
             .filter(t::last_failure_at.lt(now - FORGET_AFTER_SECONDS))

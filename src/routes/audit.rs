@@ -17,6 +17,9 @@ use crate::startup::AppState;
 const MAX_LIMIT: i64 = 1000;
 const DEFAULT_LIMIT: i64 = 100;
 
+/// The answer when every follow stream is taken.
+pub const FOLLOW_BUSY: &str = "Too many audit follow streams are open; close one or retry later";
+
 pub(crate) async fn require_auditor(
     state: &AppState,
     user: &AuthenticatedUser,
@@ -180,14 +183,30 @@ pub async fn export(
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let pool = state.pool.clone();
     if query.follow == Some(true) {
-        // A follower polls on a thread of its own, holding a connection only per poll.
+        // At most HAZINA_AUDIT_FOLLOW_MAX at once (SPEC §15): each holds a thread.
+        let Some(permit) = state.limits.follow_permit(state.config.audit_follow_max) else {
+            return Err(ApiError::TooManyRequests {
+                message: FOLLOW_BUSY,
+                retry_after: 5,
+            });
+        };
+        let keyring = state.keyring.clone();
+        let clock = state.clock.clone();
+        let (sid, id, key_version) = (user.session_id.clone(), user.id, user.key_version);
+        // A follower polls on a thread of its own, holding a connection only per poll, and
+        // ends within a poll of its session ending or its user no longer being an auditor.
+        let still_auditor = move |c: &mut crate::db::DbConn| {
+            let live = crate::db::sessions::live(c, &keyring, &sid, id, key_version, clock.now())?;
+            Ok(live.is_some_and(|l| l.verdict.is_intact() && l.role == Role::Auditor.as_str()))
+        };
         let spawned = std::thread::Builder::new()
             .name("hazina-audit-follow".into())
             .spawn(move || {
+                let _permit = permit;
                 let every = std::time::Duration::from_millis(200);
-                if let Err(e) =
-                    store::follow(&pool, after, every, |chunk| tx.blocking_send(chunk).is_ok())
-                {
+                if let Err(e) = store::follow(&pool, after, every, still_auditor, |chunk| {
+                    tx.blocking_send(chunk).is_ok()
+                }) {
                     tracing::error!(error = %e, "audit follow stopped");
                 }
             });

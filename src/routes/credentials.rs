@@ -159,6 +159,49 @@ fn entry_of(base: Event, row: Option<&CredentialRow>) -> Option<Event> {
     row.map(|row| base.target(Target::credential(row)))
 }
 
+/// A write of a new version and its entries: the change's own, then one
+/// `credential.version_shred` per version the cap shredded (SPEC §15).
+fn entries_of(base: Event, written: &(Option<CredentialRow>, Vec<i32>)) -> Vec<Event> {
+    let (row, shredded) = written;
+    let Some(row) = row else {
+        return Vec::new();
+    };
+    let mut entries = vec![base.clone().target(Target::credential(row))];
+    for _ in shredded {
+        let mut shred = base.clone().target(Target::credential(row));
+        shred.action = Action::CredentialVersionShred;
+        entries.push(shred.outcome(Outcome::Success, Some(Reason::MaxVersions)));
+    }
+    entries
+}
+
+/// Writes a new version with `write` and keeps the credential within `HAZINA_MAX_VERSIONS`,
+/// in one transaction with its entries.
+fn with_version_cap(
+    c: &mut crate::db::DbConn,
+    max: u32,
+    entry: Event,
+    write: impl FnOnce(&mut crate::db::DbConn) -> Result<Option<CredentialRow>, DbError>,
+) -> Result<Option<CredentialRow>, DbError> {
+    let (row, shredded) = chain::with_entries(
+        c,
+        |tx| {
+            let row = write(tx)?;
+            let shredded = match &row {
+                Some(r) => repo::shred_beyond(tx, r, max)?,
+                None => Vec::new(),
+            };
+            Ok((row, shredded))
+        },
+        |written| entries_of(entry, written),
+    )?;
+    if !shredded.is_empty() {
+        // Committed: SQLite's WAL copies of the shredded keys go too.
+        crate::db::wal::checkpoint_after_shred(c);
+    }
+    Ok(row)
+}
+
 /// The binding a new version of `row` gets (its current version and environment, and the
 /// version's profile).
 fn aad_for_row<'a>(row: &'a CredentialRow, profile: Option<&'a str>) -> Aad<'a> {
@@ -402,6 +445,7 @@ pub async fn update(
         .transpose()?;
     let settings = body.settings;
     let keyring = state.keyring.clone();
+    let max_versions = state.config.max_versions;
     let now = state.clock.now();
     let entry = trail.change(ACTION);
     let updated = state
@@ -432,13 +476,9 @@ pub async fn update(
                 environment: environment.map(Environment::as_str),
                 settings: settings.is_some(),
             };
-            chain::with_entry(
-                c,
-                |tx| {
-                    repo::update_metadata(tx, &keyring, owner, id, update, if_match.0, &reseal, now)
-                },
-                |row| entry_of(entry, row.as_ref()),
-            )?
+            with_version_cap(c, max_versions, entry, |tx| {
+                repo::update_metadata(tx, &keyring, owner, id, update, if_match.0, &reseal, now)
+            })?
             .map(|row| repo::with_profile(c, row))
             .transpose()
         })
@@ -571,6 +611,7 @@ async fn write_new_version(
     entry: Event,
 ) -> Result<Option<(CredentialRow, Option<String>)>, ApiError> {
     let keyring = state.keyring.clone();
+    let max_versions = state.config.max_versions;
     let now = state.clock.now();
     state
         .db(move |c| {
@@ -649,11 +690,9 @@ async fn write_new_version(
                 check_key_matches(row, &contents.private_key)?;
                 seal_new_version(tx, &keyring, row, &contents, &settings)
             };
-            chain::with_entry(
-                c,
-                |tx| repo::add_version(tx, &keyring, owner, id, actor, expected, &seal, now),
-                |row| entry_of(entry, row.as_ref()),
-            )?
+            with_version_cap(c, max_versions, entry, |tx| {
+                repo::add_version(tx, &keyring, owner, id, actor, expected, &seal, now)
+            })?
             .map(|row| repo::with_profile(c, row))
             .transpose()
         })

@@ -289,7 +289,7 @@ where
                         HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
                     );
                 }
-                let https = state.as_ref().is_some_and(|s| s.config.tls.is_some());
+                let https = state.as_ref().is_some_and(|s| s.config.served_over_https());
                 if https {
                     // Two years; only ever sent over HTTPS (browsers ignore it over HTTP).
                     headers.insert(

@@ -97,6 +97,9 @@ struct Subjects {
     account: String,
     /// `address:` + the source address (IPv6 by its /64); the TCP peer only.
     address: Option<String>,
+    /// `source:` + HMAC-SHA-256 of the name and the address, under the same key: the pair
+    /// a successful sign-in makes known (SPEC §15), which then meets a limit of its own.
+    source: Option<String>,
 }
 
 impl Subjects {
@@ -110,12 +113,31 @@ impl Subjects {
         let key = keyring
             .derive(keyring.active_version(), THROTTLE_PURPOSE)
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no active master key")))?;
+        let keyed = |parts: &[&[u8]]| -> Result<String, ApiError> {
+            let mut mac =
+                Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).map_err(ApiError::internal)?;
+            for part in parts {
+                mac.update(&(part.len() as u64).to_be_bytes());
+                mac.update(part);
+            }
+            Ok(hex::encode(mac.finalize().into_bytes()))
+        };
+        let address = ip.map(|ip| crate::limits::address_key(ip).to_string());
+        let source = match &address {
+            Some(a) => Some(format!(
+                "source:{}",
+                keyed(&[username.as_bytes(), a.as_bytes()])?
+            )),
+            None => None,
+        };
+        // The account's key stays the bare name's MAC, as rows written before hold it.
         let mut mac =
             Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).map_err(ApiError::internal)?;
         mac.update(username.as_bytes());
         Ok(Subjects {
             account: format!("account:{}", hex::encode(mac.finalize().into_bytes())),
-            address: ip.map(|ip| format!("address:{}", crate::limits::address_key(ip))),
+            address: address.map(|a| format!("address:{a}")),
+            source,
         })
     }
 }
@@ -136,14 +158,26 @@ async fn admit_attempt(
     now: UnixSeconds,
 ) -> Result<throttle::Undo, ApiError> {
     let abuse = &state.config.abuse;
-    let mut limits = vec![(subjects.account.clone(), abuse.login_max_failures_account)];
-    if let Some(address) = &subjects.address {
-        limits.push((address.clone(), abuse.login_max_failures_address));
-    }
+    let account = subjects.account.clone();
+    let source = subjects.source.clone();
+    let max_account = abuse.login_max_failures_account;
+    let address = subjects
+        .address
+        .clone()
+        .map(|a| (a, abuse.login_max_failures_address));
     let backoff = i64::from(abuse.login_backoff_seconds);
     let sweep = state.limits.login_cleanup_due(now);
     let admission = state
         .db(move |c| {
+            // A source that signed in to this account within 30 days meets a limit of its
+            // own in place of the account's: failures from elsewhere never lock it out
+            // (SPEC §15). It still meets its address's limit.
+            let own = match source {
+                Some(s) if throttle::is_known_source(c, &s, now)? => s,
+                _ => account,
+            };
+            let mut limits = vec![(own, max_account)];
+            limits.extend(address);
             let limits: Vec<throttle::Limit<'_>> = limits
                 .iter()
                 .map(|(subject, max_failures)| throttle::Limit {
@@ -165,10 +199,10 @@ async fn admit_attempt(
         }
     };
     for (subject, until) in blocked {
-        let kind = if subject.starts_with("account:") {
-            LockoutSubject::Account
-        } else {
+        let kind = if subject.starts_with("address:") {
             LockoutSubject::Address
+        } else {
+            LockoutSubject::Account
         };
         state.metrics.login_lockout(kind);
         tracing::warn!(
@@ -330,8 +364,11 @@ pub(crate) async fn sign_in(
     let user_id = UserId::from_db(user.id);
     let sid = uuid::Uuid::new_v4().to_string();
     let (pair, refresh_jti) = token_pair(state, user_id, &sid, now)?;
-    // A success forgives the account's failures (not the address's: see db::throttle).
-    let account = subjects.account;
+    // A success forgives the account's failures and the source's (not the address's: see
+    // db::throttle), and makes the source known to the account.
+    let Subjects {
+        account, source, ..
+    } = subjects;
     let actor = user_actor(user.id, Some(&user.username));
     let entry = Event::new(state.clock.now_micros(), actor, meta, Action::Login)
         .target(Target::owner(user.id));
@@ -339,7 +376,14 @@ pub(crate) async fn sign_in(
     // The session and the login's entry commit together: the session's generation names it.
     state
         .db(move |c| {
-            throttle::succeeded(c, &account, &undo)?;
+            let forgive: Vec<&str> = [Some(account.as_str()), source.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            throttle::succeeded(c, &forgive, &undo)?;
+            if let Some(source) = &source {
+                throttle::remember_source(c, source, now)?;
+            }
             crate::audit::chain::with_entry(
                 c,
                 |tx| {
@@ -381,10 +425,13 @@ pub(crate) async fn renew(
         .tokens
         .validate(refresh_token.expose_secret(), TokenType::Refresh, now);
     let Some((claims, user)) = validated.ok().and_then(|c| c.user_id().map(|u| (c, u))) else {
-        audit(state, meta, Actor::anonymous(), Action::Refresh, |e| {
-            e.outcome(Outcome::Denied, Some(Reason::TokenInvalid))
-        })
-        .await;
+        // A token that does not verify names no one: audited once per source per minute.
+        if state.limits.audit_denial(Reason::TokenInvalid, meta) {
+            audit(state, meta, Actor::anonymous(), Action::Refresh, |e| {
+                e.outcome(Outcome::Denied, Some(Reason::TokenInvalid))
+            })
+            .await;
+        }
         return Err(ApiError::Unauthorized(BAD_REFRESH));
     };
     // The user's IP allowlist applies to refreshing too: checked before the token is spent.
@@ -509,6 +556,11 @@ pub async fn change_password(
         .await?
         .filter(|row| row.intact(&state.keyring))
         .ok_or(ApiError::InvalidToken)?;
+    // A wrong current password counts against the account's login throttle, like a wrong
+    // password at sign-in: a stolen session is no unthrottled password oracle (SPEC §15).
+    let now = state.clock.now();
+    let subjects = Subjects::of(&state, &user.username, meta.source_ip)?;
+    let undo = admit_attempt(&state, &meta, &subjects, &user.username, now).await?;
     let hash = stored.password_hash.clone();
     let (matches, new_hash) = state
         .hasher
@@ -536,7 +588,6 @@ pub async fn change_password(
     let keyring = state.keyring.clone();
     let username = user.username.clone();
     let sid = user.session_id.clone();
-    let now = state.clock.now();
     let entry = Event::new(
         state.clock.now_micros(),
         actor,
@@ -544,8 +595,10 @@ pub async fn change_password(
         Action::UserPasswordChange,
     )
     .target(Target::owner(id));
+    let account = subjects.account;
     state
         .db(move |c| {
+            throttle::succeeded(c, &[&account], &undo)?;
             crate::audit::chain::with_entry(
                 c,
                 |tx| users::set_password(tx, &keyring, &username, &new_hash, Some(&sid), now),

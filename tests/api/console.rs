@@ -831,7 +831,7 @@ async fn under_tls_the_console_cookies_are_secure() {
     assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
     let cookies = res.set_cookies();
     assert!(cookies.len() >= 2, "{cookies:?}");
-    for name in ["hazina_access=", "hazina_refresh="] {
+    for name in ["__Host-hazina_access=", "__Host-hazina_refresh="] {
         let c = cookies.iter().find(|c| c.starts_with(name)).unwrap();
         assert!(c.contains("; Secure") && c.contains("HttpOnly"), "{c}");
     }

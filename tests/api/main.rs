@@ -13,6 +13,7 @@ mod console;
 mod console_browser;
 mod credentials;
 mod hostile;
+mod hostile_second;
 mod integrity;
 mod keys;
 mod multinode;

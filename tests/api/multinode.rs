@@ -147,8 +147,10 @@ async fn a_logout_on_one_node_is_honoured_by_the_other() {
 #[tokio::test]
 async fn concurrent_rotations_over_two_nodes_leave_a_gap_free_version_sequence() {
     const ROTATIONS: usize = 200;
-    let a = spawn_app().await;
-    let b = a.spawn_node().await;
+    // Every version is kept (the cap would shred the oldest: SPEC §15).
+    let keep_all = [("HAZINA_MAX_VERSIONS", "1000")];
+    let a = spawn_app_with(&keep_all).await;
+    let b = a.spawn_node_with(&keep_all).await;
     let alice = a.user().await;
     let created = a
         .create_credential(&alice, "pagamio", "sandbox", "pagamio-initial-key")
