@@ -183,7 +183,10 @@ fn with_version_cap(
     entry: Event,
     write: impl FnOnce(&mut crate::db::DbConn) -> Result<Option<CredentialRow>, DbError>,
 ) -> Result<Option<CredentialRow>, DbError> {
-    let (row, shredded) = chain::with_entries(
+    // The shredded version's rows are overwritten in the database file (`secure_delete`);
+    // their copies in SQLite's WAL go at its next checkpoint. Unlike a DELETE, the cap does
+    // not force one: a credential rotated past its cap would pay a checkpoint on every write.
+    let (row, _) = chain::with_entries(
         c,
         |tx| {
             let row = write(tx)?;
@@ -195,10 +198,6 @@ fn with_version_cap(
         },
         |written| entries_of(entry, written),
     )?;
-    if !shredded.is_empty() {
-        // Committed: SQLite's WAL copies of the shredded keys go too.
-        crate::db::wal::checkpoint_after_shred(c);
-    }
     Ok(row)
 }
 
