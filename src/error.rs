@@ -11,6 +11,7 @@ use crate::domain::ValidationError;
 
 pub const NOT_FOUND: &str = "Payment credentials not found or access denied";
 pub const TOO_MANY_REQUESTS: &str = "Too many requests; retry later";
+pub const UNAUTHENTICATED: &str = "Authentication credentials were not provided or are invalid";
 pub const HEADERS_TOO_LARGE: &str = "Request header fields are too large";
 /// An access token that verified but has expired (also the RFC 6750 `error_description`).
 pub const TOKEN_EXPIRED: &str = "The access token expired";
@@ -87,7 +88,7 @@ impl ApiError {
             ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::NotFound(m) => {
                 (*m).into()
             }
-            ApiError::InvalidToken => crate::auth::principal::UNAUTHENTICATED.into(),
+            ApiError::InvalidToken => UNAUTHENTICATED.into(),
             ApiError::TokenExpired => TOKEN_EXPIRED.into(),
             ApiError::PayloadTooLarge => "Request body is too large".into(),
             ApiError::HeadersTooLarge => HEADERS_TOO_LARGE.into(),

@@ -20,7 +20,11 @@
 //! file or control the process memory.
 //!
 //! ## Where things live
-//! - a request enters in [`routes`] (the whole route table is in `routes/mod.rs`);
+//! - a request enters in [`routes`] (the whole route table is in `routes/mod.rs`); its
+//!   metadata (id, client address, client certificate) is computed once in [`http`] and
+//!   handed to [`audit`] as plain data;
+//! - what a caller may do with a credential (operations, references) and other plain
+//!   vocabulary is in [`domain`], below everything that uses it;
 //! - its principal is established in [`auth::principal`];
 //! - the owner is checked inside the SQL of [`db::credentials`];
 //! - the secret is sealed and opened only in [`crypto::envelope`];
@@ -43,6 +47,7 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod rotation;

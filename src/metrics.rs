@@ -8,7 +8,6 @@
 //! Counters are per process, as a Prometheus scrape of each node expects.
 
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
 
 use actix_web::dev::ResourceDef;
 
@@ -189,6 +188,7 @@ fn latency_histogram() -> Histogram {
 }
 
 pub struct Metrics {
+    routes: RoutePatterns,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
@@ -210,7 +210,7 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// A registry for one process; the audit writer's counters are read at each scrape.
-    pub fn new(audit: AuditLog) -> Self {
+    pub fn new(audit: AuditLog, routes: RoutePatterns) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -271,6 +271,7 @@ impl Metrics {
         let broker = BrokerMetrics::register(&mut registry);
         registry.register_collector(Box::new(AuditCollector(audit)));
         Metrics {
+            routes,
             broker,
             registry,
             requests,
@@ -296,7 +297,7 @@ impl Metrics {
         status: StatusCode,
         seconds: f64,
     ) {
-        let route = route_label(pattern, path);
+        let route = self.routes.label(pattern, path);
         let labels = RequestLabels {
             route,
             method: method_label(method),
@@ -358,25 +359,38 @@ impl Metrics {
     }
 }
 
-/// The route table's own `&'static` pattern for `pattern` (or, without one, for the first
-/// route `path` matches), else `unmatched`.
-fn route_label(pattern: Option<&str>, path: &str) -> &'static str {
-    static ROUTES: OnceLock<Vec<(ResourceDef, &'static str)>> = OnceLock::new();
-    let table = crate::routes::ROUTE_TABLE;
-    match pattern {
-        Some(p) => table.iter().find(|(_, known)| *known == p).map(|(_, k)| *k),
-        None => ROUTES
-            .get_or_init(|| {
-                table
-                    .iter()
-                    .map(|(_, p)| (ResourceDef::new(*p), *p))
-                    .collect()
-            })
-            .iter()
-            .find(|(def, _)| def.is_match(path))
-            .map(|(_, p)| *p),
+/// The route patterns requests are labelled by (the HTTP layer's route table, handed in at
+/// start: metrics know no routes of their own).
+pub struct RoutePatterns(Vec<(ResourceDef, &'static str)>);
+
+impl RoutePatterns {
+    /// From `(method, pattern)` pairs, in the order requests are matched.
+    pub fn new(table: &[(&'static str, &'static str)]) -> Self {
+        RoutePatterns(
+            table
+                .iter()
+                .map(|(_, p)| (ResourceDef::new(*p), *p))
+                .collect(),
+        )
     }
-    .unwrap_or("unmatched")
+
+    /// The table's own `&'static` pattern for `pattern` (or, without one, for the first
+    /// route `path` matches), else `unmatched`.
+    fn label(&self, pattern: Option<&str>, path: &str) -> &'static str {
+        match pattern {
+            Some(p) => self
+                .0
+                .iter()
+                .find(|(_, known)| *known == p)
+                .map(|(_, k)| *k),
+            None => self
+                .0
+                .iter()
+                .find(|(def, _)| def.is_match(path))
+                .map(|(_, p)| *p),
+        }
+        .unwrap_or("unmatched")
+    }
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -435,6 +449,8 @@ mod tests {
 
     #[test]
     fn labels_come_from_closed_sets() {
+        let routes = RoutePatterns::new(crate::routes::ROUTE_TABLE);
+        let route_label = |pattern, path| routes.label(pattern, path);
         assert_eq!(route_label(Some("/healthz"), "/healthz"), "/healthz");
         assert_eq!(route_label(Some("/secret/../path"), "/x"), "unmatched");
         assert_eq!(route_label(None, "/no/such/thing"), "unmatched");

@@ -385,7 +385,10 @@ impl Application {
                 crate::tls::CrlCheck::new(settings).context("cannot configure the client CRL")?,
             )),
         };
-        let metrics = crate::metrics::Metrics::new(audit.clone());
+        let metrics = crate::metrics::Metrics::new(
+            audit.clone(),
+            crate::metrics::RoutePatterns::new(routes::ROUTE_TABLE),
+        );
         let broker = crate::broker::Broker::new(&config.providers, metrics.broker())?;
         let state = web::Data::new(AppState {
             pool,

@@ -29,14 +29,10 @@ pub mod writer;
 
 use std::net::IpAddr;
 
-use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use serde::Serialize;
 
-use crate::auth::AuthenticatedUser;
 use crate::db::credentials::CredentialRow;
 use crate::domain::CredentialId;
-use crate::routes::RequestId;
 
 pub use writer::{AuditError, AuditLog};
 
@@ -186,22 +182,6 @@ pub struct Actor {
 }
 
 impl Actor {
-    pub fn user(u: &AuthenticatedUser) -> Self {
-        Actor {
-            kind: ActorKind::User,
-            id: Some(u.id.get()),
-            name: Some(u.username.clone()),
-        }
-    }
-
-    pub fn service(s: &crate::auth::AuthenticatedService) -> Self {
-        Actor {
-            kind: ActorKind::Service,
-            id: Some(s.id),
-            name: Some(s.name.clone()),
-        }
-    }
-
     pub fn anonymous() -> Self {
         Actor {
             kind: ActorKind::Anonymous,
@@ -256,7 +236,8 @@ impl Target {
 }
 
 /// Where a request came from: the client's address (the TCP peer, or what a trusted proxy
-/// says: see [`crate::limits::client_ip`]), its client certificate, and the request id.
+/// says), its client certificate, and the request id: computed once per request by the HTTP
+/// layer (`crate::http`).
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     pub source_ip: Option<IpAddr>,
@@ -264,26 +245,8 @@ pub struct RequestMeta {
     pub request_id: Option<String>,
 }
 
-impl RequestMeta {
-    pub fn of(req: &HttpRequest) -> Self {
-        RequestMeta {
-            source_ip: crate::limits::client_ip(req),
-            cert_fingerprint: req
-                .conn_data::<crate::tls::PeerIdentity>()
-                .map(|p| p.fingerprint.clone()),
-            request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
-        }
-    }
-}
-
-impl FromRequest for RequestMeta {
-    type Error = actix_web::Error;
-    type Future = std::future::Ready<Result<Self, actix_web::Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(Ok(RequestMeta::of(req)))
-    }
-}
+// `RequestMeta::of` (from an HTTP request) lives with the HTTP layer, `crate::http`; the
+// audit log takes request metadata as plain data.
 
 /// One audit entry before it is chained.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::tls::PeerIdentity;
 
-pub const UNAUTHENTICATED: &str = "Authentication credentials were not provided or are invalid";
+pub use crate::error::UNAUTHENTICATED;
 pub const SERVICE_FORBIDDEN: &str = "Services may only fetch the keys they are granted";
 pub const UNKNOWN_SERVICE: &str = "This client certificate is not a registered, enabled service";
 pub const REVOKED_CERTIFICATE: &str = "This client certificate has been revoked";
@@ -236,6 +236,26 @@ pub struct AuthenticatedService {
     pub name: String,
     pub identity: String,
     pub fingerprint: String,
+}
+
+impl Actor {
+    /// A signed-in user, as audit entries name them.
+    pub fn user(u: &AuthenticatedUser) -> Self {
+        Actor {
+            kind: crate::audit::ActorKind::User,
+            id: Some(u.id.get()),
+            name: Some(u.username.clone()),
+        }
+    }
+
+    /// A service, as audit entries name it.
+    pub fn service(s: &AuthenticatedService) -> Self {
+        Actor {
+            kind: crate::audit::ActorKind::Service,
+            id: Some(s.id),
+            name: Some(s.name.clone()),
+        }
+    }
 }
 
 /// Whether `ip` falls inside a comma-separated CIDR allowlist (`None` = any address).

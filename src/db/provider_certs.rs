@@ -11,7 +11,7 @@ use super::{DbConn, DbError};
 use crate::audit::generation;
 use crate::clock::UnixSeconds;
 use crate::crypto::{rowmac, Keyring};
-use crate::vault::compute::CertificateInfo;
+use crate::domain::CertificateInfo;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = pc)]

@@ -247,7 +247,7 @@ pub struct GrantRow {
     pub revoked_at: Option<i64>,
     pub mac: Option<Vec<u8>>,
     pub mac_version: Option<i32>,
-    /// Canonical operations (see [`crate::vault::Operations`]).
+    /// Canonical operations (see [`crate::domain::operation::Operations`]).
     pub operations: String,
     pub generation: i64,
 }
@@ -282,7 +282,7 @@ impl GrantRow {
     }
 
     /// Whether this grant allows `operation`.
-    pub fn allows(&self, operation: crate::vault::Operation) -> bool {
+    pub fn allows(&self, operation: crate::domain::operation::Operation) -> bool {
         self.operations.split(',').any(|o| o == operation.as_str())
     }
 
@@ -319,7 +319,7 @@ pub fn create_grant(
     service_id: i64,
     owner_id: i64,
     (provider, environment): (Option<&str>, Option<&str>),
-    operations: &crate::vault::Operations,
+    operations: &crate::domain::operation::Operations,
     now: UnixSeconds,
 ) -> Result<GrantRow, DbError> {
     let id = crate::domain::UserId::generate().get();
@@ -437,7 +437,7 @@ fn with_intact_grant(
     conn: &mut DbConn,
     keyring: &Keyring,
     service_id: i64,
-    operation: crate::vault::Operation,
+    operation: crate::domain::operation::Operation,
     found: Option<(CredentialRow, VersionRow)>,
 ) -> Result<Granted, DbError> {
     let Some((row, version)) = found else {
@@ -526,7 +526,7 @@ pub fn granted_by_id(
     keyring: &Keyring,
     service_id: i64,
     id: CredentialId,
-    operation: crate::vault::Operation,
+    operation: crate::domain::operation::Operation,
 ) -> Result<Granted, DbError> {
     let found = granted!(service_id)
         .filter(c::id.eq(id.get()))
@@ -544,7 +544,7 @@ pub fn granted_by_owner(
     owner_username: &str,
     provider: &str,
     environment: &str,
-    operation: crate::vault::Operation,
+    operation: crate::domain::operation::Operation,
 ) -> Result<Granted, DbError> {
     let found = granted!(service_id)
         .filter(c::provider.eq(provider))

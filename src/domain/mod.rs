@@ -1,12 +1,15 @@
 //! Domain types that hold the product's invariants. Each has a private inner value and a
 //! `parse` that returns `Result`, so a handler never holds an unchecked string.
 
+mod certificate;
 mod credential;
 mod ids;
+pub mod operation;
 pub mod profile;
 mod service;
 mod user;
 
+pub use certificate::CertificateInfo;
 pub use credential::{ApiKey, Environment, PrivateKey, Provider, ValidationError};
 pub use ids::{CredentialId, UserId};
 pub use service::{ServiceIdentity, ServiceName};

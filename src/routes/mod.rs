@@ -219,9 +219,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for JsonObject<T> 
     }
 }
 
-/// The id of one request: on every log line (via the span) and in `X-Request-Id`.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub use crate::http::RequestId;
 
 /// Request id, access log line and security headers for every response.
 pub struct RequestContext;

@@ -34,7 +34,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CipherSuite, RootCertStore, ServerConfig, SupportedCipherSuite};
 use sha2::{Digest, Sha256};
 
-use crate::config::TlsSettings;
+mod settings;
+
+pub use settings::{ClientCa, TlsSettings};
 
 /// A TLS setting that cannot be used; `setting` names the environment variable.
 #[derive(Debug, thiserror::Error)]
@@ -411,7 +413,7 @@ impl CrlCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClientCa, TlsSettings};
+    use super::{ClientCa, TlsSettings};
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose, SanType,

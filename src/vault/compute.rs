@@ -77,15 +77,7 @@ pub fn challenge_matches(secret: &SecretString, candidate: &str) -> bool {
     s.len() == candidate.len() && bool::from(s.ct_eq(candidate.as_bytes()))
 }
 
-/// A provider certificate as installed: its public key and what the API shows of it.
-#[derive(Debug, Clone)]
-pub struct CertificateInfo {
-    pub der: Vec<u8>,
-    pub sha256: String,
-    pub subject: String,
-    pub not_before: i64,
-    pub not_after: i64,
-}
+pub use crate::domain::CertificateInfo;
 
 /// Parses one PEM certificate whose public key is RSA (what Daraja publishes). The message
 /// is safe to show.

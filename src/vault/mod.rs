@@ -16,8 +16,6 @@
 
 pub mod compute;
 
-use std::collections::BTreeSet;
-
 use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
 use crate::crypto::envelope::{self, Contents, EnvelopeError};
 use crate::crypto::{Aad, Keyring};
@@ -25,164 +23,11 @@ use crate::db::credentials::{self as repo, CredentialRow, VersionRow};
 use crate::db::provider_certs::{self, CertificateRow};
 use crate::db::{services, DbConn, DbError};
 use crate::domain::profile::Profile;
-use crate::domain::{CredentialId, Environment, Provider, UserId, ValidationError};
+use crate::domain::{CredentialId, Environment, Provider, UserId};
 use crate::startup::AppState;
 
-/// What a caller may do with a credential (SPEC §9.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Operation {
-    Reveal,
-    StkPassword,
-    SecurityCredential,
-    WebhookVerify,
-    AccessToken,
-}
-
-impl Operation {
-    pub const ALL: [Operation; 5] = [
-        Operation::Reveal,
-        Operation::StkPassword,
-        Operation::SecurityCredential,
-        Operation::WebhookVerify,
-        Operation::AccessToken,
-    ];
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|o| o.as_str() == raw)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Reveal => "reveal",
-            Operation::StkPassword => "stk-password",
-            Operation::SecurityCredential => "security-credential",
-            Operation::WebhookVerify => "webhook-verify",
-            Operation::AccessToken => "access-token",
-        }
-    }
-
-    /// What the operation's answer gives away of a stored secret, in words for whoever
-    /// grants or runs it (SPEC §14); `None` for the operations whose answer does not let
-    /// anyone recover a secret (and for `reveal`, whose name already says it).
-    pub fn disclosure(self) -> Option<&'static str> {
-        match self {
-            // Daraja's published format: anyone holding one password (or watching it go to
-            // Safaricom) decodes the passkey, which never expires.
-            Operation::StkPassword => Some(
-                "stk-password discloses the M-Pesa passkey: \
-                 the password is base64(shortcode + passkey + timestamp)",
-            ),
-            Operation::Reveal
-            | Operation::SecurityCredential
-            | Operation::WebhookVerify
-            | Operation::AccessToken => None,
-        }
-    }
-
-    /// Whether the operation exists for `provider`'s credentials.
-    pub fn applies_to(self, provider: Provider) -> bool {
-        match self {
-            Operation::Reveal => true,
-            Operation::StkPassword | Operation::SecurityCredential => provider == Provider::Mpesa,
-            Operation::WebhookVerify => matches!(
-                provider,
-                Provider::KopoKopo | Provider::JPay | Provider::InstaSend
-            ),
-            Operation::AccessToken => provider != Provider::InstaSend,
-        }
-    }
-
-    /// The secret the operation opens, and the settings it reads, for `provider`.
-    fn needs(self, provider: Provider) -> (&'static [&'static str], &'static [&'static str]) {
-        match (self, provider) {
-            (Operation::StkPassword, _) => (&["passkey"], &["business_short_code"]),
-            (Operation::SecurityCredential, _) => (&["initiator_password"], &[]),
-            (Operation::WebhookVerify, Provider::InstaSend) => (&["webhook_challenge"], &[]),
-            (Operation::WebhookVerify, _) => (&["webhook_secret"], &[]),
-            _ => (&[], &[]),
-        }
-    }
-}
-
-/// A set of operations, as a grant names them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Operations(BTreeSet<Operation>);
-
-impl Operations {
-    /// What grants made before operations allow.
-    pub fn legacy() -> Self {
-        Operations(BTreeSet::from([Operation::Reveal]))
-    }
-
-    /// Names from a request or the command line: known, at least one (none given means
-    /// `reveal`, what every grant allowed before).
-    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, ValidationError> {
-        if names.is_empty() {
-            return Ok(Self::legacy());
-        }
-        let mut set = BTreeSet::new();
-        for n in names {
-            let op = Operation::parse(n.as_ref()).ok_or_else(|| {
-                ValidationError(format!(
-                    "Unknown operation. Choose from: {}",
-                    Operation::ALL.map(Operation::as_str).join(", ")
-                ))
-            })?;
-            set.insert(op);
-        }
-        Ok(Operations(set))
-    }
-
-    /// The stored form: names sorted and comma-separated (covered by the grant's MAC).
-    pub fn canonical(&self) -> String {
-        let mut names: Vec<&str> = self.0.iter().map(|o| o.as_str()).collect();
-        names.sort_unstable();
-        names.join(",")
-    }
-
-    pub fn names(stored: &str) -> Vec<&str> {
-        stored.split(',').filter(|s| !s.is_empty()).collect()
-    }
-
-    /// What a grant of the stored `operations` gives away beyond its names, one line per
-    /// operation whose answer discloses a stored secret ([`Operation::disclosure`]).
-    pub fn warnings(stored: &str) -> Vec<&'static str> {
-        Self::names(stored)
-            .into_iter()
-            .filter_map(|n| Operation::parse(n)?.disclosure())
-            .collect()
-    }
-}
-
-/// A caller's payment reference (order id, CheckoutRequestID): 1 to 64 of
-/// `[A-Za-z0-9._:/-]`. Stored in the audit entry; filterable there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reference(String);
-
-impl Reference {
-    pub const PATTERN: &'static str = "^[A-Za-z0-9._:/-]{1,64}$";
-
-    pub fn is_valid(raw: &str) -> bool {
-        (1..=64).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        if Self::is_valid(raw) {
-            Ok(Reference(raw.to_owned()))
-        } else {
-            Err(ValidationError(
-                "reference must be 1 to 64 of A-Z a-z 0-9 . _ : / -".into(),
-            ))
-        }
-    }
-
-    pub fn into_inner(self) -> String {
-        self.0
-    }
-}
+// The vocabulary of operations lives in `domain` (the database's grants use it too).
+pub use crate::domain::operation::{Operation, Operations, Reference};
 
 /// Whose credentials a caller reaches.
 #[derive(Debug, Clone, Copy)]
