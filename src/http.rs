@@ -3,9 +3,51 @@
 //! entries record. Nothing below this layer knows an `HttpRequest`.
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
 use crate::audit::RequestMeta;
+
+/// The reverse proxies whose `X-Forwarded-For` is believed (`HAZINA_TRUSTED_PROXIES`), as
+/// the application registers them for [`client_ip`].
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+/// The client's address. The TCP peer — unless the peer is one of `HAZINA_TRUSTED_PROXIES`:
+/// then `X-Forwarded-For` is read from the right (each proxy appends the address it received
+/// the request from), skipping trusted proxies, and the first address that is not one is the
+/// client. Everything left of it is the client's own claim and never believed; an entry that
+/// is not an address ends the walk at the last trusted hop. With no trusted proxies (the
+/// default) the header is ignored entirely.
+pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip().to_canonical();
+    let Some(trusted) = req.app_data::<web::Data<TrustedProxies>>() else {
+        return Some(peer);
+    };
+    let trusted = &trusted.0;
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut hops: Vec<&str> = Vec::new();
+    for value in req.headers().get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return Some(peer);
+        };
+        hops.extend(text.split(','));
+    }
+    let mut last_trusted = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+            return Some(last_trusted);
+        };
+        let ip = ip.to_canonical();
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+        last_trusted = ip;
+    }
+    Some(last_trusted)
+}
 
 /// The id of one request: on every log line (via the span) and in `X-Request-Id`.
 #[derive(Debug, Clone)]
@@ -13,11 +55,11 @@ pub struct RequestId(pub String);
 
 impl RequestMeta {
     /// The request's metadata: the client's address (the TCP peer, or what a trusted proxy
-    /// says: see [`crate::limits::client_ip`]), its verified client certificate's
+    /// says: see [`client_ip`]), its verified client certificate's
     /// fingerprint, and the request id.
     pub fn of(req: &HttpRequest) -> Self {
         RequestMeta {
-            source_ip: crate::limits::client_ip(req),
+            source_ip: client_ip(req),
             cert_fingerprint: req
                 .conn_data::<crate::tls::PeerIdentity>()
                 .map(|p| p.fingerprint.clone()),

@@ -228,7 +228,12 @@ impl Limits {
     }
 
     /// Whose budget `req` spends.
-    pub fn key_for(req: &HttpRequest, state: &AppState) -> Option<RateKey> {
+    /// `console_token` is the access token of a console page's session cookie, if any.
+    pub fn key_for(
+        req: &HttpRequest,
+        state: &AppState,
+        console_token: Option<String>,
+    ) -> Option<RateKey> {
         if let Some(token) = bearer_token(req) {
             let claims = state
                 .tokens
@@ -241,9 +246,7 @@ impl Limits {
             }
         } else if let Some(peer) = req.conn_data::<PeerIdentity>() {
             return Some(RateKey::Service(peer.fingerprint.clone()));
-        } else if let Some(token) =
-            crate::console::cookie_access_token(req, state.config.served_over_https())
-        {
+        } else if let Some(token) = console_token {
             // A console page's session cookie: its user's budget when it validates, else the
             // address's — checked before the cookie's refresh token is ever spent (SPEC §15).
             let claims = state
@@ -258,11 +261,12 @@ impl Limits {
 
     /// Counts `req` against the budget it spends. With every limit off, nothing is
     /// computed at all (not even the token check that picks the key).
-    pub fn decide(&self, req: &HttpRequest, state: &AppState) -> Decision {
+    pub fn decide(&self, req: &HttpRequest, state: &AppState, console: &ConsolePages) -> Decision {
         if self.principals.is_none() && self.services.is_none() {
             return Decision::Unlimited;
         }
-        match Self::key_for(req, state) {
+        let console_token = (console.access_token)(req, state.config.served_over_https());
+        match Self::key_for(req, state, console_token) {
             Some(key) => self.check(&key),
             None => Decision::Unlimited,
         }
@@ -437,7 +441,20 @@ fn body_too_large(req: &ServiceRequest, max: usize) -> bool {
 }
 
 /// Rate limits, then head and body size limits, for every request.
-pub struct Guard;
+pub struct Guard(pub ConsolePages);
+
+/// What the guard needs to know of the console (handed in by the application: the limiter
+/// sits below the pages it guards).
+#[derive(Clone, Copy)]
+pub struct ConsolePages {
+    /// Every console path starts with it.
+    pub prefix: &'static str,
+    /// The access token of a console page's session cookie (`https`: the cookies' names
+    /// under HTTPS), for the budget it spends.
+    pub access_token: fn(&HttpRequest, bool) -> Option<String>,
+    /// The page a refusal shows on a console path.
+    pub refusal: fn(&ApiError) -> actix_web::HttpResponse,
+}
 
 impl<S, B> Transform<S, ServiceRequest> for Guard
 where
@@ -451,12 +468,16 @@ where
     type Future = Ready<Result<Self::Transform, ()>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(GuardMiddleware { service }))
+        ready(Ok(GuardMiddleware {
+            service,
+            console: self.0,
+        }))
     }
 }
 
 pub struct GuardMiddleware<S> {
     service: S,
+    console: ConsolePages,
 }
 
 impl<S, B> Service<ServiceRequest> for GuardMiddleware<S>
@@ -480,11 +501,12 @@ where
         let decision = if is_probe(&req, &state) {
             Decision::Unlimited
         } else {
-            state.limits.decide(req.request(), &state)
+            state.limits.decide(req.request(), &state, &self.console)
         };
-        let refuse = |req: ServiceRequest, error: ApiError, decision: &Decision| {
-            let mut res = if req.path().starts_with(crate::console::PREFIX) {
-                crate::console::refusal_page(&error)
+        let console = self.console;
+        let refuse = move |req: ServiceRequest, error: ApiError, decision: &Decision| {
+            let mut res = if req.path().starts_with(console.prefix) {
+                (console.refusal)(&error)
             } else {
                 error.error_response()
             };
@@ -564,42 +586,8 @@ fn is_probe(req: &ServiceRequest, state: &AppState) -> bool {
     }
 }
 
-/// The client's address. The TCP peer — unless the peer is one of `HAZINA_TRUSTED_PROXIES`:
-/// then `X-Forwarded-For` is read from the right (each proxy appends the address it received
-/// the request from), skipping trusted proxies, and the first address that is not one is the
-/// client. Everything left of it is the client's own claim and never believed; an entry that
-/// is not an address ends the walk at the last trusted hop. With no trusted proxies (the
-/// default) the header is ignored entirely.
-pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
-    let peer = req.peer_addr()?.ip().to_canonical();
-    let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() else {
-        return Some(peer);
-    };
-    let trusted = &state.config.abuse.trusted_proxies;
-    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return Some(peer);
-    }
-    let mut hops: Vec<&str> = Vec::new();
-    for value in req.headers().get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else {
-            return Some(peer);
-        };
-        hops.extend(text.split(','));
-    }
-    let mut last_trusted = peer;
-    for hop in hops.iter().rev() {
-        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
-            return Some(last_trusted);
-        };
-        let ip = ip.to_canonical();
-        if !is_trusted(&ip) {
-            return Some(ip);
-        }
-        last_trusted = ip;
-    }
-    Some(last_trusted)
-}
+// The client's address is the HTTP layer's to say (`crate::http::client_ip`).
+pub use crate::http::client_ip;
 
 #[cfg(test)]
 mod tests {

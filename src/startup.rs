@@ -44,6 +44,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// What the release gate may use (`vault::Context`).
+    pub fn gate(&self) -> crate::vault::Context<'_> {
+        crate::vault::Context {
+            keyring: &self.keyring,
+            audit: &self.audit,
+            clock: &self.clock,
+            broker: &self.broker,
+        }
+    }
+
     /// Runs `f` with a pooled connection on the blocking pool, never on an async worker.
     pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
     where
@@ -419,15 +429,23 @@ impl Application {
             );
         }
         let app_state = state.clone();
+        let proxies = web::Data::new(crate::http::TrustedProxies(
+            state.config.abuse.trusted_proxies.clone(),
+        ));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .app_data(proxies.clone())
                 .configure(routes::extractor_config(app_state.config.max_body_bytes))
                 .wrap(routes::json_errors())
                 // The limiter runs before the console's cookies are turned into a session
                 // (and a refresh token is spent, and its failure audited): SPEC §15.
                 .wrap(crate::console::CookieSession)
-                .wrap(crate::limits::Guard)
+                .wrap(crate::limits::Guard(crate::limits::ConsolePages {
+                    prefix: crate::console::PREFIX,
+                    access_token: crate::console::cookie_access_token,
+                    refusal: crate::console::refusal_page,
+                }))
                 .wrap(routes::RequestContext)
                 .configure(routes::register)
                 .configure(|cfg| crate::console::register(cfg, app_state.config.max_body_bytes))

@@ -938,7 +938,7 @@ pub async fn reveal(
         let service =
             AuthenticatedService::from_request(&req, &mut actix_web::dev::Payload::None).await?;
         let caller = vault::Caller {
-            state: &state,
+            gate: state.gate(),
             actor: Actor::service(&service),
             meta: &meta,
         };
@@ -965,7 +965,7 @@ pub async fn reveal(
         ));
     }
     let caller = vault::Caller {
-        state: &state,
+        gate: state.gate(),
         actor: Actor::user(&user),
         meta: &meta,
     };
@@ -1094,7 +1094,7 @@ pub async fn lookup(
     };
     let address = query.address()?;
     let gate = vault::Caller {
-        state: &state,
+        gate: state.gate(),
         actor: Actor::service(service),
         meta: &meta,
     };

@@ -157,7 +157,7 @@ pub async fn by_id(
         let lookup = find_for_service(&state, &service, address, operation, grace).await?;
         let checked = check(&state, operation, body_of(&req, payload).await?)?;
         let caller = vault::Caller {
-            state: &state,
+            gate: state.gate(),
             actor: Actor::service(&service),
             meta: &meta,
         };
@@ -181,7 +181,7 @@ pub async fn by_id(
     let checked = check(&state, named?, body_of(&req, payload).await?)?;
     let operation = checked.operation;
     let caller = vault::Caller {
-        state: &state,
+        gate: state.gate(),
         actor: Actor::user(&user),
         meta: &meta,
     };
@@ -256,7 +256,7 @@ pub async fn by_lookup(
     let address = query.address()?;
     let grace = grace_since(&state);
     let gate = vault::Caller {
-        state: &state,
+        gate: state.gate(),
         actor: Actor::service(service),
         meta: &meta,
     };

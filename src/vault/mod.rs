@@ -24,7 +24,6 @@ use crate::db::provider_certs::{self, CertificateRow};
 use crate::db::{services, DbConn, DbError};
 use crate::domain::profile::Profile;
 use crate::domain::{CredentialId, Environment, Provider, UserId};
-use crate::startup::AppState;
 
 // The vocabulary of operations lives in `domain` (the database's grants use it too).
 pub use crate::domain::operation::{Operation, Operations, Reference};
@@ -195,9 +194,20 @@ pub enum Refusal {
     Provider(crate::broker::Failure),
 }
 
+/// What the gate needs of the application, and nothing more: the keyring that opens
+/// envelopes, the audit log it records to, the clock, and the provider-token broker.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub keyring: &'a Keyring,
+    pub audit: &'a crate::audit::AuditLog,
+    pub clock: &'a crate::clock::Clock,
+    pub broker: &'a crate::broker::Broker,
+}
+
 /// Who asks, from where: the audit trail's half of a request.
 pub struct Caller<'a> {
-    pub state: &'a AppState,
+    /// What the gate uses of the application (never the whole of it).
+    pub gate: Context<'a>,
     pub actor: Actor,
     pub meta: &'a RequestMeta,
 }
@@ -205,7 +215,7 @@ pub struct Caller<'a> {
 impl Caller<'_> {
     fn event(&self, action: Action) -> Event {
         Event::new(
-            self.state.clock.now_micros(),
+            self.gate.clock.now_micros(),
             self.actor.clone(),
             self.meta,
             action,
@@ -213,7 +223,7 @@ impl Caller<'_> {
     }
 
     async fn best_effort(&self, ev: Event) {
-        self.state.audit.record_best_effort(ev).await;
+        self.gate.audit.record_best_effort(ev).await;
     }
 }
 
@@ -408,7 +418,7 @@ impl Admitted {
                 }
             }
         }
-        let keyring = &caller.state.keyring;
+        let keyring = &caller.gate.keyring;
         let row = &self.row;
         let contents = match envelope::open_contents(
             keyring,
@@ -446,7 +456,7 @@ impl Admitted {
             .target(Target::credential(&self.row))
             .outcome(Outcome::Success, reason);
         caller
-            .state
+            .gate
             .audit
             .record(self.with_op(ev))
             .await
@@ -492,8 +502,8 @@ pub async fn access_token(
     };
     let environment = Environment::parse(&admitted.row.environment)
         .map_err(|_| Refusal::Storage(anyhow::anyhow!("stored environment is unknown")))?;
-    let broker = &caller.state.broker;
-    let now = caller.state.clock.now();
+    let broker = &caller.gate.broker;
+    let now = caller.gate.clock.now();
     let binding = binding_of(&admitted.row, &admitted.version, &key);
     let asked = match broker.cached(admitted.row.id, &binding, admitted.provider, now) {
         Some(issued) => Ok(issued),
