@@ -4,7 +4,7 @@
 //! online backup API copies every page inside one read transaction (WAL readers never block
 //! writers, so reveals go on), into a new file of mode 0600 that appears under its name only
 //! once it is complete. On PostgreSQL, `pg_dump` makes the copy. Either way the backup is
-//! recorded first, with the master-key versions it needs ([`crate::db::backups`]), so that
+//! recorded first, with the master-key versions it needs ([`crate::repo::backups`]), so that
 //! `keys retire` can refuse to make it undecryptable.
 //!
 //! A restore (SQLite) refuses a database that any process has open, refuses a backup that is
@@ -22,7 +22,7 @@ use rusqlite::OpenFlags;
 use crate::audit::{self, Event};
 use crate::clock::{Clock, UnixSeconds};
 use crate::config::{Config, DatabaseUrl, KeyringSource};
-use crate::db::backups;
+use crate::repo::backups;
 use crate::startup::{self, Vault};
 
 /// What a copy holds: checked by opening it.

@@ -225,6 +225,7 @@ impl From<DbError> for ApiError {
                 ApiError::Conflict("A record with these values already exists".into())
             }
             DbError::Pool(e) => ApiError::Unavailable(e.into()),
+            s @ DbError::Stopping(_) => ApiError::Unavailable(s.into()),
             DbError::Rejected(v) => ApiError::Invalid(v.0),
             DbError::Stale(current) => ApiError::PreconditionFailed(current),
             k @ DbError::KeyState(_) => ApiError::Unavailable(k.into()),
@@ -243,9 +244,9 @@ impl From<DbError> for ApiError {
     }
 }
 
-impl From<crate::db::key_versions::KeyStateError> for ApiError {
-    fn from(e: crate::db::key_versions::KeyStateError) -> Self {
-        use crate::db::key_versions::KeyStateError as K;
+impl From<crate::repo::key_versions::KeyStateError> for ApiError {
+    fn from(e: crate::repo::key_versions::KeyStateError) -> Self {
+        use crate::repo::key_versions::KeyStateError as K;
         match e {
             K::Conflict(m) => ApiError::Conflict(m),
             K::Invalid(m) => ApiError::Invalid(m),

@@ -20,16 +20,39 @@
 //! file or control the process memory.
 //!
 //! ## Where things live
-//! - a request enters in [`routes`] (the whole route table is in `routes/mod.rs`); its
-//!   metadata (id, client address, client certificate) is computed once in [`http`] and
-//!   handed to [`audit`] as plain data;
+//! The modules form layers, ground first; each imports only modules below it. The order is
+//! written once, in `src/layers.txt`, and `scripts/layers.sh` (run by CI) fails on a circle
+//! or on an import that points up it:
+//!
+//! ```text
+//! startup, backup        the process: keyring, pool, migrations, server; backups and restores
+//! routes, console        handlers (the route table is in routes/mod.rs) and the console's pages
+//! http                   a request's metadata, its principal, the limiter's guard
+//! state                  AppState: what every handler shares
+//! auth, limits           passwords and tokens; the rate budgets
+//! error                  ApiError: every failure's status and generic words
+//! vault, broker, rotation  the release gate, provider tokens, master-key rotation
+//! repo                   the repositories: each table's queries, owner-scoped in SQL
+//! metrics                /metrics
+//! audit                  the hash-chained, checkpointed audit log
+//! db                     connection, pool, schema, DbError
+//! config, telemetry      settings and logs
+//! providers              each provider's published formats (pure functions)
+//! tls, crypto, domain, clock  certificates, envelopes and row MACs, the vocabulary, time
+//! ```
+//!
+//! - a request enters in [`routes`]; its metadata (id, client address, client certificate)
+//!   is computed once in [`http`] and handed to [`audit`] as plain data;
 //! - what a caller may do with a credential (operations, references) and other plain
 //!   vocabulary is in [`domain`], below everything that uses it;
-//! - its principal is established in [`auth::principal`];
-//! - the owner is checked inside the SQL of [`db::credentials`];
-//! - the secret is sealed and opened only in [`crypto::envelope`];
-//! - rate limits and size limits apply in [`limits`], login throttling in [`db::throttle`];
-//! - provider access tokens are exchanged and cached (in memory only) in [`broker`].
+//! - its principal is established in [`http::principal`];
+//! - the owner is checked inside the SQL of [`repo::credentials`];
+//! - the secret is sealed and opened only in [`crypto::envelope`], and released only through
+//!   the gate in [`vault`];
+//! - rate limits and size limits apply in [`http::guard`] (budgets in [`limits`]), login
+//!   throttling in [`repo::throttle`];
+//! - provider access tokens are exchanged and cached (in memory only) in [`broker`], in the
+//!   formats of [`providers`].
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -50,9 +73,12 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod providers;
+pub mod repo;
 pub mod rotation;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod vault;

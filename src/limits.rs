@@ -1,5 +1,6 @@
-//! Rate limits and request-size limits (SPEC §7), applied by the [`Guard`] middleware to
-//! every request before it reaches a handler.
+//! Rate limits and request-size limits (SPEC §7): the budgets, counted here, and applied by
+//! the guard middleware ([`crate::http::guard`]) to every request before it reaches a
+//! handler.
 //!
 //! ## What is guaranteed
 //! - **Who is counted.** A request with a bearer token that *validates* (signature, claims,
@@ -25,38 +26,27 @@
 //! - **Rate-limit state is per process.** Several nodes behind a load balancer each allow the
 //!   full budget, so a cluster of N nodes admits up to N × the limit per key. (Login
 //!   throttling, which guards passwords, is shared through the database: see
-//!   [`crate::db::throttle`].)
+//!   [`crate::repo::throttle`].)
 //! - Memory stays bounded: keys whose budget has fully refilled are dropped every minute
 //!   (`retain_recent`), and at once when more than [`MAX_TRACKED_KEYS`] are tracked.
 //!
 //! Time comes from the application [`Clock`], so tests move time instead of sleeping.
 
 use std::collections::HashMap;
-use std::future::{ready, Ready};
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use actix_web::body::EitherBody;
-use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
-use futures_util::future::LocalBoxFuture;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
 
-use crate::audit::{Action, Actor, ActorKind, Event, Outcome, Reason, RequestMeta};
-use crate::auth::jwt::TokenType;
-use crate::auth::principal::bearer_token;
+use crate::audit::{Actor, ActorKind, Reason, RequestMeta};
 use crate::clock::{Clock, UnixSeconds};
 use crate::config::AbuseSettings;
-use crate::error::{ApiError, TOO_MANY_REQUESTS};
 use crate::metrics::Budget;
-use crate::startup::AppState;
-use crate::tls::PeerIdentity;
 
 /// Request heads larger than this (all header names and values) answer 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -66,9 +56,6 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_TRACKED_KEYS: usize = 100_000;
 /// Keys remembered for audit aggregation at most; beyond it refusals are counted, not audited.
 const MAX_AUDITED_KEYS: usize = 10_000;
-
-const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 /// Whose budget a request spends.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -82,7 +69,7 @@ pub enum RateKey {
 }
 
 impl RateKey {
-    fn audit_key(&self) -> String {
+    pub fn audit_key(&self) -> String {
         match self {
             RateKey::User(id) => format!("rate:user:{id}"),
             RateKey::Address(ip) => format!("rate:address:{ip}"),
@@ -90,7 +77,7 @@ impl RateKey {
         }
     }
 
-    fn budget(&self) -> Budget {
+    pub fn budget(&self) -> Budget {
         match self {
             RateKey::User(_) => Budget::User,
             RateKey::Address(_) => Budget::Address,
@@ -98,7 +85,7 @@ impl RateKey {
         }
     }
 
-    fn actor(&self) -> Actor {
+    pub fn actor(&self) -> Actor {
         match self {
             RateKey::User(id) => Actor {
                 kind: ActorKind::User,
@@ -224,51 +211,6 @@ impl Limits {
             checks: AtomicU64::new(0),
             follow_streams: Default::default(),
             clock,
-        }
-    }
-
-    /// Whose budget `req` spends.
-    /// `console_token` is the access token of a console page's session cookie, if any.
-    pub fn key_for(
-        req: &HttpRequest,
-        state: &AppState,
-        console_token: Option<String>,
-    ) -> Option<RateKey> {
-        if let Some(token) = bearer_token(req) {
-            let claims = state
-                .tokens
-                .validate(token, TokenType::Access, state.clock.now());
-            if let Some((claims, user)) = claims.ok().and_then(|c| c.user_id().map(|u| (c, u))) {
-                // Authentication reuses these claims instead of validating the token again.
-                req.extensions_mut()
-                    .insert(crate::auth::principal::ValidatedAccess(claims));
-                return Some(RateKey::User(user.get()));
-            }
-        } else if let Some(peer) = req.conn_data::<PeerIdentity>() {
-            return Some(RateKey::Service(peer.fingerprint.clone()));
-        } else if let Some(token) = console_token {
-            // A console page's session cookie: its user's budget when it validates, else the
-            // address's — checked before the cookie's refresh token is ever spent (SPEC §15).
-            let claims = state
-                .tokens
-                .validate(&token, TokenType::Access, state.clock.now());
-            if let Some(user) = claims.ok().and_then(|c| c.user_id()) {
-                return Some(RateKey::User(user.get()));
-            }
-        }
-        client_ip(req).map(|ip| RateKey::Address(address_key(ip)))
-    }
-
-    /// Counts `req` against the budget it spends. With every limit off, nothing is
-    /// computed at all (not even the token check that picks the key).
-    pub fn decide(&self, req: &HttpRequest, state: &AppState, console: &ConsolePages) -> Decision {
-        if self.principals.is_none() && self.services.is_none() {
-            return Decision::Unlimited;
-        }
-        let console_token = (console.access_token)(req, state.config.served_over_https());
-        match Self::key_for(req, state, console_token) {
-            Some(key) => self.check(&key),
-            None => Decision::Unlimited,
         }
     }
 
@@ -401,6 +343,11 @@ impl Limits {
     pub fn enabled(&self) -> bool {
         self.principals.is_some()
     }
+
+    /// Whether any budget is counted at all (users and addresses, or services).
+    pub fn counts_anything(&self) -> bool {
+        self.principals.is_some() || self.services.is_some()
+    }
 }
 
 /// One open audit follow stream (see [`Limits::follow_permit`]).
@@ -412,182 +359,6 @@ impl Drop for FollowPermit {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
-
-fn set_rate_headers(headers: &mut header::HeaderMap, limit: u32, remaining: u32) {
-    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
-    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
-}
-
-/// Whether the request head is over [`MAX_HEADER_BYTES`] or [`MAX_HEADERS`].
-fn head_too_large(req: &ServiceRequest) -> bool {
-    let headers = req.headers();
-    if headers.len() > MAX_HEADERS {
-        return true;
-    }
-    let bytes: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    bytes + req.uri().to_string().len() > MAX_HEADER_BYTES
-}
-
-/// Whether a declared `Content-Length` is over `max`.
-fn body_too_large(req: &ServiceRequest, max: usize) -> bool {
-    req.headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > max as u64)
-}
-
-/// Rate limits, then head and body size limits, for every request.
-pub struct Guard(pub ConsolePages);
-
-/// What the guard needs to know of the console (handed in by the application: the limiter
-/// sits below the pages it guards).
-#[derive(Clone, Copy)]
-pub struct ConsolePages {
-    /// Every console path starts with it.
-    pub prefix: &'static str,
-    /// The access token of a console page's session cookie (`https`: the cookies' names
-    /// under HTTPS), for the budget it spends.
-    pub access_token: fn(&HttpRequest, bool) -> Option<String>,
-    /// The page a refusal shows on a console path.
-    pub refusal: fn(&ApiError) -> actix_web::HttpResponse,
-}
-
-impl<S, B> Transform<S, ServiceRequest> for Guard
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Transform = GuardMiddleware<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, ()>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(GuardMiddleware {
-            service,
-            console: self.0,
-        }))
-    }
-}
-
-pub struct GuardMiddleware<S> {
-    service: S,
-    console: ConsolePages,
-}
-
-impl<S, B> Service<ServiceRequest> for GuardMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-            let fut = self.service.call(req);
-            return Box::pin(async move { Ok(fut.await?.map_into_left_body()) });
-        };
-        // A load balancer's probes never spend (or are refused by) a budget: otherwise its
-        // own address would lock itself out. `/metrics` stays guarded by its allowlist.
-        let decision = if is_probe(&req, &state) {
-            Decision::Unlimited
-        } else {
-            state.limits.decide(req.request(), &state, &self.console)
-        };
-        let console = self.console;
-        let refuse = move |req: ServiceRequest, error: ApiError, decision: &Decision| {
-            let mut res = if req.path().starts_with(console.prefix) {
-                (console.refusal)(&error)
-            } else {
-                error.error_response()
-            };
-            match decision {
-                Decision::Allowed { limit, remaining } => {
-                    set_rate_headers(res.headers_mut(), *limit, *remaining)
-                }
-                Decision::Refused { limit, .. } => set_rate_headers(res.headers_mut(), *limit, 0),
-                Decision::Unlimited => {}
-            }
-            req.into_response(res).map_into_right_body()
-        };
-
-        if let Decision::Refused {
-            retry_after, key, ..
-        } = &decision
-        {
-            state.metrics.rate_limited(key.budget());
-            tracing::debug!(budget = key.budget().as_str(), "rate limit: refused");
-            let error = ApiError::TooManyRequests {
-                message: TOO_MANY_REQUESTS,
-                retry_after: *retry_after,
-            };
-            if !state.limits.once_per_minute(key.audit_key()) {
-                return Box::pin(ready(Ok(refuse(req, error, &decision))));
-            }
-            // The first refusal per key per minute waits for its audit entry; the rest of a
-            // flood is answered at once and only counted.
-            let event = Event::new(
-                state.clock.now_micros(),
-                key.actor(),
-                &RequestMeta::of(req.request()),
-                Action::RateLimited,
-            )
-            .outcome(Outcome::Denied, Some(Reason::RateLimited));
-            tracing::warn!(
-                budget = key.budget().as_str(),
-                "rate limit exceeded (audited once per key per minute)"
-            );
-            return Box::pin(async move {
-                state.audit.record_best_effort(event).await;
-                Ok(refuse(req, error, &decision))
-            });
-        }
-        if head_too_large(&req) {
-            return Box::pin(ready(Ok(refuse(req, ApiError::HeadersTooLarge, &decision))));
-        }
-        if body_too_large(&req, state.config.max_body_bytes) {
-            return Box::pin(ready(Ok(refuse(req, ApiError::PayloadTooLarge, &decision))));
-        }
-
-        let fut = self.service.call(req);
-        Box::pin(async move {
-            let mut res = fut.await?;
-            if let Decision::Allowed { limit, remaining } = decision {
-                set_rate_headers(res.headers_mut(), limit, remaining);
-            }
-            Ok(res.map_into_left_body())
-        })
-    }
-}
-
-/// `GET` or `HEAD` of `/healthz` or `/readyz`, or of `/metrics` from an address its
-/// allowlist admits (a scraper): outside every rate limit. Anyone else's `/metrics` (an
-/// admin's token checked against the database each time) keeps its budget.
-fn is_probe(req: &ServiceRequest, state: &AppState) -> bool {
-    if !matches!(
-        *req.method(),
-        actix_web::http::Method::GET | actix_web::http::Method::HEAD
-    ) {
-        return false;
-    }
-    match req.path() {
-        "/healthz" | "/readyz" => true,
-        "/metrics" => state.config.abuse.metrics_allowed_from(req.peer_addr()),
-        _ => false,
-    }
-}
-
-// The client's address is the HTTP layer's to say (`crate::http::client_ip`).
-pub use crate::http::client_ip;
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ use hazina::db;
 use hazina::domain::{
     Environment, Password, Provider, Role, ServiceIdentity, ServiceName, Username,
 };
+use hazina::repo;
 use hazina::startup::{self, Application};
 
 #[derive(Parser)]
@@ -321,7 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut conn,
                 |tx| {
                     let cidrs = cidrs.as_deref();
-                    db::users::create(tx, &vault.keyring, &username, &hash, role, cidrs, now)
+                    repo::users::create(tx, &vault.keyring, &username, &hash, role, cidrs, now)
                 },
                 |id| Some(cli_event(Action::AdminUserCreate, Target::owner(id.get()))),
             );
@@ -346,7 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut conn = vault.pool.get()?;
             let enabled = audit::chain::with_entry(
                 &mut conn,
-                |tx| db::users::enable(tx, &vault.keyring, &username),
+                |tx| repo::users::enable(tx, &vault.keyring, &username),
                 |id| id.map(|id| cli_event(Action::AdminUserEnable, Target::owner(id))),
             )?;
             if enabled.is_none() {
@@ -357,7 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Users(UsersCommand::List) => {
             let vault = open_vault(&config)?;
-            let rows = db::users::list(&mut *vault.pool.get()?)?;
+            let rows = repo::users::list(&mut *vault.pool.get()?)?;
             println!("{:<32} {:<8} {:<9} created", "username", "role", "state");
             for row in rows {
                 let state = match (row.intact(&vault.keyring), row.is_disabled) {
@@ -383,7 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let now = Clock::System.now();
             let set = audit::chain::with_entry(
                 &mut conn,
-                |tx| db::users::set_password(tx, &vault.keyring, &username, &hash, None, now),
+                |tx| repo::users::set_password(tx, &vault.keyring, &username, &hash, None, now),
                 |id| id.map(|id| cli_event(Action::AdminUserPassword, Target::owner(id))),
             )?;
             if set.is_none() {
@@ -398,7 +399,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut conn = vault.pool.get()?;
             let set = audit::chain::with_entry(
                 &mut conn,
-                |tx| db::users::set_role(tx, &vault.keyring, &username, role),
+                |tx| repo::users::set_role(tx, &vault.keyring, &username, role),
                 |id| id.map(|id| cli_event(Action::AdminUserRole, Target::owner(id))),
             );
             match set {
@@ -417,7 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut conn = pool.get()?;
             let disabled = audit::chain::with_entry(
                 &mut conn,
-                |tx| db::users::disable(tx, &vault.keyring, &username),
+                |tx| repo::users::disable(tx, &vault.keyring, &username),
                 |id| id.map(|id| cli_event(Action::AdminUserDisable, Target::owner(id))),
             )?;
             if disabled.is_none() {
@@ -647,7 +648,7 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
                 &mut *pool.get()?,
                 |tx| {
                     let (name, identity) = (name.as_str(), identity.as_str());
-                    db::services::create_service(
+                    repo::services::create_service(
                         tx,
                         &keyring,
                         name,
@@ -671,7 +672,7 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
             );
         }
         ServicesCommand::List => {
-            for s in db::services::list_services(&mut *pool.get()?)? {
+            for s in repo::services::list_services(&mut *pool.get()?)? {
                 let state = if s.is_enabled { "enabled" } else { "disabled" };
                 let cidrs = s.allowed_cidrs.as_deref().unwrap_or("any address");
                 println!("{}\t{}\t{state}\t{cidrs}", s.name, s.identity);
@@ -680,7 +681,7 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
         ServicesCommand::Disable { name } => {
             let disabled = audit::chain::with_entry(
                 &mut *pool.get()?,
-                |tx| db::services::disable_service(tx, &keyring, &name),
+                |tx| repo::services::disable_service(tx, &keyring, &name),
                 |row| {
                     row.as_ref()
                         .map(|_| cli_event(Action::AdminServiceDisable, Target::default()))
@@ -696,7 +697,7 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
             let newly = audit::chain::with_entry(
                 &mut *pool.get()?,
-                |tx| db::services::revoke_certificate(tx, &fingerprint, now),
+                |tx| repo::services::revoke_certificate(tx, &fingerprint, now),
                 |newly| newly.then(|| cli_event(Action::AdminCertificateRevoke, Target::default())),
             )?;
             if newly {
@@ -760,7 +761,7 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
             }
         }
         GrantsCommand::List => {
-            for (g, service, owner) in db::services::list_grants(&mut *pool.get()?)? {
+            for (g, service, owner) in repo::services::list_grants(&mut *pool.get()?)? {
                 let scope = format!(
                     "{}/{}",
                     g.provider.as_deref().unwrap_or("*"),
@@ -780,7 +781,7 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
         GrantsCommand::Revoke { id } => {
             let revoked = audit::chain::with_entry(
                 &mut *pool.get()?,
-                |tx| db::services::revoke_grant(tx, &keyring, id, now),
+                |tx| repo::services::revoke_grant(tx, &keyring, id, now),
                 |grant| {
                     let owner = grant.as_ref()?.owner_id;
                     Some(cli_event(Action::AdminGrantRevoke, Target::owner(owner)))
@@ -845,7 +846,7 @@ fn certs(config: &Config, cmd: CertsCommand) -> anyhow::Result<()> {
             );
         }
         CertsCommand::List => {
-            for row in db::provider_certs::list(&mut conn)? {
+            for row in repo::provider_certs::list(&mut conn)? {
                 let state = if row.intact(&vault.keyring) {
                     "intact"
                 } else {
@@ -997,7 +998,7 @@ fn keys_status(config: &Config) -> anyhow::Result<()> {
 }
 
 fn keys_rotate(config: &Config, resume: bool, batch: i64) -> anyhow::Result<()> {
-    use hazina::db::key_versions;
+    use hazina::repo::key_versions;
     let vault = open_vault(config)?;
     let (pool, keyring) = (&vault.pool, &vault.keyring);
     let now = Clock::System.now();
@@ -1021,7 +1022,7 @@ fn keys_rotate(config: &Config, resume: bool, batch: i64) -> anyhow::Result<()> 
     };
     let target = rotation.target_version;
     let mut conn = pool.get()?;
-    let total = hazina::db::keys::remaining(&mut conn, target)?;
+    let total = hazina::repo::keys::remaining(&mut conn, target)?;
     let bar = indicatif::ProgressBar::new(total.max(0) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -1031,7 +1032,7 @@ fn keys_rotate(config: &Config, resume: bool, batch: i64) -> anyhow::Result<()> 
     );
     let hidden = bar.is_hidden();
     let started = std::time::Instant::now();
-    let moved = hazina::db::keys::run_rotation(
+    let moved = hazina::repo::keys::run_rotation(
         &mut conn,
         keyring,
         &rotation,

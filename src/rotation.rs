@@ -1,13 +1,13 @@
 //! Online master-key rotation: a background rewrap that runs while the vault keeps serving,
 //! resumes after a crash (any node, or the CLI, picks up the unfinished rotation recorded in
-//! the database), and never leaves a row that cannot be opened (see `db::keys`).
+//! the database), and never leaves a row that cannot be opened (see `repo::keys`).
 
 use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::crypto::Keyring;
-use crate::db::keys::{self, RotationRow};
 use crate::db::{DbError, Pool};
+use crate::repo::keys::{self, RotationRow};
 
 /// Rows re-wrapped per transaction: bounded, so memory stays flat and a crash loses little.
 pub const BATCH: i64 = 1000;

@@ -13,76 +13,10 @@ use crate::auth::jwt::TokenKeys;
 use crate::clock::Clock;
 use crate::config::{Config, KeyringSource};
 use crate::crypto::Keyring;
-use crate::db::{self, key_versions, DbConn, DbError, Pool};
-use crate::error::ApiError;
+use crate::db::{self, Pool};
+use crate::repo::key_versions;
 use crate::routes;
-
-/// What every handler shares. Nothing here is mutable per node: sessions, revocations and
-/// rotation state live in the database.
-pub struct AppState {
-    pub pool: Pool,
-    pub keyring: Arc<Keyring>,
-    pub tokens: TokenKeys,
-    pub clock: Clock,
-    pub config: Config,
-    pub audit: AuditLog,
-    /// Rate limiters: the one piece of per-process state (see [`crate::limits`]).
-    pub limits: crate::limits::Limits,
-    pub metrics: crate::metrics::Metrics,
-    /// argon2 runs here, never on the workers or the database threads.
-    pub hasher: crate::auth::password::HashPool,
-    /// The audit log's origin (the first line of its checkpoints).
-    pub audit_origin: String,
-    /// Set when the checkpoint signer found the log no longer extends the last checkpoint it
-    /// signed: `/readyz` fails from then on (an operator must look).
-    pub checkpoint_alarm: std::sync::atomic::AtomicBool,
-    /// The last checkpoint this process signed (or read back from the checkpoint file at
-    /// start): the signer's memory outside the database (SPEC §14).
-    pub signer_memory: crate::audit::checkpoint::Memory,
-    /// Provider tokens, in memory only (SPEC §9.4).
-    pub broker: crate::broker::Broker,
-}
-
-impl AppState {
-    /// What the release gate may use (`vault::Context`).
-    pub fn gate(&self) -> crate::vault::Context<'_> {
-        crate::vault::Context {
-            keyring: &self.keyring,
-            audit: &self.audit,
-            clock: &self.clock,
-            broker: &self.broker,
-        }
-    }
-
-    /// Runs `f` with a pooled connection on the blocking pool, never on an async worker.
-    pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
-    where
-        F: FnOnce(&mut DbConn) -> Result<T, DbError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let pool = self.pool.clone();
-        web::block(move || {
-            let mut conn = pool.get()?;
-            f(&mut conn)
-        })
-        .await?
-        .map_err(ApiError::from)
-    }
-}
-
-impl AppState {
-    /// The checkpoint signer refused to sign: the log no longer extends the last checkpoint
-    /// it signed. Logged loudly, counted in `/metrics`, and `/readyz` fails from now on.
-    pub fn checkpoint_refused(&self, problem: &str) {
-        self.checkpoint_alarm
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.checkpoint_alarm();
-        tracing::error!(
-            problem,
-            "!!! AUDIT LOG ROLLED BACK OR REWRITTEN: the checkpoint signer refuses to sign !!!"
-        );
-    }
-}
+use crate::state::AppState;
 
 /// Files a start created (a new SQLite database and its journal files, a development
 /// keyring), removed again when the start fails: a failed start leaves nothing behind.
@@ -441,11 +375,13 @@ impl Application {
                 // The limiter runs before the console's cookies are turned into a session
                 // (and a refresh token is spent, and its failure audited): SPEC §15.
                 .wrap(crate::console::CookieSession)
-                .wrap(crate::limits::Guard(crate::limits::ConsolePages {
-                    prefix: crate::console::PREFIX,
-                    access_token: crate::console::cookie_access_token,
-                    refusal: crate::console::refusal_page,
-                }))
+                .wrap(crate::http::guard::Guard(
+                    crate::http::guard::ConsolePages {
+                        prefix: crate::console::PREFIX,
+                        access_token: crate::console::cookie_access_token,
+                        refusal: crate::console::refusal_page,
+                    },
+                ))
                 .wrap(routes::RequestContext)
                 .configure(routes::register)
                 .configure(|cfg| crate::console::register(cfg, app_state.config.max_body_bytes))

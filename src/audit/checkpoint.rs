@@ -213,9 +213,9 @@ mod tests {
 
 use diesel::prelude::*;
 
-use crate::db::key_versions::{self, RETIRED};
-use crate::db::schema::audit_signer as signer_row;
+use crate::db::schema::{audit_signer as signer_row, key_versions as kv};
 use crate::db::{DbConn, DbError};
+use crate::domain::key_state::RETIRED;
 
 /// The log's origin: `configured` (`HAZINA_AUDIT_ORIGIN`), else the random name fixed in the
 /// database at the first start.
@@ -234,6 +234,15 @@ pub fn origin(conn: &mut DbConn, configured: Option<&str>) -> Result<String, DbE
     Ok(configured.map_or(stored, str::to_owned))
 }
 
+/// Every master-key version and its state, oldest first (read from the table itself: the log
+/// sits below the repositories that change it).
+fn master_key_versions(conn: &mut DbConn) -> Result<Vec<(i32, String)>, DbError> {
+    Ok(kv::table
+        .order(kv::version.asc())
+        .select((kv::version, kv::state))
+        .load(conn)?)
+}
+
 /// A signer for every master-key version that may still sign or be checked (not retired),
 /// newest first.
 pub fn signers(
@@ -241,12 +250,12 @@ pub fn signers(
     keyring: &Keyring,
     origin: &str,
 ) -> Result<Vec<(i32, Signer)>, DbError> {
-    let mut out: Vec<(i32, Signer)> = key_versions::load(conn)?
+    let mut out: Vec<(i32, Signer)> = master_key_versions(conn)?
         .into_iter()
-        .filter(|r| r.state != RETIRED)
-        .filter_map(|r| {
-            let v = u32::try_from(r.version).ok()?;
-            Some((r.version, Signer::new(keyring, v, origin)?))
+        .filter(|(_, state)| state != RETIRED)
+        .filter_map(|(version, _)| {
+            let v = u32::try_from(version).ok()?;
+            Some((version, Signer::new(keyring, v, origin)?))
         })
         .collect();
     out.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
@@ -346,11 +355,11 @@ impl Memory {
             Ok(Some(note)) => {
                 // Retired versions too: the memory only ever restricts what is signed, and a
                 // note signed just before a version was retired is still this log's.
-                let signers: Vec<(i32, Signer)> = key_versions::load(conn)?
+                let signers: Vec<(i32, Signer)> = master_key_versions(conn)?
                     .into_iter()
-                    .filter_map(|r| {
-                        let v = u32::try_from(r.version).ok()?;
-                        Some((r.version, Signer::new(keyring, v, origin)?))
+                    .filter_map(|(version, _)| {
+                        let v = u32::try_from(version).ok()?;
+                        Some((version, Signer::new(keyring, v, origin)?))
                     })
                     .collect();
                 match claim(&signers, origin, &note) {

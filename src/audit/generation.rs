@@ -6,12 +6,12 @@
 //! its chain hash covers, and `audit_subjects` indexes them by subject. A row is current only
 //! when the latest entry naming it is the one its generation names: a genuine but
 //! older row written back (from a backup, a dump, a WAL) names an older entry and is refused as
-//! `row_replayed` (`crypto::rowmac::Verdict`). Rows signed by the one-time upgrade (`db::integrity`) have generation 0 and
+//! `row_replayed` (`crypto::rowmac::Verdict`). Rows signed by the one-time upgrade (`repo::integrity`) have generation 0 and
 //! no entry naming them until their first change.
 //!
 //! Facts that take something away and have no row to sign (a revoked certificate, a backup
 //! that still needs a key) are subjects too: deleting their table row leaves the subject in
-//! the log ([`with_prefix`]; revoked certificates are looked up by `db::services::is_revoked`).
+//! the log ([`with_prefix`]; revoked certificates are looked up by `repo::services::is_revoked`).
 //!
 //! **Signing only inside an audited change.** [`super::chain::with_entry`] opens a [`Scope`]
 //! for the change it runs. A repository that signs a row asks [`generation_for`] for the row's

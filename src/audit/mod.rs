@@ -31,7 +31,6 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::db::credentials::CredentialRow;
 use crate::domain::CredentialId;
 
 pub use writer::{AuditError, AuditLog};
@@ -210,15 +209,6 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn credential(row: &CredentialRow) -> Self {
-        Target {
-            credential_id: Some(row.id),
-            owner_id: Some(row.owner_id),
-            provider: Some(row.provider.clone()),
-            environment: Some(row.environment.clone()),
-        }
-    }
-
     /// A credential id that was asked for but not found for this caller.
     pub fn requested(id: Option<CredentialId>) -> Self {
         Target {

@@ -1,4 +1,5 @@
-//! Authentication.
+//! Authentication: passwords and tokens. Who a request is ([`crate::http::principal`]) is the
+//! HTTP layer's, built on these.
 //!
 //! ## Guarantees
 //! - Passwords are hashed with argon2id at OWASP parameters (19 MiB, t=2, p=1), off the
@@ -13,6 +14,3 @@
 
 pub mod jwt;
 pub mod password;
-pub mod principal;
-
-pub use principal::{AuthenticatedService, AuthenticatedUser, Caller};

@@ -20,8 +20,9 @@ use hazina::clock::Clock;
 use hazina::config::{self, Config};
 use hazina::crypto::{envelope, Aad};
 use hazina::db::schema::{credential_versions as cv, credentials as c};
-use hazina::db::{self, DbConn};
+use hazina::db::DbConn;
 use hazina::domain::{CredentialId, Provider, Role, Username};
+use hazina::repo;
 use hazina::startup;
 
 #[derive(Parser)]
@@ -86,7 +87,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 for i in chunk {
                     let name = Username::parse(&format!("{}{i:06}", args.prefix))?;
                     owner_ids.push(
-                        db::users::create(tx, &keyring, &name, &hash, Role::User, None, now)?.get(),
+                        repo::users::create(tx, &keyring, &name, &hash, Role::User, None, now)?
+                            .get(),
                     );
                 }
                 Ok(())
@@ -104,7 +106,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         })
         .take(args.credentials)
         .collect();
-    let kek_version = db::key_versions::sealing_version(conn, &keyring)?;
+    let kek_version = repo::key_versions::sealing_version(conn, &keyring)?;
     let mut targets = Vec::with_capacity(slots.len());
     for chunk in slots.chunks(CHUNK) {
         let mut creds = Vec::with_capacity(chunk.len());
@@ -171,14 +173,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                             .execute(p)?;
                     }
                 }
-                let rows: Vec<db::credentials::CredentialRow> = c::table
+                let rows: Vec<repo::credentials::CredentialRow> = c::table
                     .filter(c::id.eq_any(&ids))
-                    .select(db::credentials::CredentialRow::as_select())
+                    .select(repo::credentials::CredentialRow::as_select())
                     .load(tx)?;
                 for row in rows {
-                    db::credentials::store_state(tx, &keyring, row)?;
+                    repo::credentials::store_state(tx, &keyring, row)?;
                 }
-                db::keys::bump_wear(tx, &keyring, kek_version, n)
+                repo::keys::bump_wear(tx, &keyring, kek_version, n)
             },
             |_| Some(seeded(Action::CredentialCreate)),
         )?;

@@ -28,8 +28,6 @@
 //! grant and opened the credential's envelope, so a row edited in the database never reaches
 //! here; it writes the audit entry before the token leaves.
 
-pub mod exchange;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,8 +40,8 @@ use zeroize::Zeroizing;
 use crate::config::ProviderSettings;
 use crate::domain::{Environment, Provider};
 use crate::metrics::BrokerMetrics;
-pub use exchange::Issued;
-use exchange::{Body, Call, Kind, Token};
+pub use crate::providers::exchange::Issued;
+use crate::providers::exchange::{self, Body, Call, Kind, Token};
 
 /// A cached token is handed out until this long before it expires, then renewed.
 pub const RENEW_BEFORE_SECONDS: i64 = 60;

@@ -44,13 +44,13 @@ use zeroize::Zeroize;
 
 use crate::audit::RequestMeta;
 use crate::auth::jwt::TokenType;
-use crate::auth::principal::bearer_token;
-use crate::auth::AuthenticatedUser;
 use crate::domain::Role;
 use crate::error::ApiError;
+use crate::http::principal::bearer_token;
+use crate::http::AuthenticatedUser;
 use crate::routes::sessions::{self, TokenPair};
 use crate::routes::JsonObject;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Where the console lives; every console path starts with it.
 pub const PREFIX: &str = "/console/";

@@ -280,7 +280,7 @@ impl Keyring {
     /// Adds a fresh random version, makes it active, and rewrites the keyring file
     /// atomically (a 0600 temporary file renamed over it). File-backed keyrings only.
     ///
-    /// Only `db::keys` calls this, inside the database's key lock and after
+    /// Only `repo::keys` calls this, inside the database's key lock and after
     /// [`reload_now`](Self::reload_now): the database decides, the file follows.
     pub fn add_version(&self) -> Result<u32, KeyringError> {
         let path = self.file.clone().ok_or(KeyringError::NotAFile)?;

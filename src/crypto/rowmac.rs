@@ -14,7 +14,7 @@
 //! **Format 2** (SPEC §14) adds the row's *generation* (the audit entry of its last change,
 //! `audit::generation`) to every encoding, and covers sessions, a credential's state and key
 //! wear too. Only format 2 is accepted on use; format 1 is read once, by the one-time upgrade
-//! (`db::integrity`), which re-signs the rows whose format-1 MAC still verifies. A row written
+//! (`repo::integrity`), which re-signs the rows whose format-1 MAC still verifies. A row written
 //! back from before the upgrade therefore never verifies again.
 
 use hmac::{Hmac, Mac};
@@ -104,7 +104,7 @@ pub enum Row<'a> {
         encryptions: i64,
         generation: i64,
     },
-    /// The marker that the database's rows carry generations (`db::integrity`).
+    /// The marker that the database's rows carry generations (`repo::integrity`).
     Marker { format: i32, marked_at: i64 },
 }
 

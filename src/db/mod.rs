@@ -10,17 +10,7 @@
 //! front (waiting on the busy timeout) instead of failing a read-to-write upgrade, and
 //! PostgreSQL row locks serialise concurrent writers to one row.
 
-pub mod backups;
-pub mod credentials;
-pub mod integrity;
-pub mod key_versions;
-pub mod keys;
-pub mod provider_certs;
 pub mod schema;
-pub mod services;
-pub mod sessions;
-pub mod throttle;
-pub mod users;
 pub mod wal;
 
 use std::time::Duration;
@@ -233,6 +223,10 @@ pub enum DbError {
     Query(diesel::result::Error),
     #[error("no connection available: {0}")]
     Pool(#[from] r2d2::Error),
+    /// The thread pool that runs queries off the async workers is gone (the process is
+    /// stopping); nothing was run.
+    #[error("the database threads are stopping: {0}")]
+    Stopping(String),
     #[error(transparent)]
     Crypto(#[from] crate::crypto::EnvelopeError),
     /// The write named a version the credential has moved past (`If-Match`); nothing was

@@ -4,6 +4,7 @@
 mod certificate;
 mod credential;
 mod ids;
+pub mod key_state;
 pub mod operation;
 pub mod profile;
 mod service;

@@ -6,16 +6,18 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{chain, Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
-use crate::auth::{password, AuthenticatedUser};
+use crate::auth::password;
 use crate::clock::rfc3339;
-use crate::db::services::{self as repo, GrantRow, ServiceRow};
-use crate::db::{users, DbError};
+use crate::db::DbError;
 use crate::domain::{
     Environment, Password, Provider, Role, ServiceIdentity, ServiceName, Username,
 };
 use crate::error::ApiError;
+use crate::http::AuthenticatedUser;
+use crate::repo::services::{self as repo, GrantRow, ServiceRow};
+use crate::repo::users;
 use crate::routes::JsonObject;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::vault::Operations;
 
 /// An administrator's request: the role check (a refusal is recorded) and its audit events.
@@ -53,10 +55,10 @@ impl<'a> Admin<'a> {
     }
 }
 
-fn conflict(what: &'static str) -> impl Fn(ApiError) -> ApiError {
+fn conflict(what: &'static str) -> impl Fn(DbError) -> ApiError {
     move |e| match e {
-        ApiError::Conflict(_) => ApiError::Conflict(format!("{what} already exists")),
-        other => other,
+        DbError::Conflict => ApiError::Conflict(format!("{what} already exists")),
+        other => other.into(),
     }
 }
 
@@ -757,7 +759,7 @@ struct ProviderCertificateView {
 }
 
 fn certificate_view(
-    row: crate::db::provider_certs::CertificateRow,
+    row: crate::repo::provider_certs::CertificateRow,
     keyring: &crate::crypto::Keyring,
 ) -> ProviderCertificateView {
     ProviderCertificateView {
@@ -794,13 +796,13 @@ pub fn set_certificate(
     actor: &str,
     entry: Event,
     now: i64,
-) -> Result<crate::db::provider_certs::CertificateRow, DbError> {
-    let info = crate::vault::compute::parse_certificate(pem)
+) -> Result<crate::repo::provider_certs::CertificateRow, DbError> {
+    let info = crate::providers::compute::parse_certificate(pem)
         .map_err(|m| DbError::Rejected(crate::domain::ValidationError(m)))?;
     chain::with_entry(
         c,
         |tx| {
-            crate::db::provider_certs::set(
+            crate::repo::provider_certs::set(
                 tx,
                 keyring,
                 (provider.as_str(), environment.as_str()),
@@ -859,7 +861,7 @@ pub async fn list_provider_certificates(
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     Admin::check(&state, &user, meta, Action::AdminRead).await?;
-    let rows = state.db(crate::db::provider_certs::list).await?;
+    let rows = state.db(crate::repo::provider_certs::list).await?;
     let views: Vec<ProviderCertificateView> = rows
         .into_iter()
         .map(|r| certificate_view(r, &state.keyring))
@@ -886,7 +888,9 @@ pub async fn delete_provider_certificate(
         .db(move |c| {
             chain::with_entry(
                 c,
-                |tx| crate::db::provider_certs::delete(tx, provider.as_str(), environment.as_str()),
+                |tx| {
+                    crate::repo::provider_certs::delete(tx, provider.as_str(), environment.as_str())
+                },
                 |removed| removed.then_some(entry),
             )
         })

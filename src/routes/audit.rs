@@ -9,10 +9,10 @@ use crate::audit::{
     chain, checkpoint as audit_checkpoint, merkle, Action, Actor, Event, Outcome, Reason,
     RequestMeta,
 };
-use crate::auth::AuthenticatedUser;
 use crate::domain::Role;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::http::AuthenticatedUser;
+use crate::state::AppState;
 
 const MAX_LIMIT: i64 = 1000;
 const DEFAULT_LIMIT: i64 = 100;
@@ -196,7 +196,8 @@ pub async fn export(
         // A follower polls on a thread of its own, holding a connection only per poll, and
         // ends within a poll of its session ending or its user no longer being an auditor.
         let still_auditor = move |c: &mut crate::db::DbConn| {
-            let live = crate::db::sessions::live(c, &keyring, &sid, id, key_version, clock.now())?;
+            let live =
+                crate::repo::sessions::live(c, &keyring, &sid, id, key_version, clock.now())?;
             Ok(live.is_some_and(|l| l.verdict.is_intact() && l.role == Role::Auditor.as_str()))
         };
         let spawned = std::thread::Builder::new()
@@ -470,5 +471,5 @@ pub(crate) async fn activity(
     since: i64,
 ) -> Result<Vec<store::HourCounts>, ApiError> {
     require_auditor(state, user, meta).await?;
-    state.db(move |c| store::hourly(c, since)).await
+    Ok(state.db(move |c| store::hourly(c, since)).await?)
 }

@@ -8,20 +8,20 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{chain, Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
-use crate::auth::principal::{bearer_token, PendingUser};
-use crate::auth::{AuthenticatedService, AuthenticatedUser, Caller};
 use crate::clock::rfc3339;
 use crate::crypto::envelope::{self, Contents};
 use crate::crypto::Aad;
-use crate::db::credentials::{
-    self as repo, CredentialRow, MetadataUpdate, NewCredential, Sealed, VersionRow,
-};
 use crate::db::DbError;
 use crate::domain::profile::{self, Profile};
 use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, Provider, UserId, Username};
 use crate::error::ApiError;
+use crate::http::principal::{bearer_token, PendingUser};
+use crate::http::{AuthenticatedService, AuthenticatedUser, Caller};
+use crate::repo::credentials::{
+    self as repo, CredentialRow, MetadataUpdate, NewCredential, Sealed, VersionRow,
+};
 use crate::routes::JsonObject;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::vault::{self, aad_of, Address, Lookup, Operation, Scope};
 
 /// The credential as callers see it: metadata only, never key material.
@@ -104,7 +104,7 @@ impl<'a> Trail<'a> {
     async fn owner(&self, action: Action) -> Result<UserId, ApiError> {
         let Some(user) = self.user else {
             return Err(ApiError::Forbidden(
-                crate::auth::principal::SERVICE_FORBIDDEN,
+                crate::http::principal::SERVICE_FORBIDDEN,
             ));
         };
         match user.require_owner() {
@@ -223,7 +223,7 @@ fn seal_new_version(
     contents: &Contents,
     settings: &BTreeMap<String, String>,
 ) -> Result<Sealed, DbError> {
-    let kek_version = crate::db::key_versions::sealing_version(tx, keyring)?;
+    let kek_version = crate::repo::key_versions::sealing_version(tx, keyring)?;
     let profile = Profile::of(&contents.secrets, settings).canonical();
     let envelope = envelope::seal_contents_under(
         keyring,
@@ -373,12 +373,12 @@ pub async fn create(
         })
         .await
         .map_err(|e| match e {
-            ApiError::Conflict(_) => ApiError::Conflict(format!(
+            DbError::Conflict => ApiError::Conflict(format!(
                 "Payment credentials for {} ({}) already exist",
                 provider.display_name(),
                 environment.as_str()
             )),
-            other => other,
+            other => other.into(),
         })?;
     Ok(HttpResponse::Created().json(view(row)?))
 }
@@ -483,10 +483,10 @@ pub async fn update(
         })
         .await
         .map_err(|e| match e {
-            ApiError::Conflict(_) => ApiError::Conflict(
+            DbError::Conflict => ApiError::Conflict(
                 "Payment credentials for this provider and environment already exist".into(),
             ),
-            other => other,
+            other => other.into(),
         })?;
     let Some(found) = updated else {
         return Err(trail.not_found(ACTION, Some(id)).await);
@@ -702,6 +702,7 @@ async fn write_new_version(
                 state.broker.forget(row.id);
             }
         })
+        .map_err(ApiError::from)
 }
 
 pub async fn rotate(
@@ -989,6 +990,7 @@ pub(crate) async fn find_for_service(
     state
         .db(move |c| vault::find(c, &keyring, scope, &address, operation, grace_since))
         .await
+        .map_err(ApiError::from)
 }
 
 /// The reveal's answer, through the gate: the key (and the provider secrets) leave only once

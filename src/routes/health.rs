@@ -3,11 +3,11 @@
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 
-use crate::auth::principal::{bearer_token, UNAUTHENTICATED};
-use crate::auth::AuthenticatedUser;
 use crate::domain::Role;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::http::principal::{bearer_token, UNAUTHENTICATED};
+use crate::http::AuthenticatedUser;
+use crate::state::AppState;
 
 /// The process is up.
 pub async fn healthz() -> HttpResponse {
@@ -23,8 +23,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .db(move |c| {
             // Follow the file first, so a keyring swapped under us is what gets checked.
             keyring.reload_if_changed();
-            let rows = crate::db::key_versions::load(c)?;
-            Ok(crate::db::key_versions::verify(&rows, &keyring).map_err(|e| e.to_string()))
+            let rows = crate::repo::key_versions::load(c)?;
+            Ok(crate::repo::key_versions::verify(&rows, &keyring).map_err(|e| e.to_string()))
         })
         .await?;
     if let Err(mismatch) = keys {

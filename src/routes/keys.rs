@@ -5,13 +5,14 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use crate::audit::{Action, RequestMeta};
-use crate::auth::AuthenticatedUser;
-use crate::db::{credentials, key_versions, keys, DbError};
+use crate::db::DbError;
 use crate::error::ApiError;
+use crate::http::AuthenticatedUser;
+use crate::repo::{credentials, key_versions, keys};
 use crate::rotation;
 use crate::routes::admin::Admin;
 use crate::routes::JsonObject;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The keyring and rotation status, as `GET /admin/keys/` and `hazina keys status` show it.
 pub fn status(
@@ -95,7 +96,7 @@ pub async fn show(
 /// Adds a master-key version, makes it active, and re-wraps every data key under it in the
 /// background while the vault keeps serving. `202` with the rotation to watch. The decision
 /// and its audit entry are one transaction under the database's key lock (see
-/// `db::key_versions`), so concurrent rotations on any node take turns.
+/// `repo::key_versions`), so concurrent rotations on any node take turns.
 pub async fn rotate(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
@@ -156,7 +157,7 @@ pub async fn retire(
 
 /// The retire rule, shared by the API and the CLI: refused for the active version, an unknown
 /// one, or one that any stored key or recorded backup still depends on (see
-/// `db::key_versions::retire`).
+/// `repo::key_versions::retire`).
 pub fn retire_blocking(
     pool: &crate::db::Pool,
     keyring: &crate::crypto::Keyring,

@@ -259,9 +259,7 @@ where
         let request_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method());
         req.extensions_mut().insert(RequestId(request_id.clone()));
-        let state = req
-            .app_data::<web::Data<crate::startup::AppState>>()
-            .cloned();
+        let state = req.app_data::<web::Data<crate::state::AppState>>().cloned();
         let started = Instant::now();
         let fut = {
             let _entered = span.enter();

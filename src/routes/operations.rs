@@ -10,15 +10,14 @@ use validator::Validate;
 
 use super::credentials::{find_for_service, grace_since, LookupQuery};
 use crate::audit::{Action, Actor, Outcome, Reason, RequestMeta};
-use crate::auth::principal::bearer_token;
-use crate::auth::{AuthenticatedService, Caller};
 use crate::domain::{CredentialId, Provider};
 use crate::error::ApiError;
+use crate::http::principal::bearer_token;
+use crate::http::{AuthenticatedService, Caller};
+use crate::providers::compute;
 use crate::routes::JsonObject;
-use crate::startup::AppState;
-use crate::vault::{
-    self, compute, Address, Answer, Lookup, Opened, Operation, Reference, Refusal, Scope,
-};
+use crate::state::AppState;
+use crate::vault::{self, Address, Answer, Lookup, Opened, Operation, Reference, Refusal, Scope};
 
 /// The largest webhook body accepted, base64 (what fits in the request-size limit anyway).
 const BODY_BASE64_MAX: u64 = 1 << 20;

@@ -13,16 +13,17 @@ use serde::Deserialize;
 
 use crate::audit::{Action, Actor, ActorKind, Event, Outcome, Reason, RequestMeta, Target};
 use crate::auth::jwt::{self, TokenType};
-use crate::auth::principal::{allowed, OUTSIDE_ALLOWLIST};
-use crate::auth::{password, AuthenticatedUser};
+use crate::auth::password;
 use crate::clock::UnixSeconds;
-use crate::db::sessions::{self as repo, Refresh};
-use crate::db::{throttle, users};
 use crate::domain::{UserId, Username};
 use crate::error::ApiError;
+use crate::http::principal::{allowed, OUTSIDE_ALLOWLIST};
+use crate::http::AuthenticatedUser;
 use crate::metrics::LockoutSubject;
+use crate::repo::sessions::{self as repo, Refresh};
+use crate::repo::{throttle, users};
 use crate::routes::JsonObject;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const BAD_LOGIN: &str = "Invalid username or password";
 const BAD_REFRESH: &str = "Invalid or expired refresh token";
@@ -89,7 +90,7 @@ async fn audit(
     state.audit.record_best_effort(ev).await;
 }
 
-/// The throttled subjects of one login attempt (see [`crate::db::throttle`]).
+/// The throttled subjects of one login attempt (see [`crate::repo::throttle`]).
 struct Subjects {
     /// `account:` + HMAC-SHA-256 of the attempted name under a keyring-derived key: known
     /// and unknown names count alike, and the table never holds a name (which may be a
@@ -145,7 +146,7 @@ impl Subjects {
 /// Keys the throttle's account subjects (a fixed label, never caller data).
 const THROTTLE_PURPOSE: &str = "hazina/login-throttle/v1";
 
-/// Admits one login attempt through the throttle (see [`crate::db::throttle`]): the check
+/// Admits one login attempt through the throttle (see [`crate::repo::throttle`]): the check
 /// and the count are one transaction, before the password is hashed, so concurrent guesses
 /// at one account get no more password checks than its limit. A blocked attempt answers 429
 /// whatever the password, identically for known and unknown names, and is audited at most
@@ -365,7 +366,7 @@ pub(crate) async fn sign_in(
     let sid = uuid::Uuid::new_v4().to_string();
     let (pair, refresh_jti) = token_pair(state, user_id, &sid, now)?;
     // A success forgives the account's failures and the source's (not the address's: see
-    // db::throttle), and makes the source known to the account.
+    // repo::throttle), and makes the source known to the account.
     let Subjects {
         account, source, ..
     } = subjects;

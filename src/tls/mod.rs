@@ -178,7 +178,7 @@ pub struct PeerIdentity {
     /// Lowercase hex SHA-256 of the leaf certificate's DER.
     pub fingerprint: String,
     /// `HAZINA_TLS_CLIENT_CRL` revokes this certificate: it identifies nobody (the request
-    /// is refused with 403 and audited, see `auth::principal`).
+    /// is refused with 403 and audited, see `http::principal`).
     pub revoked: bool,
 }
 

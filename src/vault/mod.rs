@@ -14,16 +14,15 @@
 //! `routes::operations` are thin wrappers that authenticate, parse and shape the answer.
 //! `access-token` goes on to the provider through [`crate::broker`], after the gate.
 
-pub mod compute;
-
 use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta, Target};
 use crate::crypto::envelope::{self, Contents, EnvelopeError};
 use crate::crypto::{Aad, Keyring};
-use crate::db::credentials::{self as repo, CredentialRow, VersionRow};
-use crate::db::provider_certs::{self, CertificateRow};
-use crate::db::{services, DbConn, DbError};
+use crate::db::{DbConn, DbError};
 use crate::domain::profile::Profile;
 use crate::domain::{CredentialId, Environment, Provider, UserId};
+use crate::repo::credentials::{self as repo, CredentialRow, VersionRow};
+use crate::repo::provider_certs::{self, CertificateRow};
+use crate::repo::services;
 
 // The vocabulary of operations lives in `domain` (the database's grants use it too).
 pub use crate::domain::operation::{Operation, Operations, Reference};

@@ -24,7 +24,9 @@ use hazina::clock::Clock;
 use hazina::config::Config;
 use hazina::db::{self, DbConn};
 use hazina::domain::{Role, Username};
-use hazina::startup::{AppState, Application};
+use hazina::repo;
+use hazina::startup::Application;
+use hazina::state::AppState;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -361,7 +363,7 @@ impl TestApp {
         let id = hazina::audit::chain::with_entry(
             &mut conn,
             |tx| {
-                db::users::create(
+                repo::users::create(
                     tx,
                     &self.state.keyring,
                     &Username::parse(username).unwrap(),
@@ -388,7 +390,7 @@ impl TestApp {
         );
         hazina::audit::chain::with_entry(
             &mut conn,
-            |tx| db::users::disable(tx, &self.state.keyring, username),
+            |tx| repo::users::disable(tx, &self.state.keyring, username),
             |id| id.map(|id| entry.target(hazina::audit::Target::owner(id))),
         )
         .unwrap()

@@ -102,7 +102,7 @@ async fn assert_every_key_opens(app: &TestApp, creds: &[(String, i64, String)]) 
 }
 
 fn kek_counts(app: &TestApp) -> Vec<(i32, i64)> {
-    hazina::db::credentials::count_by_kek_version(&mut app.conn()).unwrap()
+    hazina::repo::credentials::count_by_kek_version(&mut app.conn()).unwrap()
 }
 
 fn keyring_versions(app: &TestApp) -> Vec<u32> {
@@ -112,7 +112,7 @@ fn keyring_versions(app: &TestApp) -> Vec<u32> {
 /// Waits (bounded) until no master-key rotation is unfinished.
 async fn rotations_settle(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while hazina::db::keys::unfinished_rotation(&mut app.conn())
+    while hazina::repo::keys::unfinished_rotation(&mut app.conn())
         .unwrap()
         .is_some()
     {
@@ -142,7 +142,7 @@ async fn assert_rotated_cleanly(
         "round {round}: every row must be under the newest version"
     );
     // Rows only ever move forward: the newest key wrapped each stored key exactly once.
-    let wear = hazina::db::keys::wear(&mut app.conn()).unwrap();
+    let wear = hazina::repo::keys::wear(&mut app.conn()).unwrap();
     let newest_wear = wear
         .iter()
         .find(|(v, _)| *v == newest)

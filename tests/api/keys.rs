@@ -8,8 +8,8 @@ use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use hazina::db::keys;
 use hazina::domain::Role;
+use hazina::repo::keys;
 
 use crate::helpers::*;
 
@@ -62,11 +62,12 @@ fn stored(app: &TestApp) -> Vec<String> {
 
 /// Decides a rotation (a new active version, recorded in the database) without running it.
 fn begin_rotation(app: &TestApp) -> keys::RotationRow {
-    hazina::db::key_versions::begin_rotation(&mut app.conn(), &app.state.keyring, 0, None).unwrap()
+    hazina::repo::key_versions::begin_rotation(&mut app.conn(), &app.state.keyring, 0, None)
+        .unwrap()
 }
 
 fn kek_counts(app: &TestApp) -> Vec<(i32, i64)> {
-    hazina::db::credentials::count_by_kek_version(&mut app.conn()).unwrap()
+    hazina::repo::credentials::count_by_kek_version(&mut app.conn()).unwrap()
 }
 
 #[tokio::test]

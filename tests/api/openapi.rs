@@ -1211,9 +1211,9 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
     // Deterministically refused, whatever the background rewrap has done by now.
     api.post("/admin/keys/retire/", ad, json!({ "version": 2 }), 409)
         .await;
-    if let Some(r) = hazina::db::keys::unfinished_rotation(&mut api.app.conn()).unwrap() {
+    if let Some(r) = hazina::repo::keys::unfinished_rotation(&mut api.app.conn()).unwrap() {
         let keyring = api.app.state.keyring.clone();
-        hazina::db::keys::run_rotation(&mut api.app.conn(), &keyring, &r, 100, || 0, |_| {})
+        hazina::repo::keys::run_rotation(&mut api.app.conn(), &keyring, &r, 100, || 0, |_| {})
             .unwrap();
     }
     let keys = api.get("/admin/keys/", ad, 200).await;

@@ -1512,7 +1512,7 @@ async fn an_existing_database_upgrades_in_place_and_its_grants_allow_reveal_only
     assert!(revealed.get("secrets").is_none());
     // Its grant allows reveal and nothing else, and still passes its integrity check.
     let mut conn = node.conn();
-    let grants = hazina::db::services::list_grants(&mut conn).unwrap();
+    let grants = hazina::repo::services::list_grants(&mut conn).unwrap();
     assert_eq!(grants.len(), 1);
     let grant = &grants[0].0;
     assert_eq!(grant.operations, "reveal");

@@ -19,15 +19,15 @@
 use diesel::prelude::*;
 
 use super::key_versions::KeyStateError;
-use super::schema::{
+use crate::audit::{chain, generation, Action, Actor, Event, RequestMeta};
+use crate::clock::UnixSeconds;
+use crate::crypto::{rowmac, Keyring};
+use crate::db::schema::{
     audit_log as log, credential_versions as cv, credentials as c, grants as g,
     integrity_marker as m, key_lock, key_wear as w, provider_certificates as pc, services as s,
     sessions as sess, users as u,
 };
-use super::{DbConn, DbError};
-use crate::audit::{chain, generation, Action, Actor, Event, RequestMeta};
-use crate::clock::UnixSeconds;
-use crate::crypto::{rowmac, Keyring};
+use crate::db::{DbConn, DbError};
 
 /// The marker's format: rows carry generations (rowmac format 2).
 const FORMAT: i32 = 2;

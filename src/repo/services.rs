@@ -6,15 +6,15 @@
 use diesel::prelude::*;
 
 use super::credentials::{CredentialRow, VersionRow};
-use super::schema::{
-    credential_versions as cv, credentials as c, grants as g, services as s, users as u,
-};
 use super::users::{resign_each, sign};
-use super::{DbConn, DbError};
 use crate::audit::generation;
 use crate::clock::UnixSeconds;
 use crate::crypto::rowmac::{self, Verdict};
 use crate::crypto::Keyring;
+use crate::db::schema::{
+    credential_versions as cv, credentials as c, grants as g, services as s, users as u,
+};
+use crate::db::{DbConn, DbError};
 use crate::domain::CredentialId;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -653,12 +653,15 @@ pub fn signed_under(conn: &mut DbConn, version: i32) -> Result<i64, DbError> {
 /// Whether the certificate with this fingerprint (lowercase hex SHA-256) was revoked: its
 /// row, or the audit entry that revoked it (SPEC §14: deleting the row un-revokes nothing).
 pub fn is_revoked(conn: &mut DbConn, fingerprint: &str) -> Result<bool, DbError> {
-    use super::schema::revoked_certificates as r;
+    use crate::db::schema::revoked_certificates as r;
     Ok(diesel::select(
         diesel::dsl::exists(r::table.filter(r::fingerprint.eq(fingerprint))).or(
-            diesel::dsl::exists(super::schema::audit_subjects::table.filter(
-                super::schema::audit_subjects::subject.eq(generation::revoked_cert(fingerprint)),
-            )),
+            diesel::dsl::exists(
+                crate::db::schema::audit_subjects::table.filter(
+                    crate::db::schema::audit_subjects::subject
+                        .eq(generation::revoked_cert(fingerprint)),
+                ),
+            ),
         ),
     )
     .get_result(conn)?)
@@ -686,7 +689,7 @@ pub fn revoke_certificate(
 
 /// Every revoked certificate: (fingerprint, revoked at).
 pub fn revoked_certificates(conn: &mut DbConn) -> Result<Vec<(String, i64)>, DbError> {
-    use super::schema::revoked_certificates as r;
+    use crate::db::schema::revoked_certificates as r;
     Ok(r::table
         .order(r::revoked_at.asc())
         .select((r::fingerprint, r::revoked_at))

@@ -9,13 +9,13 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer};
 
-use super::schema::{
-    credential_versions as cv, credentials as c, key_rotations as r, key_wear as w,
-};
-use super::{DbConn, DbError};
 use crate::audit::generation;
 use crate::clock::UnixSeconds;
 use crate::crypto::{envelope, rowmac, Aad, Envelope, Keyring};
+use crate::db::schema::{
+    credential_versions as cv, credentials as c, key_rotations as r, key_wear as w,
+};
+use crate::db::{DbConn, DbError};
 
 /// One master-key version's wear: how many data keys it has wrapped, signed with its
 /// generation (SPEC §14), so a count reset, written back or deleted in the database is found

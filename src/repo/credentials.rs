@@ -12,12 +12,12 @@
 
 use diesel::prelude::*;
 
-use super::schema::{credential_versions as cv, credentials as c};
-use super::{DbConn, DbError};
 use crate::audit::generation;
 use crate::clock::UnixSeconds;
 use crate::crypto::rowmac::{self, Verdict};
 use crate::crypto::{Envelope, Keyring};
+use crate::db::schema::{credential_versions as cv, credentials as c};
+use crate::db::{DbConn, DbError};
 use crate::domain::{CredentialId, UserId};
 
 /// Credential metadata: never key material.
@@ -37,6 +37,18 @@ pub struct CredentialRow {
     pub generation: i64,
     pub mac: Option<Vec<u8>>,
     pub mac_version: Option<i32>,
+}
+
+impl crate::audit::Target {
+    /// The credential a change or a use acted on.
+    pub fn credential(row: &CredentialRow) -> Self {
+        crate::audit::Target {
+            credential_id: Some(row.id),
+            owner_id: Some(row.owner_id),
+            provider: Some(row.provider.clone()),
+            environment: Some(row.environment.clone()),
+        }
+    }
 }
 
 impl CredentialRow {
@@ -132,7 +144,7 @@ fn write_mac(
     Ok((mac, mac_version))
 }
 
-/// Signs a credential's state at generation 0 (the one-time upgrade only, `db::integrity`).
+/// Signs a credential's state at generation 0 (the one-time upgrade only, `repo::integrity`).
 pub(crate) fn store_upgraded(
     tx: &mut DbConn,
     keyring: &Keyring,
@@ -519,7 +531,7 @@ pub fn list_versions(
     owner: UserId,
     id: CredentialId,
 ) -> Result<Option<(CredentialRow, Vec<VersionMeta>)>, DbError> {
-    use super::schema::users as u;
+    use crate::db::schema::users as u;
     let Some(row) = get(conn, owner, id)? else {
         return Ok(None);
     };
@@ -662,7 +674,7 @@ pub fn access_log(
     after: i64,
     limit: i64,
 ) -> Result<Option<Vec<crate::audit::chain::AuditRow>>, DbError> {
-    use super::schema::audit_log as log;
+    use crate::db::schema::audit_log as log;
     if get(conn, owner, id)?.is_none() {
         return Ok(None);
     }

@@ -15,10 +15,10 @@
 
 use diesel::prelude::*;
 
-use super::schema::login_sources as known;
-use super::schema::login_throttle as t;
-use super::{DbConn, DbError};
 use crate::clock::UnixSeconds;
+use crate::db::schema::login_sources as known;
+use crate::db::schema::login_throttle as t;
+use crate::db::{DbConn, DbError};
 
 /// A subject's failures are forgotten this long after its last one.
 pub const FORGET_AFTER_SECONDS: i64 = 24 * 60 * 60;

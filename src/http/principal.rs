@@ -6,13 +6,13 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
-use super::jwt::{Claims, TokenType};
 use crate::audit::{Action, Actor, Event, Outcome, Reason, RequestMeta};
-use crate::db::services::FoundService;
-use crate::db::sessions;
+use crate::auth::jwt::{Claims, TokenType};
 use crate::domain::{Role, UserId};
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::repo::services::FoundService;
+use crate::repo::sessions;
+use crate::state::AppState;
 use crate::tls::PeerIdentity;
 
 pub use crate::error::UNAUTHENTICATED;
@@ -182,7 +182,7 @@ impl PendingUser {
         }
         if !allowed(
             live.allowed_cidrs.as_deref(),
-            crate::limits::client_ip(&self.req),
+            crate::http::client_ip(&self.req),
         ) {
             let actor = Actor {
                 kind: crate::audit::ActorKind::User,
@@ -278,7 +278,7 @@ impl FromRequest for AuthenticatedService {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let peer = req.conn_data::<PeerIdentity>().cloned();
-        let ip = crate::limits::client_ip(req);
+        let ip = crate::http::client_ip(req);
         let meta = RequestMeta::of(req);
         Box::pin(async move {
             let state = state
@@ -289,7 +289,7 @@ impl FromRequest for AuthenticatedService {
             let keyring = state.keyring.clone();
             let found = state
                 .db(move |c| {
-                    crate::db::services::find_enabled_intact(c, &keyring, &identity, &fingerprint)
+                    crate::repo::services::find_enabled_intact(c, &keyring, &identity, &fingerprint)
                 })
                 .await?;
             let denied = |actor: Actor, reason: Reason| {

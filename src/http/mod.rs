@@ -2,6 +2,11 @@
 //! and the [`RequestMeta`] (client address, client certificate, request id) that audit
 //! entries record. Nothing below this layer knows an `HttpRequest`.
 
+pub mod guard;
+pub mod principal;
+
+pub use principal::{AuthenticatedService, AuthenticatedUser, Caller};
+
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 

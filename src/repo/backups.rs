@@ -5,11 +5,11 @@
 
 use diesel::prelude::*;
 
-use super::schema::backups as b;
-use super::schema::key_versions as kv;
-use super::{DbConn, DbError};
 use crate::audit::generation;
 use crate::clock::UnixSeconds;
+use crate::db::schema::backups as b;
+use crate::db::schema::key_versions as kv;
+use crate::db::{DbConn, DbError};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = b)]

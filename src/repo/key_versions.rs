@@ -24,15 +24,15 @@ use diesel::prelude::*;
 use diesel::sql_types::Integer;
 use subtle::ConstantTimeEq;
 
-use super::schema::{credential_versions as cv, credentials as c, key_lock, key_versions as kv};
-use super::{DbConn, DbError};
 use crate::audit::{chain, Action, Actor, Event, RequestMeta};
 use crate::clock::UnixSeconds;
 use crate::crypto::{Keyring, KeyringError};
+use crate::db::schema::{
+    credential_versions as cv, credentials as c, key_lock, key_versions as kv,
+};
+use crate::db::{DbConn, DbError};
 
-pub const ACTIVE: &str = "active";
-pub const RETIRING: &str = "retiring";
-pub const RETIRED: &str = "retired";
+pub use crate::domain::key_state::{ACTIVE, RETIRED, RETIRING};
 
 /// Why a master-key decision or check was refused.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +196,7 @@ fn register_first(
 /// Whether the database holds users, services, grants or credentials: rows a keyring must
 /// already have vouched for.
 pub fn holds_rows(conn: &mut DbConn) -> Result<bool, DbError> {
-    use super::schema::{grants as g, services as s, users as u};
+    use crate::db::schema::{grants as g, services as s, users as u};
     use diesel::dsl::exists;
     Ok(diesel::select(
         exists(u::table.select(u::id))

@@ -5,12 +5,12 @@
 
 use diesel::prelude::*;
 
-use super::schema::provider_certificates as pc;
 use super::users::sign;
-use super::{DbConn, DbError};
 use crate::audit::generation;
 use crate::clock::UnixSeconds;
 use crate::crypto::{rowmac, Keyring};
+use crate::db::schema::provider_certificates as pc;
+use crate::db::{DbConn, DbError};
 use crate::domain::CertificateInfo;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

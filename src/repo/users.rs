@@ -5,12 +5,12 @@
 
 use diesel::prelude::*;
 
-use super::schema::users as u;
-use super::{DbConn, DbError};
 use crate::audit::generation;
 use crate::clock::UnixSeconds;
 use crate::crypto::rowmac::{self, Verdict};
 use crate::crypto::Keyring;
+use crate::db::schema::users as u;
+use crate::db::{DbConn, DbError};
 use crate::domain::{Role, UserId, Username};
 
 #[derive(Clone, Queryable, Selectable)]

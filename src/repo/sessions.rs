@@ -4,13 +4,13 @@
 use diesel::prelude::*;
 
 use super::key_versions::RETIRED;
-use super::schema::{key_versions as kv, sessions as s, users as u};
 use super::users::UserRow;
-use super::{DbConn, DbError};
 use crate::audit::generation;
 use crate::clock::UnixSeconds;
 use crate::crypto::rowmac::{self, Verdict};
 use crate::crypto::Keyring;
+use crate::db::schema::{key_versions as kv, sessions as s, users as u};
+use crate::db::{DbConn, DbError};
 use crate::domain::UserId;
 
 /// A session row. Its MAC (SPEC §14) binds whose it is, which refresh token is next, its
