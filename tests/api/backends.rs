@@ -127,8 +127,12 @@ async fn serve_help_lists_every_setting_that_start_up_reads() {
     // Every HAZINA_ name the configuration code reads, found in its source.
     let root = env!("CARGO_MANIFEST_DIR");
     let mut names = std::collections::BTreeSet::new();
-    for file in ["src/config.rs", "src/telemetry.rs"] {
-        let source = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+    let mut files = vec![format!("{root}/src/telemetry.rs")];
+    for entry in std::fs::read_dir(format!("{root}/src/config")).unwrap() {
+        files.push(entry.unwrap().path().display().to_string());
+    }
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
         for piece in source.split('"').skip(1).step_by(2) {
             let name: String = piece
                 .chars()
