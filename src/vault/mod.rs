@@ -25,6 +25,8 @@ use crate::repo::provider_certs::{self, CertificateRow};
 use crate::repo::services;
 
 // The vocabulary of operations lives in `domain` (the database's grants use it too).
+pub mod versions;
+
 pub use crate::domain::operation::{Operation, Operations, Reference};
 
 /// Whose credentials a caller reaches.
