@@ -24,33 +24,35 @@
 
 mod admin;
 mod auditor;
+mod cookies;
 mod owner;
+mod sign_in;
 mod views;
 
-use std::future::{ready, Future, Ready};
-use std::rc::Rc;
+pub use cookies::{cookie_access_token, CookieSession, CookieSessionMiddleware};
 
-use actix_web::cookie::{Cookie, SameSite};
-use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use std::future::Future;
+
+use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::LocalBoxFuture;
 use maud::Markup;
-use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use zeroize::Zeroize;
 
 use crate::audit::RequestMeta;
-use crate::auth::jwt::TokenType;
 use crate::domain::Role;
 use crate::error::ApiError;
 use crate::http::principal::bearer_token;
 use crate::http::AuthenticatedUser;
-use crate::routes::sessions::{self, TokenPair};
 use crate::routes::JsonObject;
 use crate::state::AppState;
+
+use cookies::clear_session;
+use sign_in::{sign_in, sign_in_page, sign_out};
 
 /// Where the console lives; every console path starts with it.
 pub const PREFIX: &str = "/console/";
@@ -60,46 +62,6 @@ pub const PREFIX: &str = "/console/";
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
     base-uri 'none'";
-
-/// The console's cookies. Over HTTPS (hazina's own TLS, or `HAZINA_PUBLIC_URL=https://…`)
-/// they are `__Host-` prefixed, `Secure` and scoped to `/` — a sibling subdomain cannot set
-/// or overwrite such a cookie — and only the prefixed names are read; over plain HTTP (a
-/// development set-up) they are unprefixed and scoped to `/console/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Jar {
-    Access,
-    Refresh,
-    /// The sign-in form's CSRF token: server-issued (see [`sign_in_token`]), and the cookie
-    /// and the form field must match.
-    SignIn,
-}
-
-impl Jar {
-    fn name(self, https: bool) -> &'static str {
-        match (self, https) {
-            (Jar::Access, false) => "hazina_access",
-            (Jar::Refresh, false) => "hazina_refresh",
-            (Jar::SignIn, false) => "hazina_signin",
-            (Jar::Access, true) => "__Host-hazina_access",
-            (Jar::Refresh, true) => "__Host-hazina_refresh",
-            (Jar::SignIn, true) => "__Host-hazina_signin",
-        }
-    }
-
-    fn read(self, req: &HttpRequest, https: bool) -> Option<String> {
-        req.cookie(self.name(https)).map(|c| c.value().to_owned())
-    }
-}
-
-/// The access token of a console request's cookie, for the rate limiter's choice of budget
-/// (it runs before [`CookieSession`]).
-pub fn cookie_access_token(req: &HttpRequest, https: bool) -> Option<String> {
-    let path = req.path();
-    (path.starts_with(PREFIX) && !path.starts_with(STATIC))
-        .then(|| Jar::Access.read(req, https))
-        .flatten()
-}
-const STATIC: &str = "/console/static/";
 
 /// Keys the console's CSRF tokens (a fixed label, never caller data).
 const CSRF_PURPOSE: &str = "hazina/console-csrf/v1";
@@ -129,127 +91,6 @@ pub fn register(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .configure(auditor::register)
             .default_service(web::to(not_found)),
     );
-}
-
-// ---------------------------------------------------------------------------------------
-// Sessions by cookie
-
-fn cookie(jar: Jar, value: String, https: bool) -> Cookie<'static> {
-    Cookie::build(jar.name(https), value)
-        .path(if https { "/" } else { PREFIX })
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .secure(https)
-        .finish()
-}
-
-fn removal(jar: Jar, https: bool) -> Cookie<'static> {
-    let mut c = cookie(jar, String::new(), https);
-    c.make_removal();
-    c
-}
-
-fn set_session<B>(res: &mut HttpResponse<B>, pair: &TokenPair, https: bool) {
-    for (jar, token) in [(Jar::Access, &pair.access), (Jar::Refresh, &pair.refresh)] {
-        // A token is base64url and dots: always a valid cookie value.
-        let _ = res.add_cookie(&cookie(jar, token.expose_secret().to_owned(), https));
-    }
-}
-
-fn clear_session<B>(res: &mut HttpResponse<B>, https: bool) {
-    for jar in [Jar::Access, Jar::Refresh] {
-        let _ = res.add_cookie(&removal(jar, https));
-    }
-}
-
-/// Turns a console request's session cookies into its bearer token, before the rate limiter
-/// and the handlers see it: an access token that has expired is renewed through the API's
-/// single-use refresh (the new pair replaces the cookies). Requests outside `/console/`, and
-/// any request that brings its own `Authorization`, pass untouched.
-pub struct CookieSession;
-
-impl<S, B> Transform<S, ServiceRequest> for CookieSession
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Transform = CookieSessionMiddleware<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, ()>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(CookieSessionMiddleware {
-            service: Rc::new(service),
-        }))
-    }
-}
-
-pub struct CookieSessionMiddleware<S> {
-    service: Rc<S>,
-}
-
-impl<S, B> Service<ServiceRequest> for CookieSessionMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, mut req: ServiceRequest) -> Self::Future {
-        let service = Rc::clone(&self.service);
-        let path = req.path();
-        let console = path.starts_with(PREFIX) && !path.starts_with(STATIC);
-        if !console || req.headers().contains_key(header::AUTHORIZATION) {
-            return Box::pin(service.call(req));
-        }
-        let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-            return Box::pin(service.call(req));
-        };
-        let https = state.config.served_over_https();
-        let access = Jar::Access.read(req.request(), https);
-        let refresh = Jar::Refresh.read(req.request(), https);
-        Box::pin(async move {
-            let now = state.clock.now();
-            let live = access.filter(|t| state.tokens.validate(t, TokenType::Access, now).is_ok());
-            let (token, renewed, dead) = match (live, refresh) {
-                (Some(token), _) => (Some(SecretString::from(token)), None, false),
-                (None, Some(refresh)) => {
-                    let meta = RequestMeta::of(req.request());
-                    match sessions::renew(&state, &meta, &SecretString::from(refresh)).await {
-                        Ok(pair) => (Some(pair.access.clone()), Some(pair), false),
-                        Err(_) => (None, None, true),
-                    }
-                }
-                (None, None) => (None, None, false),
-            };
-            if let Some(token) = token {
-                let bearer = format!("Bearer {}", token.expose_secret());
-                if let Ok(value) = HeaderValue::from_str(&bearer) {
-                    req.headers_mut().insert(header::AUTHORIZATION, value);
-                }
-            }
-            let mut res = service.call(req).await?;
-            // A handler that set the session itself (sign-in, sign-out) has the last word.
-            let handled = res
-                .response()
-                .cookies()
-                .any(|c| c.name() == Jar::Access.name(https));
-            if !handled {
-                if let Some(pair) = &renewed {
-                    set_session(res.response_mut(), pair, https);
-                } else if dead {
-                    clear_session(res.response_mut(), https);
-                }
-            }
-            Ok(res)
-        })
-    }
 }
 
 /// The CSRF token of a session: HMAC-SHA-256 of its id under a keyring-derived key.
@@ -659,126 +500,6 @@ async fn home(cx: Cx) -> HttpResponse {
         Role::Admin => "/console/admin/",
         Role::Auditor => "/console/audit/",
     })
-}
-
-/// Keys the sign-in form's tokens (a fixed label, never caller data).
-const SIGN_IN_PURPOSE: &str = "hazina/console-sign-in/v1";
-/// A sign-in form's token is good for this long.
-const SIGN_IN_TTL_SECONDS: i64 = 2 * 60 * 60;
-const SIGN_IN_NONCE: usize = 16;
-
-/// The MAC of a sign-in token's nonce and issue time.
-fn sign_in_mac(state: &AppState, nonce: &[u8], issued_at: i64) -> Option<[u8; 32]> {
-    use hmac::{Hmac, Mac};
-    let keyring = &state.keyring;
-    let key = keyring.derive(keyring.active_version(), SIGN_IN_PURPOSE)?;
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).ok()?;
-    mac.update(nonce);
-    mac.update(&issued_at.to_be_bytes());
-    Some(mac.finalize().into_bytes().into())
-}
-
-/// A new sign-in token issued by this server: a random nonce, the time, and their MAC under
-/// a keyring-derived key (SPEC §15). A value the client chose never verifies.
-fn sign_in_token(state: &AppState) -> Option<String> {
-    use base64::Engine as _;
-    use rand::RngCore;
-    let mut nonce = [0u8; SIGN_IN_NONCE];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let now = state.clock.now();
-    let mac = sign_in_mac(state, &nonce, now)?;
-    let mut raw = nonce.to_vec();
-    raw.extend_from_slice(&now.to_be_bytes());
-    raw.extend_from_slice(&mac);
-    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
-}
-
-/// Whether `token` is one this server issued within [`SIGN_IN_TTL_SECONDS`].
-fn sign_in_token_valid(state: &AppState, token: &str) -> bool {
-    use base64::Engine as _;
-    use subtle::ConstantTimeEq;
-    let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token) else {
-        return false;
-    };
-    if raw.len() != SIGN_IN_NONCE + 8 + 32 {
-        return false;
-    }
-    let (nonce, rest) = raw.split_at(SIGN_IN_NONCE);
-    let (time, mac) = rest.split_at(8);
-    let issued_at = i64::from_be_bytes(time.try_into().unwrap_or([0; 8]));
-    let age = state.clock.now().saturating_sub(issued_at);
-    (0..=SIGN_IN_TTL_SECONDS).contains(&age)
-        && sign_in_mac(state, nonce, issued_at).is_some_and(|m| bool::from(m.ct_eq(mac)))
-}
-
-fn sign_in_form(
-    req: &HttpRequest,
-    status: StatusCode,
-    error: Option<&str>,
-    username: &str,
-) -> HttpResponse {
-    let Some(state) = req.app_data::<web::Data<AppState>>() else {
-        return Refusal::internal(anyhow::anyhow!("application state missing")).error_response();
-    };
-    let https = state.config.served_over_https();
-    let kept = Jar::SignIn
-        .read(req, https)
-        .filter(|t| sign_in_token_valid(state, t));
-    let Some(token) = kept.or_else(|| sign_in_token(state)) else {
-        return Refusal::internal(anyhow::anyhow!("no active master key")).error_response();
-    };
-    let mut res = html(status, views::sign_in(&token, error, username));
-    let _ = res.add_cookie(&cookie(Jar::SignIn, token, https));
-    res
-}
-
-async fn sign_in_page(req: HttpRequest) -> HttpResponse {
-    sign_in_form(&req, StatusCode::OK, None, "")
-}
-
-/// `POST /console/login/`: the API's sign-in (throttled, audited, allowlisted), then the
-/// session's tokens into cookies.
-async fn sign_in(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    form: web::Form<Vec<(String, String)>>,
-) -> HttpResponse {
-    let fields = Fields(form.into_inner());
-    let https = state.config.served_over_https();
-    // The token must be one this server issued, and the form must carry the cookie's.
-    let expected = Jar::SignIn
-        .read(&req, https)
-        .filter(|t| sign_in_token_valid(&state, t));
-    if !same_token(fields.get("csrf"), expected.as_deref().unwrap_or("")) {
-        return Refusal::forged().error_response();
-    }
-    let username = fields.get("username").unwrap_or("").to_owned();
-    let password = SecretString::from(fields.get("password").unwrap_or("").to_owned());
-    let meta = RequestMeta::of(&req);
-    match sessions::sign_in(&state, &meta, username.clone(), password).await {
-        Ok(pair) => {
-            let mut res = see_other(PREFIX);
-            set_session(&mut res, &pair, https);
-            let _ = res.add_cookie(&removal(Jar::SignIn, https));
-            res
-        }
-        Err(e) => {
-            let status = e.status_code();
-            let mut res = sign_in_form(&req, status, Some(&e.public_message()), &username);
-            retry_after(&mut res, &e);
-            res
-        }
-    }
-}
-
-/// `POST /console/logout/`: the API's logout (the session row is revoked), cookies cleared.
-async fn sign_out(posted: Posted) -> Page {
-    let Posted { cx, .. } = posted;
-    cx.ask0(sessions::logout).await?;
-    let https = cx.state.config.served_over_https();
-    let mut res = see_other("/console/login/");
-    clear_session(&mut res, https);
-    Ok(res)
 }
 
 async fn not_found() -> HttpResponse {
