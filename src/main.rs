@@ -17,6 +17,7 @@ use hazina::db;
 use hazina::domain::{
     Environment, Password, Provider, Role, ServiceIdentity, ServiceName, Username,
 };
+use hazina::error::ApiError;
 use hazina::repo;
 use hazina::startup::{self, Application};
 
@@ -310,7 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let username = Username::parse(&username)?;
             let role = Role::parse(&role)?;
-            let cidrs = hazina::routes::admin::parse_allowlist(&allow_cidr)?;
+            let cidrs = hazina::domain::parse_allowlist(&allow_cidr)?;
             let password = Password::parse(read_password()?)?;
             let hash = password::hash(password.secret())?;
             let vault = open_vault(&config)?;
@@ -443,7 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Retire { version, force }) => {
             let vault = open_vault(&config)?;
             let event = cli_event(Action::KeysRetire, Target::default());
-            let message = hazina::routes::keys::retire_blocking(
+            let message = hazina::rotation::retire(
                 &vault.pool,
                 &vault.keyring,
                 version,
@@ -451,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Clock::System.now(),
                 Some(&event),
             )
-            .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+            .map_err(|e| anyhow::anyhow!("{}", ApiError::from(e).public_message()))?;
             println!("{message}");
             Ok(())
         }
@@ -643,7 +644,7 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
         } => {
             let name = ServiceName::parse(&name)?;
             let identity = ServiceIdentity::parse(&identity)?;
-            let cidrs = hazina::routes::admin::parse_allowlist(&allow_cidr)?;
+            let cidrs = hazina::domain::parse_allowlist(&allow_cidr)?;
             let created = audit::chain::with_entry(
                 &mut *pool.get()?,
                 |tx| {
@@ -693,8 +694,7 @@ fn services(config: &Config, cmd: ServicesCommand) -> anyhow::Result<()> {
             println!("disabled service `{name}`; its next request is refused");
         }
         ServicesCommand::RevokeCertificate { fingerprint } => {
-            let fingerprint = hazina::routes::admin::parse_fingerprint(&fingerprint)
-                .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+            let fingerprint = hazina::domain::parse_fingerprint(&fingerprint)?;
             let newly = audit::chain::with_entry(
                 &mut *pool.get()?,
                 |tx| repo::services::revoke_certificate(tx, &fingerprint, now),
@@ -724,7 +724,7 @@ fn grants(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
             let provider = provider.as_deref().map(Provider::parse).transpose()?;
             let environment = environment.as_deref().map(Environment::parse).transpose()?;
             let operations = hazina::vault::Operations::parse(&operations)?;
-            use hazina::routes::admin::{grant_by_names, grant_target};
+            use hazina::repo::services::{grant_by_names, grant_target};
             let created = audit::chain::with_entry(
                 &mut *pool.get()?,
                 |tx| {
@@ -831,7 +831,7 @@ fn certs(config: &Config, cmd: CertsCommand) -> anyhow::Result<()> {
             let pem = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let entry = cli_event(Action::AdminProviderCertificateSet, Target::default());
-            let row = hazina::routes::admin::set_certificate(
+            let row = hazina::repo::provider_certs::set_certificate(
                 &mut conn,
                 &vault.keyring,
                 (provider, environment),
@@ -957,7 +957,7 @@ fn open_vault(config: &Config) -> anyhow::Result<startup::Vault> {
 
 fn keys_status(config: &Config) -> anyhow::Result<()> {
     let vault = open_vault(config)?;
-    let status = hazina::routes::keys::status(&mut *vault.pool.get()?, &vault.keyring)?;
+    let status = hazina::rotation::status(&mut *vault.pool.get()?, &vault.keyring)?;
     println!("active version: {}", status["active_version"]);
     for v in status["versions"].as_array().into_iter().flatten() {
         let mut notes = Vec::new();

@@ -85,6 +85,30 @@ impl ServiceIdentity {
     }
 }
 
+/// Whether a certificate name could pass for a fingerprint identity (`sha256:`, any case).
+pub fn looks_like_fingerprint(name: &str) -> bool {
+    name.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sha256:"))
+}
+
+/// A client certificate's fingerprint as an operator writes it: 64 hex digits (any case),
+/// optionally `sha256:`-prefixed or colon-separated; stored lowercase without separators.
+pub fn parse_fingerprint(raw: &str) -> Result<String, ValidationError> {
+    let raw = raw.trim();
+    let hex_part = if looks_like_fingerprint(raw) {
+        &raw[7..]
+    } else {
+        raw
+    };
+    let digits: String = hex_part.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ValidationError(
+            "fingerprint must be the certificate's SHA-256: 64 hex digits".into(),
+        ));
+    }
+    Ok(digits.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

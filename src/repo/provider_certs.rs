@@ -6,12 +6,12 @@
 use diesel::prelude::*;
 
 use super::users::sign;
-use crate::audit::generation;
+use crate::audit::{chain, generation, Event, Target};
 use crate::clock::UnixSeconds;
 use crate::crypto::{rowmac, Keyring};
 use crate::db::schema::provider_certificates as pc;
 use crate::db::{DbConn, DbError};
-use crate::domain::CertificateInfo;
+use crate::domain::{CertificateInfo, Environment, Provider, ValidationError};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = pc)]
@@ -148,6 +148,42 @@ pub fn set(
         diesel::insert_into(pc::table).values(&row).execute(tx)?;
         Ok(row)
     })
+}
+
+/// Installs a provider certificate, shared by the API and the CLI: parsed and checked (one
+/// PEM certificate with an RSA key), stored with its MAC, audited in the same transaction.
+pub fn set_certificate(
+    c: &mut DbConn,
+    keyring: &Keyring,
+    (provider, environment): (Provider, Environment),
+    pem: &str,
+    actor: &str,
+    entry: Event,
+    now: i64,
+) -> Result<CertificateRow, DbError> {
+    let info = crate::providers::compute::parse_certificate(pem)
+        .map_err(|m| DbError::Rejected(ValidationError(m)))?;
+    chain::with_entry(
+        c,
+        |tx| {
+            set(
+                tx,
+                keyring,
+                (provider.as_str(), environment.as_str()),
+                pem,
+                &info,
+                actor,
+                now,
+            )
+        },
+        |_| {
+            Some(entry.target(Target {
+                provider: Some(provider.as_str().into()),
+                environment: Some(environment.as_str().into()),
+                ..Target::default()
+            }))
+        },
+    )
 }
 
 /// Removes the certificate; `false` if there was none.

@@ -10,11 +10,13 @@ use crate::auth::password;
 use crate::clock::rfc3339;
 use crate::db::DbError;
 use crate::domain::{
-    Environment, Password, Provider, Role, ServiceIdentity, ServiceName, Username,
+    parse_allowlist, parse_fingerprint, Environment, Password, Provider, Role, ServiceIdentity,
+    ServiceName, Username,
 };
 use crate::error::ApiError;
 use crate::http::AuthenticatedUser;
-use crate::repo::services::{self as repo, GrantRow, ServiceRow};
+use crate::repo::provider_certs::set_certificate;
+use crate::repo::services::{self as repo, grant_by_names, grant_target, GrantRow, ServiceRow};
 use crate::repo::users;
 use crate::routes::JsonObject;
 use crate::state::AppState;
@@ -381,32 +383,6 @@ pub struct CreateServiceBody {
     allowed_cidrs: Option<Vec<String>>,
 }
 
-/// Parses a CIDR allowlist into its stored form (comma-separated, canonical).
-pub fn parse_allowlist(cidrs: &[String]) -> Result<Option<String>, crate::domain::ValidationError> {
-    if cidrs.is_empty() {
-        return Ok(None);
-    }
-    if cidrs.len() > 64 {
-        return Err(crate::domain::ValidationError(
-            "at most 64 CIDR ranges".into(),
-        ));
-    }
-    let parsed = cidrs
-        .iter()
-        .map(|c| {
-            c.trim()
-                .parse::<ipnet::IpNet>()
-                .map(|n| n.to_string())
-                .map_err(|_| {
-                    crate::domain::ValidationError(
-                        "allowed_cidrs must be CIDR ranges such as 10.0.0.0/8".into(),
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(parsed.join(",")))
-}
-
 pub async fn create_service(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
@@ -471,24 +447,6 @@ pub async fn disable_service(
 }
 
 // ----- revoked client certificates ------------------------------------------------------
-
-/// A client certificate's fingerprint as an operator writes it: 64 hex digits (any case),
-/// optionally `sha256:`-prefixed or colon-separated; stored lowercase without separators.
-pub fn parse_fingerprint(raw: &str) -> Result<String, ApiError> {
-    let raw = raw.trim();
-    let hex_part = if crate::tls::looks_like_fingerprint(raw) {
-        &raw[7..]
-    } else {
-        raw
-    };
-    let digits: String = hex_part.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ApiError::Invalid(
-            "fingerprint must be the certificate's SHA-256: 64 hex digits".into(),
-        ));
-    }
-    Ok(digits.to_ascii_lowercase())
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -594,54 +552,6 @@ pub struct CreateGrantBody {
     /// What the grant allows (SPEC §9.5); default `["reveal"]`.
     #[serde(default)]
     operations: Option<Vec<String>>,
-}
-
-/// What a grant's audit entry names.
-pub fn grant_target(grant: &GrantRow, owner_id: i64) -> Target {
-    Target {
-        owner_id: Some(owner_id),
-        provider: grant.provider.clone(),
-        environment: grant.environment.clone(),
-        ..Target::default()
-    }
-}
-
-/// Creates a grant by names; shared by the API and the CLI.
-pub fn grant_by_names(
-    c: &mut crate::db::DbConn,
-    keyring: &crate::crypto::Keyring,
-    service: &str,
-    owner: &str,
-    (provider, environment): (Option<Provider>, Option<Environment>),
-    operations: &Operations,
-    now: i64,
-) -> Result<Result<(GrantRow, i64), &'static str>, DbError> {
-    let Some(svc) = repo::find_by_name(c, service)? else {
-        return Ok(Err("No such service"));
-    };
-    let Some(owner) = users::find_by_username(c, owner)? else {
-        return Ok(Err("No such owner"));
-    };
-    // Never grant to (or over) a row that was edited outside hazina.
-    if !svc.intact(keyring) {
-        return Err(DbError::Tampered("service"));
-    }
-    if !owner.intact(keyring) {
-        return Err(DbError::Tampered("user"));
-    }
-    let grant = repo::create_grant(
-        c,
-        keyring,
-        svc.id,
-        owner.id,
-        (
-            provider.map(Provider::as_str),
-            environment.map(Environment::as_str),
-        ),
-        operations,
-        now,
-    )?;
-    Ok(Ok((grant, owner.id)))
 }
 
 pub async fn create_grant(
@@ -784,42 +694,6 @@ fn certificate_slot(path: &(String, String)) -> Result<(Provider, Environment), 
         ));
     }
     Ok((provider, Environment::parse(&path.1)?))
-}
-
-/// Installs a provider certificate, shared by the API and the CLI: parsed and checked (one
-/// PEM certificate with an RSA key), stored with its MAC, audited in the same transaction.
-pub fn set_certificate(
-    c: &mut crate::db::DbConn,
-    keyring: &crate::crypto::Keyring,
-    (provider, environment): (Provider, Environment),
-    pem: &str,
-    actor: &str,
-    entry: Event,
-    now: i64,
-) -> Result<crate::repo::provider_certs::CertificateRow, DbError> {
-    let info = crate::providers::compute::parse_certificate(pem)
-        .map_err(|m| DbError::Rejected(crate::domain::ValidationError(m)))?;
-    chain::with_entry(
-        c,
-        |tx| {
-            crate::repo::provider_certs::set(
-                tx,
-                keyring,
-                (provider.as_str(), environment.as_str()),
-                pem,
-                &info,
-                actor,
-                now,
-            )
-        },
-        |_| {
-            Some(entry.target(Target {
-                provider: Some(provider.as_str().into()),
-                environment: Some(environment.as_str().into()),
-                ..Target::default()
-            }))
-        },
-    )
 }
 
 /// `PUT /admin/provider-certificates/{provider}/{environment}/` with a PEM body.

@@ -8,79 +8,11 @@ use crate::audit::{Action, RequestMeta};
 use crate::db::DbError;
 use crate::error::ApiError;
 use crate::http::AuthenticatedUser;
-use crate::repo::{credentials, key_versions, keys};
+use crate::repo::key_versions;
 use crate::rotation;
 use crate::routes::admin::Admin;
 use crate::routes::JsonObject;
 use crate::state::AppState;
-
-/// The keyring and rotation status, as `GET /admin/keys/` and `hazina keys status` show it.
-pub fn status(
-    conn: &mut crate::db::DbConn,
-    keyring: &crate::crypto::Keyring,
-) -> Result<serde_json::Value, crate::db::DbError> {
-    let counts = credentials::count_by_kek_version(conn)?;
-    let wear = keys::wear(conn)?;
-    let latest = keys::latest_rotation(conn)?;
-    let registered = key_versions::load(conn)?;
-    let state_of = |v: i32| {
-        registered
-            .iter()
-            .find(|r| r.version == v)
-            .map(|r| r.state.clone())
-    };
-    let active = registered
-        .iter()
-        .find(|r| r.state == key_versions::ACTIVE)
-        .map_or(keyring.active_version() as i32, |r| r.version);
-    let mut known: Vec<i32> = keyring.versions().into_iter().map(|v| v as i32).collect();
-    for v in counts
-        .iter()
-        .map(|(v, _)| *v)
-        .chain(registered.iter().map(|r| r.version))
-    {
-        if !known.contains(&v) {
-            known.push(v);
-        }
-    }
-    known.sort_unstable();
-    let versions: Vec<serde_json::Value> = known
-        .iter()
-        .map(|v| {
-            let rows = counts.iter().find(|(k, _)| k == v).map_or(0, |(_, n)| *n);
-            let encryptions = wear.iter().find(|(k, _)| k == v).map_or(0, |(_, n)| *n);
-            serde_json::json!({
-                "version": v,
-                "active": *v == active,
-                "state": state_of(*v),
-                "in_keyring": keyring.has_version(*v as u32),
-                "stored_keys": rows,
-                "encryptions": encryptions,
-                "rotation_due": encryptions >= rotation::DEFAULT_WEAR_WARNING,
-            })
-        })
-        .collect();
-    let rotation = match latest {
-        Some(r) => {
-            let remaining = keys::remaining(conn, r.target_version)?;
-            serde_json::json!({
-                "id": r.id,
-                "target_version": r.target_version,
-                "started_at": crate::clock::rfc3339(r.started_at),
-                "finished_at": r.finished_at.map(crate::clock::rfc3339),
-                "rows_rewrapped": r.rows_rewrapped,
-                "remaining": remaining,
-            })
-        }
-        None => serde_json::Value::Null,
-    };
-    Ok(serde_json::json!({
-        "active_version": active,
-        "versions": versions,
-        "wear_warning_threshold": rotation::DEFAULT_WEAR_WARNING,
-        "rotation": rotation,
-    }))
-}
 
 pub async fn show(
     state: web::Data<AppState>,
@@ -89,7 +21,7 @@ pub async fn show(
 ) -> Result<HttpResponse, ApiError> {
     Admin::check(&state, &user, meta, Action::KeysRead).await?;
     let keyring = state.keyring.clone();
-    let body = state.db(move |c| status(c, &keyring)).await?;
+    let body = state.db(move |c| rotation::status(c, &keyring)).await?;
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -150,24 +82,7 @@ pub async fn retire(
     let RetireBody { version, force } = body.into_inner().0;
     let (pool, keyring, now) = (state.pool.clone(), state.keyring.clone(), state.clock.now());
     let outcome =
-        web::block(move || retire_blocking(&pool, &keyring, version, force, now, Some(&event)))
+        web::block(move || rotation::retire(&pool, &keyring, version, force, now, Some(&event)))
             .await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": outcome })))
-}
-
-/// The retire rule, shared by the API and the CLI: refused for the active version, an unknown
-/// one, or one that any stored key or recorded backup still depends on (see
-/// `repo::key_versions::retire`).
-pub fn retire_blocking(
-    pool: &crate::db::Pool,
-    keyring: &crate::crypto::Keyring,
-    version: i32,
-    force: bool,
-    now: crate::clock::UnixSeconds,
-    audit: Option<&crate::audit::Event>,
-) -> Result<String, ApiError> {
-    let mut conn = pool.get().map_err(DbError::from)?;
-    Ok(key_versions::retire(
-        &mut conn, keyring, version, force, now, audit,
-    )?)
 }

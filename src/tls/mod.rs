@@ -34,6 +34,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CipherSuite, RootCertStore, ServerConfig, SupportedCipherSuite};
 use sha2::{Digest, Sha256};
 
+use crate::domain::looks_like_fingerprint;
+
 mod settings;
 
 pub use settings::{ClientCa, TlsSettings};
@@ -241,12 +243,6 @@ impl PeerIdentity {
             revoked: false,
         })
     }
-}
-
-/// Whether a certificate name could pass for a fingerprint identity (`sha256:`, any case).
-pub fn looks_like_fingerprint(name: &str) -> bool {
-    name.get(..7)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sha256:"))
 }
 
 fn is_printable(name: &str) -> bool {
