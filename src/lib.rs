@@ -25,6 +25,7 @@
 //! or on an import that points up it:
 //!
 //! ```text
+//! cli                    the `hazina` command: one file per command group (src/main.rs calls it)
 //! startup, backup        the process: keyring, pool, migrations, server; backups and restores
 //! routes, console        handlers (the route table is in routes/mod.rs) and the console's pages
 //! http                   a request's metadata, its principal, the limiter's guard
@@ -63,6 +64,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod broker;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod console;
