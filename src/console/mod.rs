@@ -47,7 +47,7 @@ use crate::audit::RequestMeta;
 use crate::domain::Role;
 use crate::error::ApiError;
 use crate::http::principal::bearer_token;
-use crate::http::AuthenticatedUser;
+use crate::http::{AuthenticatedUser, UserRequest};
 use crate::routes::JsonObject;
 use crate::state::AppState;
 
@@ -130,6 +130,15 @@ impl Cx {
         RequestMeta::of(&self.req)
     }
 
+    /// This user's request, as the API's handlers take it.
+    pub fn request(&self) -> UserRequest {
+        UserRequest {
+            state: self.state.clone(),
+            user: self.user.clone(),
+            meta: self.meta(),
+        }
+    }
+
     /// The pieces of the page frame that depend on who is looking.
     pub fn frame(&self) -> views::Frame<'_> {
         views::Frame {
@@ -139,11 +148,11 @@ impl Cx {
         }
     }
 
-    /// Runs one of the API's handlers of the common shape (state, caller, request, `extra`:
+    /// Runs one of the API's handlers of the common shape (a [`UserRequest`] and `extra`:
     /// a path, a query or a body) for this user, and reads its answer.
     pub async fn ask<T, F, Fut>(&self, handler: F, extra: T) -> Result<Value, Refusal>
     where
-        F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta, T) -> Fut,
+        F: FnOnce(UserRequest, T) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
         json(self.respond(handler, extra).await?).await
@@ -152,31 +161,25 @@ impl Cx {
     /// [`ask`](Self::ask), keeping the answer as it is (see [`pass`]).
     pub async fn respond<T, F, Fut>(&self, handler: F, extra: T) -> Page
     where
-        F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta, T) -> Fut,
+        F: FnOnce(UserRequest, T) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
-        pass(handler(
-            self.state.clone(),
-            self.user.clone(),
-            self.meta(),
-            extra,
-        ))
-        .await
+        pass(handler(self.request(), extra)).await
     }
 
     /// [`respond`](Self::respond) for a handler that takes nothing more.
     pub async fn respond0<F, Fut>(&self, handler: F) -> Page
     where
-        F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta) -> Fut,
+        F: FnOnce(UserRequest) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
-        pass(handler(self.state.clone(), self.user.clone(), self.meta())).await
+        pass(handler(self.request())).await
     }
 
     /// [`ask`](Self::ask) for a handler that takes nothing more.
     pub async fn ask0<F, Fut>(&self, handler: F) -> Result<Value, Refusal>
     where
-        F: FnOnce(web::Data<AppState>, AuthenticatedUser, RequestMeta) -> Fut,
+        F: FnOnce(UserRequest) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
         json(self.respond0(handler).await?).await
@@ -186,12 +189,7 @@ impl Cx {
     pub async fn send<B, F, Fut>(&self, handler: F, fields: Value) -> Result<Value, Refusal>
     where
         B: DeserializeOwned,
-        F: FnOnce(
-            web::Data<AppState>,
-            AuthenticatedUser,
-            RequestMeta,
-            web::Json<JsonObject<B>>,
-        ) -> Fut,
+        F: FnOnce(UserRequest, web::Json<JsonObject<B>>) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
         self.ask(handler, body(fields)?).await

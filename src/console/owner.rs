@@ -195,14 +195,7 @@ async fn detail_page(
     let cred = cx.ask(api::get_one, path()).await?;
     let versions = cx.ask(api::versions, path()).await?;
     let query = api::AccessLogQuery::page(cursor, 50);
-    let log = call(api::access_log(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
-        path(),
-        web::Query(query),
-    ))
-    .await?;
+    let log = call(api::access_log(cx.request(), path(), web::Query(query))).await?;
     let provider = cred["provider"]
         .as_str()
         .and_then(|p| Provider::parse(p).ok());
@@ -371,15 +364,7 @@ async fn rotate(posted: Posted, id: web::Path<String>) -> Page {
     let answer = match body(Value::Object(fields)) {
         Ok(b) => {
             let path = web::Path::from(id.clone());
-            call(api::rotate(
-                cx.state.clone(),
-                cx.user.clone(),
-                cx.meta(),
-                seen_version(&posted),
-                path,
-                b,
-            ))
-            .await
+            call(api::rotate(cx.request(), seen_version(&posted), path, b)).await
         }
         Err(e) => Err(e),
     };
@@ -391,9 +376,7 @@ async fn toggle(posted: Posted, id: web::Path<String>) -> Page {
     let cx = &posted.cx;
     let path = web::Path::from(id.clone());
     let answer = call(api::toggle_status(
-        cx.state.clone(),
-        cx.user.clone(),
-        cx.meta(),
+        cx.request(),
         seen_version(&posted),
         path,
     ))

@@ -81,3 +81,37 @@ impl FromRequest for RequestMeta {
         std::future::ready(Ok(RequestMeta::of(req)))
     }
 }
+
+/// A signed-in user's request, as every user-facing handler takes it: the shared state, the
+/// user (session, account and allowlist checked by [`AuthenticatedUser`]) and the request's
+/// metadata for its audit entries. One extractor instead of three, extracted in the order
+/// the three were: the state, then the user, then the metadata.
+pub struct UserRequest {
+    pub state: web::Data<crate::state::AppState>,
+    pub user: AuthenticatedUser,
+    pub meta: RequestMeta,
+}
+
+impl FromRequest for UserRequest {
+    type Error = crate::error::ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<crate::state::AppState>>().cloned();
+        let user = AuthenticatedUser::from_request(req, payload);
+        let req = req.clone();
+        Box::pin(async move {
+            let state = state.ok_or_else(|| {
+                crate::error::ApiError::internal(anyhow::anyhow!(
+                    "the application state is missing"
+                ))
+            })?;
+            let user = user.await?;
+            Ok(UserRequest {
+                state,
+                user,
+                meta: RequestMeta::of(&req),
+            })
+        })
+    }
+}

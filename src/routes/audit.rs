@@ -11,7 +11,7 @@ use crate::audit::{
 };
 use crate::domain::Role;
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::{AuthenticatedUser, UserRequest};
 use crate::state::AppState;
 
 const MAX_LIMIT: i64 = 1000;
@@ -116,9 +116,7 @@ fn filter_of(q: &ListQuery) -> Result<Filter, ApiError> {
 }
 
 pub async fn list(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
@@ -154,9 +152,7 @@ pub struct ExportQuery {
 }
 
 pub async fn export(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     query: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
@@ -249,9 +245,7 @@ pub async fn export(
 }
 
 pub async fn verify(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
     let keyring = state.keyring.clone();
@@ -284,9 +278,7 @@ pub struct InclusionQuery {
 /// `GET /audit/proofs/inclusion/?seq=N&tree_size=M`: the RFC 6962 audit path of entry `N`
 /// (leaf `N − 1`) in the tree of the first `M` entries (default: the whole log).
 pub async fn inclusion_proof(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     query: web::Query<InclusionQuery>,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
@@ -328,9 +320,7 @@ pub struct ConsistencyQuery {
 /// `GET /audit/proofs/consistency/?from=M1&to=M2`: the RFC 6962 consistency proof that the
 /// tree of `M2` entries (default: the whole log) extends the tree of `M1`.
 pub async fn consistency_proof(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     query: web::Query<ConsistencyQuery>,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
@@ -366,9 +356,7 @@ pub async fn consistency_proof(
 /// signed note, Ed25519), refused — and `/readyz` failing from then on — if the log no longer
 /// extends the last checkpoint this log signed.
 pub async fn checkpoint(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
     let signer = state.clone();
@@ -399,9 +387,7 @@ pub async fn checkpoint(
 /// `GET /audit/public-key/`: the signed-note verifier key of the checkpoints (the active
 /// version's first, then any older version's still in use).
 pub async fn public_key(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
     let (keyring, origin) = (state.keyring.clone(), state.audit_origin.clone());
@@ -433,9 +419,7 @@ pub struct VerifyBody {
 /// `POST /audit/verify/` with `{checkpoints: [...]}`: the chain check of `GET`, and each
 /// checkpoint checked against the log (signature, origin, and that the log still extends it).
 pub async fn verify_with_checkpoints(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     body: web::Json<crate::routes::JsonObject<VerifyBody>>,
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;

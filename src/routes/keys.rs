@@ -4,20 +4,17 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use crate::audit::{Action, RequestMeta};
+use crate::audit::Action;
 use crate::db::DbError;
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::UserRequest;
 use crate::repo::key_versions;
 use crate::rotation;
 use crate::routes::admin::Admin;
 use crate::routes::JsonObject;
-use crate::state::AppState;
 
 pub async fn show(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     Admin::check(&state, &user, meta, Action::KeysRead).await?;
     let keyring = state.keyring.clone();
@@ -30,9 +27,7 @@ pub async fn show(
 /// and its audit entry are one transaction under the database's key lock (see
 /// `repo::key_versions`), so concurrent rotations on any node take turns.
 pub async fn rotate(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::KeysRotate).await?;
     let event = admin.event(Action::KeysRotate);
@@ -72,9 +67,7 @@ pub struct RetireBody {
 
 /// Removes a master-key version from the keyring, refused while any stored key depends on it.
 pub async fn retire(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     body: web::Json<JsonObject<RetireBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::KeysRetire).await?;

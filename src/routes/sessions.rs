@@ -18,7 +18,7 @@ use crate::clock::UnixSeconds;
 use crate::domain::{UserId, Username};
 use crate::error::ApiError;
 use crate::http::principal::{allowed, OUTSIDE_ALLOWLIST};
-use crate::http::AuthenticatedUser;
+use crate::http::UserRequest;
 use crate::metrics::LockoutSubject;
 use crate::repo::sessions::{self as repo, Refresh};
 use crate::repo::{throttle, users};
@@ -501,9 +501,7 @@ pub(crate) async fn renew(
 }
 
 pub async fn logout(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.now();
     let sid = user.session_id.clone();
@@ -541,9 +539,7 @@ pub const WRONG_PASSWORD: &str = "The current password is wrong";
 /// required (a stolen access token alone cannot take the account over); every other session
 /// of theirs ends (this one stays), and the change is audited.
 pub async fn change_password(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     body: web::Json<JsonObject<ChangePasswordBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let ChangePasswordBody {

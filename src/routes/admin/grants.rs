@@ -4,14 +4,13 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::{conflict, Admin};
-use crate::audit::{chain, Action, RequestMeta, Target};
+use crate::audit::{chain, Action, Target};
 use crate::clock::rfc3339;
 use crate::domain::{Environment, Provider};
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::UserRequest;
 use crate::repo::services::{self as repo, grant_by_names, grant_target, GrantRow};
 use crate::routes::JsonObject;
-use crate::state::AppState;
 use crate::vault::Operations;
 
 #[derive(Serialize)]
@@ -62,9 +61,7 @@ pub struct CreateGrantBody {
 }
 
 pub async fn create_grant(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     body: web::Json<JsonObject<CreateGrantBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminGrantCreate).await?;
@@ -116,9 +113,7 @@ pub async fn create_grant(
 }
 
 pub async fn list_grants(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     Admin::check(&state, &user, meta, Action::AdminRead).await?;
     let rows = state.db(repo::list_grants).await?;
@@ -130,9 +125,7 @@ pub async fn list_grants(
 }
 
 pub async fn revoke_grant(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminGrantRevoke).await?;

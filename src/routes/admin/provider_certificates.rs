@@ -4,13 +4,12 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 use super::Admin;
-use crate::audit::{chain, Action, RequestMeta, Target};
+use crate::audit::{chain, Action, Target};
 use crate::clock::rfc3339;
 use crate::domain::{Environment, Provider};
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::UserRequest;
 use crate::repo::provider_certs::set_certificate;
-use crate::state::AppState;
 
 #[derive(Serialize)]
 struct ProviderCertificateView {
@@ -56,9 +55,7 @@ fn certificate_slot(path: &(String, String)) -> Result<(Provider, Environment), 
 
 /// `PUT /admin/provider-certificates/{provider}/{environment}/` with a PEM body.
 pub async fn set_provider_certificate(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -88,9 +85,7 @@ pub async fn set_provider_certificate(
 }
 
 pub async fn list_provider_certificates(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     Admin::check(&state, &user, meta, Action::AdminRead).await?;
     let rows = state.db(crate::repo::provider_certs::list).await?;
@@ -103,9 +98,7 @@ pub async fn list_provider_certificates(
 
 /// `DELETE /admin/provider-certificates/{provider}/{environment}/`.
 pub async fn delete_provider_certificate(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::AdminProviderCertificateDelete;

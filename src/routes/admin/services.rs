@@ -4,14 +4,13 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::{conflict, Admin};
-use crate::audit::{chain, Action, RequestMeta};
+use crate::audit::{chain, Action};
 use crate::clock::rfc3339;
 use crate::domain::{parse_allowlist, parse_fingerprint, ServiceIdentity, ServiceName};
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::UserRequest;
 use crate::repo::services::{self as repo, ServiceRow};
 use crate::routes::JsonObject;
-use crate::state::AppState;
 
 #[derive(Serialize)]
 struct ServiceView {
@@ -49,9 +48,7 @@ pub struct CreateServiceBody {
 }
 
 pub async fn create_service(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     body: web::Json<JsonObject<CreateServiceBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminServiceCreate).await?;
@@ -79,9 +76,7 @@ pub async fn create_service(
 }
 
 pub async fn list_services(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     Admin::check(&state, &user, meta, Action::AdminRead).await?;
     let rows = state.db(repo::list_services).await?;
@@ -89,9 +84,7 @@ pub async fn list_services(
 }
 
 pub async fn disable_service(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminServiceDisable).await?;
@@ -128,9 +121,7 @@ struct RevokedCertificateView {
 /// Revokes one client certificate by fingerprint: every later request it makes answers 403,
 /// on every node, whatever service it names. Idempotent; audited in the same transaction.
 pub async fn revoke_certificate(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     body: web::Json<JsonObject<RevokeCertificateBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminCertificateRevoke).await?;
@@ -154,9 +145,7 @@ pub async fn revoke_certificate(
 }
 
 pub async fn list_revoked_certificates(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     Admin::check(&state, &user, meta, Action::AdminRead).await?;
     let rows = state.db(repo::revoked_certificates).await?;

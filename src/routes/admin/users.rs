@@ -5,12 +5,12 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::{conflict, Admin};
-use crate::audit::{chain, Action, RequestMeta, Target};
+use crate::audit::{chain, Action, Target};
 use crate::auth::password;
 use crate::clock::rfc3339;
 use crate::domain::{parse_allowlist, Password, Role, Username};
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::UserRequest;
 use crate::repo::users;
 use crate::routes::JsonObject;
 use crate::state::AppState;
@@ -33,9 +33,7 @@ pub struct CreateUserBody {
 }
 
 pub async fn create_user(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     body: web::Json<JsonObject<CreateUserBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminUserCreate).await?;
@@ -77,9 +75,7 @@ pub async fn create_user(
 }
 
 pub async fn list_users(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     Admin::check(&state, &user, meta, Action::AdminRead).await?;
     let rows = state.db(users::list).await?;
@@ -127,9 +123,7 @@ async fn change_user(
 }
 
 pub async fn disable_user(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminUserDisable).await?;
@@ -147,9 +141,7 @@ pub async fn disable_user(
 
 /// Enables a disabled user: they may log in again (sessions ended by the disable stay ended).
 pub async fn enable_user(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminUserEnable).await?;
@@ -174,9 +166,7 @@ pub struct RoleBody {
 /// Sets a user's role; it applies from their next request. The last enabled administrator
 /// keeps theirs.
 pub async fn set_user_role(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
     body: web::Json<JsonObject<RoleBody>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -202,9 +192,7 @@ pub struct PasswordBody {
 
 /// Resets a user's password (they forgot it, or it leaked): every session of theirs ends.
 pub async fn set_user_password(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
     body: web::Json<JsonObject<PasswordBody>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -241,9 +229,7 @@ pub struct AllowlistBody {
 /// Sets a user's IP allowlist; it applies from their next request (sessions stay, but a
 /// request from outside answers 403).
 pub async fn set_user_allowlist(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
     body: web::Json<JsonObject<AllowlistBody>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -269,9 +255,7 @@ pub async fn set_user_allowlist(
 /// Ends every live session of a user: their access tokens answer 401 from the next request
 /// and their refresh tokens no longer refresh. The account stays enabled.
 pub async fn revoke_user_sessions(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminSessionsRevoke).await?;

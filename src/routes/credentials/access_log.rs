@@ -4,11 +4,10 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Action, RequestMeta};
+use crate::audit::Action;
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::UserRequest;
 use crate::repo::credentials as repo;
-use crate::state::AppState;
 
 use super::*;
 
@@ -51,9 +50,7 @@ const ACCESS_LOG_MAX: i64 = 500;
 /// `GET /payments/credentials/{id}/access-log/`: every audit entry about the owner's
 /// credential, oldest first, with a cursor. Scoped by owner in the SQL.
 pub async fn access_log(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
     query: web::Query<AccessLogQuery>,
 ) -> Result<HttpResponse, ApiError> {

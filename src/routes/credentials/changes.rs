@@ -8,12 +8,12 @@ use actix_web::{web, HttpResponse};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Action, Event, Outcome, Reason, RequestMeta};
+use crate::audit::{Action, Event, Outcome, Reason};
 use crate::clock::rfc3339;
 use crate::db::DbError;
 use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, UserId};
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::UserRequest;
 use crate::repo::credentials::{self as repo, CredentialRow, MetadataUpdate, VersionRow};
 use crate::routes::JsonObject;
 use crate::state::AppState;
@@ -34,9 +34,7 @@ pub struct UpdateBody {
 }
 
 pub async fn update(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     if_match: IfMatch,
     path: web::Path<String>,
     body: web::Json<JsonObject<UpdateBody>>,
@@ -168,22 +166,32 @@ async fn write_new_version(
 }
 
 pub async fn rotate(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     if_match: IfMatch,
     path: web::Path<String>,
     body: web::Json<JsonObject<RotateBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    const ACTION: Action = Action::CredentialRotate;
     let trail = Trail::new(&state, &user, meta);
-    let (owner, id) = trail.owned(ACTION, &path).await?;
-    let source = body.into_inner().0.into_new_key()?;
+    let target = trail.owned(Action::CredentialRotate, &path).await?;
+    rotate_key(&trail, target, user.id, if_match, body.into_inner().0).await
+}
+
+/// Writes `body`'s key as a new version of the credential `target` names, by `actor`: the
+/// rotation an owner or an administrator asked for.
+async fn rotate_key(
+    trail: &Trail<'_>,
+    (owner, id): (UserId, CredentialId),
+    actor: UserId,
+    if_match: IfMatch,
+    body: RotateBody,
+) -> Result<HttpResponse, ApiError> {
+    const ACTION: Action = Action::CredentialRotate;
+    let source = body.into_new_key()?;
     let rotated = write_new_version(
-        &state,
+        trail.state,
         owner,
         id,
-        user.id,
+        actor,
         if_match.0,
         source,
         trail.change(ACTION),
@@ -207,9 +215,7 @@ pub struct RollbackBody {
 /// Rolls back to an earlier version's key, which becomes a new version (history is never
 /// rewritten).
 pub async fn rollback(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     if_match: IfMatch,
     path: web::Path<String>,
     body: web::Json<JsonObject<RollbackBody>>,
@@ -278,16 +284,25 @@ fn versions_body(row: &CredentialRow, versions: Vec<repo::VersionMeta>) -> serde
 
 /// A credential's versions, newest first: metadata only.
 pub async fn versions(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    const ACTION: Action = Action::CredentialRead;
     let trail = Trail::new(&state, &user, meta);
-    let (owner, id) = trail.owned(ACTION, &path).await?;
-    let Some((row, list)) = state.db(move |c| repo::list_versions(c, owner, id)).await? else {
-        return Err(trail.not_found(ACTION, Some(id)).await);
+    let target = trail.owned(Action::CredentialRead, &path).await?;
+    versions_of(&trail, target).await
+}
+
+/// The version history of the credential `target` names (metadata only).
+async fn versions_of(
+    trail: &Trail<'_>,
+    (owner, id): (UserId, CredentialId),
+) -> Result<HttpResponse, ApiError> {
+    let found = trail
+        .state
+        .db(move |c| repo::list_versions(c, owner, id))
+        .await?;
+    let Some((row, list)) = found else {
+        return Err(trail.not_found(Action::CredentialRead, Some(id)).await);
     };
     Ok(with_etag(row.current_version).json(versions_body(&row, list)))
 }
@@ -318,48 +333,22 @@ async fn admin_owner_of(
 
 /// An administrator rotates any owner's credential key (audited as the administrator).
 pub async fn admin_rotate(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     if_match: IfMatch,
     path: web::Path<String>,
     body: web::Json<JsonObject<RotateBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    const ACTION: Action = Action::CredentialRotate;
     let trail = Trail::new(&state, &user, meta);
-    let (owner, id) = admin_owner_of(&trail, ACTION, &path).await?;
-    let source = body.into_inner().0.into_new_key()?;
-    let rotated = write_new_version(
-        &state,
-        owner,
-        id,
-        user.id,
-        if_match.0,
-        source,
-        trail.change(ACTION),
-    )
-    .await?;
-    let Some(row) = rotated else {
-        return Err(trail.not_found(ACTION, Some(id)).await);
-    };
-    Ok(with_etag(row.0.current_version).json(serde_json::json!({
-        "message": "Private key updated successfully",
-        "credentials": view(row)?,
-    })))
+    let target = admin_owner_of(&trail, Action::CredentialRotate, &path).await?;
+    rotate_key(&trail, target, user.id, if_match, body.into_inner().0).await
 }
 
 /// An administrator lists any owner's credential versions.
 pub async fn admin_versions(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    const ACTION: Action = Action::CredentialRead;
     let trail = Trail::new(&state, &user, meta);
-    let (owner, id) = admin_owner_of(&trail, ACTION, &path).await?;
-    let Some((row, list)) = state.db(move |c| repo::list_versions(c, owner, id)).await? else {
-        return Err(trail.not_found(ACTION, Some(id)).await);
-    };
-    Ok(with_etag(row.current_version).json(versions_body(&row, list)))
+    let target = admin_owner_of(&trail, Action::CredentialRead, &path).await?;
+    versions_of(&trail, target).await
 }

@@ -27,7 +27,7 @@ use crate::db::DbError;
 use crate::domain::profile::{self, Profile};
 use crate::domain::{ApiKey, CredentialId, Environment, PrivateKey, Provider, UserId};
 use crate::error::ApiError;
-use crate::http::AuthenticatedUser;
+use crate::http::{AuthenticatedUser, UserRequest};
 use crate::repo::credentials::{self as repo, CredentialRow, NewCredential};
 use crate::routes::JsonObject;
 use crate::state::AppState;
@@ -271,9 +271,7 @@ fn with_etag(version: i32) -> actix_web::HttpResponseBuilder {
 }
 
 pub async fn list(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
 ) -> Result<HttpResponse, ApiError> {
     let owner = Trail::new(&state, &user, meta)
         .owner(Action::CredentialRead)
@@ -302,9 +300,7 @@ pub struct CreateBody {
 }
 
 pub async fn create(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     body: web::Json<JsonObject<CreateBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let trail = Trail::new(&state, &user, meta);
@@ -359,9 +355,7 @@ pub async fn create(
 }
 
 pub async fn get_one(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     const ACTION: Action = Action::CredentialRead;
@@ -381,9 +375,7 @@ pub async fn get_one(
 }
 
 pub async fn delete(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     if_match: IfMatch,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -422,9 +414,7 @@ pub async fn delete(
 }
 
 pub async fn toggle_status(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     if_match: IfMatch,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -469,9 +459,7 @@ pub struct ProviderQuery {
 }
 
 pub async fn by_provider(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    meta: RequestMeta,
+    UserRequest { state, user, meta }: UserRequest,
     path: web::Path<String>,
     query: web::Query<ProviderQuery>,
 ) -> Result<HttpResponse, ApiError> {
