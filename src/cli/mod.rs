@@ -77,11 +77,26 @@ enum Command {
     },
 }
 
+/// `HAZINA_*` names that are hazina's but not settings of `serve`: `hazina-seed`'s password
+/// (scripts/bench.sh exports it into the server's environment too) and the benchmark-only
+/// switch `serve` reads (and announces loudly).
+const NOT_SETTINGS: &[&str] = &["HAZINA_SEED_PASSWORD", serve::BENCH_SKIP_AUDIT_TREE];
+
+/// Prefixes of names that belong to the test suite (scripts/test.sh) and the benchmark
+/// scripts: the processes they start inherit them; hazina never reads them.
+const TOOLING_PREFIXES: &[&str] = &["HAZINA_TEST_", "HAZINA_BENCH_"];
+
 /// The whole program: parse the arguments, load `.env` and the logs, run one command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `.env` first, so HAZINA_LOG may come from it too; a bad filter stops everything.
     let dotenv = config::load_dotenv();
+    // A misspelled setting (`HAZINA_BIDN`) stops every command before it does anything.
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    if let Err(e) = config::names::refuse_unknown(names, NOT_SETTINGS, TOOLING_PREFIXES) {
+        eprintln!("hazina: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let filter = match crate::telemetry::filter_from_env() {
         Ok(filter) => filter,
         Err(e) => {

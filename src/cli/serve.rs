@@ -13,25 +13,63 @@ pub(super) fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Set only by scripts/bench.sh: the benchmark mode without the audit Merkle tree.
+pub(super) const BENCH_SKIP_AUDIT_TREE: &str = "HAZINA_BENCH_SKIP_AUDIT_TREE";
+
 /// `serve`: start the HTTP API and run until stopped.
 pub(super) fn serve(config: Config) -> anyhow::Result<()> {
     reexec_with_fixed_mmap_threshold();
     let backend = config.database_url.backend();
-    if std::env::var("HAZINA_BENCH_SKIP_AUDIT_TREE").as_deref() == Ok("1") {
+    if std::env::var(BENCH_SKIP_AUDIT_TREE).as_deref() == Ok("1") {
         crate::audit::merkle::skip_for_benchmark();
         eprintln!(
             "hazina: BENCHMARK MODE: HAZINA_BENCH_SKIP_AUDIT_TREE=1: the audit Merkle tree is not \
              extended while this process runs (it catches up at the next start)"
         );
     }
+    let config_urls = Urls {
+        bind: config.bind.clone(),
+        https: config.tls.is_some(),
+        public_url: config.public_url.clone(),
+    };
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config, Clock::System)?;
-        eprintln!("hazina: serving on port {} ({backend})", app.port());
+        let api = base_url(&config_urls, app.port());
+        let console = match &config_urls.public_url {
+            Some(public) => format!("{}/console/", public.trim_end_matches('/')),
+            None => format!("{api}console/"),
+        };
+        eprintln!(
+            "hazina: serving on port {} ({backend}): the API at {api}, the console at {console}",
+            app.port()
+        );
         app.run_until_stopped()
             .await
             .context("server stopped with an error")
     })?;
     Ok(())
+}
+
+/// What `serve` says about where it answers.
+struct Urls {
+    bind: String,
+    https: bool,
+    public_url: Option<String>,
+}
+
+/// The URL this process answers at: the bound host (`localhost` for an unspecified one such as
+/// `0.0.0.0`) and the port it got.
+fn base_url(urls: &Urls, port: u16) -> String {
+    let scheme = if urls.https { "https" } else { "http" };
+    let host = urls
+        .bind
+        .rsplit_once(':')
+        .map_or(urls.bind.as_str(), |(host, _)| host);
+    let host = match host {
+        "0.0.0.0" | "[::]" | "::" | "" => "localhost",
+        other => other,
+    };
+    format!("{scheme}://{host}:{port}/")
 }
 
 /// The environment variable glibc reads its malloc tunables from, and the setting we add.

@@ -2,6 +2,7 @@
 //! setting is one [`ConfigError`] naming it; secrets are held as `SecretString`.
 
 mod abuse;
+pub mod names;
 mod providers;
 mod reader;
 mod tls;
@@ -118,7 +119,7 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {setting}: {problem}")]
 pub struct ConfigError {
-    pub setting: &'static str,
+    pub setting: std::borrow::Cow<'static, str>,
     pub problem: String,
 }
 

@@ -90,7 +90,7 @@ pub(super) fn read(settings: &Settings<'_>) -> Result<ProviderSettings, ConfigEr
             let url = match settings.raw(setting) {
                 None => default.to_owned(),
                 Some(raw) => provider_url(&raw).map_err(|p| ConfigError {
-                    setting,
+                    setting: setting.into(),
                     problem: format!("`{}` {p}", raw.trim()),
                 })?,
             };

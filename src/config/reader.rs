@@ -11,7 +11,7 @@ use super::ConfigError;
 /// be a secret).
 pub fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
-        setting,
+        setting: setting.into(),
         problem: problem.into(),
     }
 }
