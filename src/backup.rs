@@ -65,6 +65,16 @@ pub fn backup(
     }
     let location =
         std::path::absolute(to).with_context(|| format!("cannot resolve {}", to.display()))?;
+    // Said about the folder the operator named, not about the hidden file written first.
+    if let Some(folder) = location.parent() {
+        if !folder.is_dir() {
+            bail!(
+                "cannot write {}: the folder {} does not exist (create it first)",
+                to.display(),
+                folder.display()
+            );
+        }
+    }
     let partial = sibling(&location, &format!("partial-{}", std::process::id()))?;
     create_private(&partial)?;
 

@@ -69,6 +69,13 @@ pub enum ApiError {
     ProviderBackoff { retry_after: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(anyhow::Error),
+    /// This node refuses on purpose, and says why (for the operator and the auditor): 503
+    /// with `reason`, a closed code, and `detail`, which names nothing secret.
+    #[error("not ready: {reason}: {detail}")]
+    NotReady {
+        reason: &'static str,
+        detail: String,
+    },
     #[error("internal error: {0}")]
     Internal(anyhow::Error),
 }
@@ -105,6 +112,7 @@ impl ApiError {
                 "The provider is rate limiting token requests; hazina will not ask it again for {retry_after} s"
             ),
             ApiError::Unavailable(_) => "Service temporarily unavailable; try again".into(),
+            ApiError::NotReady { detail, .. } => format!("Not ready: {detail}"),
             ApiError::Internal(_) => "Internal server error".into(),
         }
     }
@@ -131,7 +139,7 @@ impl ResponseError for ApiError {
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::ProviderBackoff { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -170,6 +178,10 @@ impl ResponseError for ApiError {
             ApiError::TokenExpired => res.json(json!({
                 "error": TOKEN_EXPIRED,
                 "code": "token_expired",
+            })),
+            ApiError::NotReady { reason, .. } => res.json(json!({
+                "error": self.public_message(),
+                "reason": reason,
             })),
             ApiError::BadGateway(crate::broker::Failure::Status(status)) => res.json(json!({
                 "error": self.public_message(),

@@ -109,6 +109,8 @@ closed_enum! {
         IntegrityMarked => "integrity.marked",
         KeysRewrap => "keys.rewrap",
         CredentialVersionShred => "credential.version_shred",
+        AdminGrantUpdate => "admin.grant_update",
+        AdminUserUnlock => "admin.user_unlock",
     }
 }
 

@@ -120,7 +120,6 @@ fn verify(config: &Config, checkpoints: &[PathBuf]) -> anyhow::Result<()> {
     let origin = checkpoint::origin(&mut conn, config.audit_origin.as_deref())?;
     let (report, verdicts) =
         audit::verify::with_checkpoints(&mut conn, &vault.keyring, &origin, &notes)?;
-    println!("{}", serde_json::to_string(&report)?);
     let mut problems = Vec::new();
     if let Some(seq) = report.first_bad_seq {
         let why = report.problem.as_deref().unwrap_or("the chain is broken");
@@ -128,11 +127,30 @@ fn verify(config: &Config, checkpoints: &[PathBuf]) -> anyhow::Result<()> {
             "the audit log does not verify: first bad sequence number {seq} ({why})"
         ));
     }
-    for (path, verdict) in checkpoints.iter().zip(verdicts) {
-        if let Some(problem) = verdict.problem {
+    for (path, verdict) in checkpoints.iter().zip(&verdicts) {
+        if let Some(problem) = &verdict.problem {
             problems.push(format!("checkpoint {}: {problem}", path.display()));
         }
     }
+    // One verdict on stdout for the whole run: `ok` only when the log and every checkpoint
+    // verify, and (when checkpoints were given) each one's verdict beside its file.
+    let mut answer = serde_json::to_value(&report)?;
+    answer["ok"] = problems.is_empty().into();
+    if checkpoints.is_empty() {
+        println!("{}", serde_json::to_string(&answer)?);
+        return fail_on(problems);
+    }
+    answer["checkpoints"] = checkpoints
+        .iter()
+        .zip(&verdicts)
+        .map(|(path, verdict)| {
+            let mut v = serde_json::to_value(verdict)?;
+            v["file"] = path.display().to_string().into();
+            Ok(v)
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()?
+        .into();
+    println!("{}", serde_json::to_string(&answer)?);
     fail_on(problems)
 }
 

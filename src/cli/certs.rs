@@ -40,8 +40,10 @@ pub(super) fn run(config: &Config, cmd: CertsCommand) -> anyhow::Result<()> {
                 bail!("only mpesa takes a provider certificate (for the SecurityCredential)");
             }
             let environment = Environment::parse(&environment)?;
-            let pem = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
+            let given =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let pem = crate::providers::compute::certificate_pem(&given)
+                .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
             let entry = cli_event(Action::AdminProviderCertificateSet, Target::default());
             let row = provider_certs::set_certificate(
                 &mut conn,

@@ -1,4 +1,5 @@
-//! `hazina grants`: let a service use an owner's credentials, list grants, revoke one.
+//! `hazina grants`: let a service use an owner's credentials, change what a grant allows,
+//! list grants, revoke one.
 
 use anyhow::bail;
 use clap::Subcommand;
@@ -8,7 +9,8 @@ use crate::audit::{self, Action, Target};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Environment, Provider};
-use crate::repo::{self, services::grant_by_names, services::grant_target};
+use crate::repo;
+use crate::repo::services::{grant_by_names, grant_target, GrantChange};
 use crate::startup;
 use crate::vault::Operations;
 
@@ -29,7 +31,18 @@ pub(super) enum GrantsCommand {
         #[arg(long = "operation")]
         operations: Vec<String>,
     },
-    /// List grants.
+    /// Add operations to a live grant, or take some away (it keeps its id and scope).
+    Update {
+        #[arg(long)]
+        id: i64,
+        /// An operation to allow as well (repeatable).
+        #[arg(long = "add-operation")]
+        add: Vec<String>,
+        /// An operation to allow no more (repeatable); a grant keeps at least one.
+        #[arg(long = "remove-operation")]
+        remove: Vec<String>,
+    },
+    /// List grants: id, service, owner, provider/environment, operations, active or revoked.
     List,
     /// Revoke a grant by id; it stops working on the next request.
     Revoke {
@@ -87,7 +100,39 @@ pub(super) fn run(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
                 eprintln!("hazina: warning: {warning}");
             }
         }
+        GrantsCommand::Update { id, add, remove } => {
+            let add = Operations::parse_set(&add)?;
+            let remove = Operations::parse_set(&remove)?;
+            if add.is_empty() && remove.is_empty() {
+                bail!("name an operation with --add-operation or --remove-operation");
+            }
+            let change = audit::chain::with_entry(
+                &mut *pool.get()?,
+                |tx| repo::services::change_operations(tx, &keyring, id, &add, &remove),
+                |change| match change {
+                    GrantChange::Changed(grant, ..) => Some(cli_event(
+                        Action::AdminGrantUpdate,
+                        grant_target(grant, grant.owner_id),
+                    )),
+                    _ => None,
+                },
+            )?;
+            match change {
+                GrantChange::Changed(grant, service, owner) => {
+                    println!(
+                        "grant {id} now lets `{service}` {} on `{owner}`'s credentials",
+                        grant.operations
+                    );
+                    for warning in Operations::warnings(&grant.operations) {
+                        eprintln!("hazina: warning: {warning}");
+                    }
+                }
+                GrantChange::NoLiveGrant => bail!("no live grant with id {id}"),
+                GrantChange::Refused(e) => bail!("{e}"),
+            }
+        }
         GrantsCommand::List => {
+            println!("ID\tSERVICE\tOWNER\tPROVIDER/ENVIRONMENT\tOPERATIONS\tSTATE");
             for (g, service, owner) in repo::services::list_grants(&mut *pool.get()?)? {
                 let scope = format!(
                     "{}/{}",
@@ -97,7 +142,7 @@ pub(super) fn run(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
                 let state = if g.revoked_at.is_some() {
                     "revoked"
                 } else {
-                    "live"
+                    "active"
                 };
                 println!(
                     "{}\t{service}\t{owner}\t{scope}\t{}\t{state}",

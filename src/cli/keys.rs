@@ -83,7 +83,9 @@ fn status(config: &Config) -> anyhow::Result<()> {
     println!("active version: {}", status["active_version"]);
     for v in status["versions"].as_array().into_iter().flatten() {
         let mut notes = Vec::new();
-        if v["active"] == true {
+        // The state says `active` already where the database registered it; say it here
+        // only for a version active by the keyring alone.
+        if v["active"] == true && v["state"] != "active" {
             notes.push("active");
         }
         if v["in_keyring"] == false {

@@ -1,6 +1,6 @@
-//! `hazina users`: create, enable, disable, list, set a password or a role.
+//! `hazina users`: create, enable, disable, unlock, list, set a password or a role.
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Subcommand;
 
 use super::{cli_event, open_vault, read_password};
@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::db::DbError;
 use crate::domain::{Password, Role, Username};
-use crate::repo;
+use crate::repo::{self, throttle};
 
 #[derive(Subcommand)]
 pub(super) enum UsersCommand {
@@ -32,8 +32,15 @@ pub(super) enum UsersCommand {
         #[arg(long)]
         username: String,
     },
-    /// Enable a disabled user; they may log in again.
+    /// Enable a disabled user; they may log in again (a login lockout stays until it ends or
+    /// `users unlock` lifts it).
     Enable {
+        #[arg(long)]
+        username: String,
+    },
+    /// Lift the login lockout of a user's account: their next sign-in checks the password at
+    /// once (addresses keep their own limits).
+    Unlock {
         #[arg(long)]
         username: String,
     },
@@ -107,7 +114,29 @@ pub(super) fn run(config: &Config, cmd: UsersCommand) -> anyhow::Result<()> {
             if enabled.is_none() {
                 bail!("no user named `{username}`");
             }
-            println!("enabled `{username}`; they may log in again");
+            println!(
+                "enabled `{username}`; they may log in again{}",
+                lockout_note(&vault, &username)?
+            );
+            Ok(())
+        }
+        UsersCommand::Unlock { username } => {
+            let vault = open_vault(config)?;
+            let subject = throttle::account_subject(&vault.keyring, &username)
+                .context("the keyring has no active master key")?;
+            let now = Clock::System.now();
+            let unlocked = audit::chain::with_entry(
+                &mut *vault.pool.get()?,
+                |tx| throttle::unlock_user(tx, &username, &subject, now),
+                |unlocked| {
+                    unlocked.map(|(id, _)| cli_event(Action::AdminUserUnlock, Target::owner(id)))
+                },
+            )?;
+            match unlocked {
+                None => bail!("no user named `{username}`"),
+                Some((_, true)) => println!("lifted the login lockout of `{username}`"),
+                Some((_, false)) => println!("no login lockout held `{username}`; nothing to lift"),
+            }
             Ok(())
         }
         UsersCommand::List => {
@@ -143,7 +172,10 @@ pub(super) fn run(config: &Config, cmd: UsersCommand) -> anyhow::Result<()> {
             if set.is_none() {
                 bail!("no user named `{username}`");
             }
-            println!("set the password of `{username}`; every session of theirs has ended");
+            println!(
+                "set the password of `{username}`; every session of theirs has ended{}",
+                lockout_note(&vault, &username)?
+            );
             Ok(())
         }
         UsersCommand::SetRole { username, role } => {
@@ -178,4 +210,19 @@ pub(super) fn run(config: &Config, cmd: UsersCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What enabling a user or setting their password leaves in force: a login lockout of their
+/// account, in words (empty when none holds).
+fn lockout_note(vault: &crate::startup::Vault, username: &str) -> anyhow::Result<String> {
+    let subject = throttle::account_subject(&vault.keyring, username)
+        .context("the keyring has no active master key")?;
+    let until = throttle::blocked_until(&mut *vault.pool.get()?, &subject, Clock::System.now())?;
+    Ok(match until {
+        None => String::new(),
+        Some(t) => format!(
+            "; a login lockout holds their account until {} (`hazina users unlock --username {username}` lifts it)",
+            crate::clock::rfc3339(t)
+        ),
+    })
 }

@@ -66,8 +66,9 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// Keys the console's CSRF tokens (a fixed label, never caller data).
 const CSRF_PURPOSE: &str = "hazina/console-csrf/v1";
 
-/// Registers the console's pages and files.
+/// Registers the console's pages and files, and `/`, which sends a browser to the console.
 pub fn register(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.route("/", web::get().to(to_home));
     cfg.service(
         web::scope("/console")
             .app_data(

@@ -220,6 +220,7 @@ diesel::table! {
     login_sources (subject) {
         subject -> Text,
         last_success_at -> BigInt,
+        account -> Nullable<Text>,
     }
 }
 

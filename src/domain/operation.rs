@@ -101,6 +101,11 @@ impl Operations {
         if names.is_empty() {
             return Ok(Self::legacy());
         }
+        Self::parse_set(names)
+    }
+
+    /// Names as a set, which may be empty (what a change adds or takes away).
+    pub fn parse_set<S: AsRef<str>>(names: &[S]) -> Result<Self, ValidationError> {
         let mut set = BTreeSet::new();
         for n in names {
             let op = Operation::parse(n.as_ref()).ok_or_else(|| {
@@ -119,6 +124,32 @@ impl Operations {
         let mut names: Vec<&str> = self.0.iter().map(|o| o.as_str()).collect();
         names.sort_unstable();
         names.join(",")
+    }
+
+    /// The stored `operations` with `add` joined and `remove` taken away. A grant left with
+    /// none is refused: revoking it says that.
+    pub fn changed(
+        stored: &str,
+        add: &Operations,
+        remove: &Operations,
+    ) -> Result<Self, ValidationError> {
+        let mut set: BTreeSet<Operation> = Self::names(stored)
+            .into_iter()
+            .filter_map(Operation::parse)
+            .collect();
+        set.extend(add.0.iter().copied());
+        set.retain(|o| !remove.0.contains(o));
+        if set.is_empty() {
+            return Err(ValidationError(
+                "A grant must allow at least one operation: revoke it instead".into(),
+            ));
+        }
+        Ok(Operations(set))
+    }
+
+    /// Whether the set names nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn names(stored: &str) -> Vec<&str> {

@@ -79,6 +79,29 @@ pub fn challenge_matches(secret: &SecretString, candidate: &str) -> bool {
 
 pub use crate::domain::CertificateInfo;
 
+/// A certificate file as given, PEM or DER (Safaricom's portal hands out both as `.cer`), in
+/// the PEM form hazina stores; the message is safe to show. Whether it is a certificate hazina
+/// can use is [`parse_certificate`]'s to say.
+pub fn certificate_pem(given: &[u8]) -> Result<String, String> {
+    if let Ok((rest, _)) = x509_parser::parse_x509_certificate(given) {
+        if rest.is_empty() {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(given);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|line| std::str::from_utf8(line).unwrap_or_default())
+                .collect();
+            return Ok(format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                lines.join("\n")
+            ));
+        }
+    }
+    String::from_utf8(given.to_vec()).map_err(|_| {
+        "The certificate must be one PEM (-----BEGIN CERTIFICATE-----) or DER certificate".into()
+    })
+}
+
 /// Parses one PEM certificate whose public key is RSA (what Daraja publishes). The message
 /// is safe to show.
 pub fn parse_certificate(pem_text: &str) -> Result<CertificateInfo, String> {

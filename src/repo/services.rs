@@ -17,8 +17,8 @@ mod grants;
 
 pub(crate) use grants::store_grant;
 pub use grants::{
-    create_grant, grant_by_names, grant_target, granted_by_id, granted_by_owner, list_grants,
-    resign_grants_batch, revoke_grant, GrantRow, Granted,
+    change_operations, create_grant, grant_by_names, grant_target, granted_by_id, granted_by_owner,
+    list_grants, resign_grants_batch, revoke_grant, GrantChange, GrantRefused, GrantRow, Granted,
 };
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -16,6 +16,7 @@
 use diesel::prelude::*;
 
 use crate::clock::UnixSeconds;
+use crate::crypto::Keyring;
 use crate::db::schema::login_sources as known;
 use crate::db::schema::login_throttle as t;
 use crate::db::{DbConn, DbError};
@@ -27,6 +28,95 @@ pub const KNOWN_SOURCE_SECONDS: i64 = 30 * 24 * 60 * 60;
 
 /// No single block lasts longer than this.
 pub const MAX_BLOCK_SECONDS: i64 = 60 * 60;
+
+/// Keys the throttle's account and source subjects (a fixed label, never caller data).
+const PURPOSE: &str = "hazina/login-throttle/v1";
+
+/// HMAC-SHA-256 under the keyring's throttle key; `None` without an active master key.
+fn keyed(keyring: &Keyring, parts: &[&[u8]], framed: bool) -> Option<String> {
+    use hmac::{Hmac, Mac};
+    let key = keyring.derive(keyring.active_version(), PURPOSE)?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).ok()?;
+    for part in parts {
+        if framed {
+            mac.update(&(part.len() as u64).to_be_bytes());
+        }
+        mac.update(part);
+    }
+    Some(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `account:` + HMAC-SHA-256 of the attempted name under a keyring-derived key: known and
+/// unknown names count alike, and the table never holds a name (which may be a password
+/// typed into the wrong field) or an unkeyed hash of one.
+pub fn account_subject(keyring: &Keyring, username: &str) -> Option<String> {
+    // The bare name's MAC, unframed, as rows written before hold it.
+    Some(format!(
+        "account:{}",
+        keyed(keyring, &[username.as_bytes()], false)?
+    ))
+}
+
+/// `source:` + HMAC-SHA-256 of the name and the address key, under the same key: the pair a
+/// successful sign-in makes known (SPEC §15), which then meets a limit of its own.
+pub fn source_subject(keyring: &Keyring, username: &str, address: &str) -> Option<String> {
+    Some(format!(
+        "source:{}",
+        keyed(keyring, &[username.as_bytes(), address.as_bytes()], true)?
+    ))
+}
+
+/// Lifts the lockout of an account: the failures of its subject and of every source known to
+/// it (the addresses it signed in from, which meet limits of their own) are forgotten, so its
+/// next sign-in checks the password at once. Whether any of them was locked out at `now`.
+/// Addresses stay as they are (an address's lock is not the account's: a guesser may hold an
+/// account of their own).
+pub fn unlock(conn: &mut DbConn, account: &str, now: UnixSeconds) -> Result<bool, DbError> {
+    conn.transaction(|tx| {
+        let mut subjects: Vec<String> = known::table
+            .filter(known::account.eq(account))
+            .select(known::subject)
+            .load(tx)?;
+        subjects.push(account.to_owned());
+        // In subject order, as `admit` locks them.
+        subjects.sort();
+        let mut was_locked = false;
+        for subject in &subjects {
+            was_locked |= blocked_until(tx, subject, now)?.is_some();
+            diesel::delete(t::table.filter(t::subject.eq(subject))).execute(tx)?;
+        }
+        Ok(was_locked)
+    })
+}
+
+/// Lifts the lockout of the user named `username` (see [`unlock`]), whose account subject is
+/// `subject`: their id and whether they were locked out, or `None` when there is no such user.
+pub fn unlock_user(
+    conn: &mut DbConn,
+    username: &str,
+    subject: &str,
+    now: UnixSeconds,
+) -> Result<Option<(i64, bool)>, DbError> {
+    let Some(user) = super::users::find_by_username(conn, username)? else {
+        return Ok(None);
+    };
+    Ok(Some((user.id, unlock(conn, subject, now)?)))
+}
+
+/// Until when `subject` is locked out, if it is at `now`.
+pub fn blocked_until(
+    conn: &mut DbConn,
+    subject: &str,
+    now: UnixSeconds,
+) -> Result<Option<UnixSeconds>, DbError> {
+    Ok(t::table
+        .filter(t::subject.eq(subject))
+        .filter(t::blocked_until.gt(now))
+        .select(t::blocked_until)
+        .first::<Option<i64>>(conn)
+        .optional()?
+        .flatten())
+}
 
 /// One throttled subject and the number of failures that blocks it.
 #[derive(Debug, Clone, Copy)]
@@ -169,16 +259,26 @@ pub fn is_known_source(conn: &mut DbConn, source: &str, now: UnixSeconds) -> Res
     .get_result(conn)?)
 }
 
-/// Records that `source` signed in now. Two nodes recording the same source at once is one
-/// fact: the loser's insert conflicts and is dropped.
-pub fn remember_source(conn: &mut DbConn, source: &str, now: UnixSeconds) -> Result<(), DbError> {
+/// Records that `source` signed in now to the account whose subject is `account` (so that
+/// [`unlock`] finds it). Two nodes recording the same source at once is one fact: the loser's
+/// insert conflicts and is dropped.
+pub fn remember_source(
+    conn: &mut DbConn,
+    source: &str,
+    account: &str,
+    now: UnixSeconds,
+) -> Result<(), DbError> {
     let updated = diesel::update(known::table.filter(known::subject.eq(source)))
-        .set(known::last_success_at.eq(now))
+        .set((known::last_success_at.eq(now), known::account.eq(account)))
         .execute(conn)?;
     if updated == 0 {
         let inserted = conn.transaction(|tx| {
             diesel::insert_into(known::table)
-                .values((known::subject.eq(source), known::last_success_at.eq(now)))
+                .values((
+                    known::subject.eq(source),
+                    known::last_success_at.eq(now),
+                    known::account.eq(account),
+                ))
                 .execute(tx)
                 .map_err(DbError::from)
         });

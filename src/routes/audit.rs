@@ -377,7 +377,10 @@ pub async fn checkpoint(
             .body(note)),
         Err(audit_checkpoint::SignError::Rewritten(problem)) => {
             state.checkpoint_refused(&problem);
-            Err(ApiError::Unavailable(anyhow::anyhow!(problem)))
+            Err(ApiError::NotReady {
+                reason: crate::routes::health::AUDIT_LOG_REWRITTEN,
+                detail: format!("the signer will not sign this log: {problem}"),
+            })
         }
         Err(audit_checkpoint::SignError::Db(e)) => Err(e.into()),
         Err(e) => Err(ApiError::internal(e)),

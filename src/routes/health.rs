@@ -27,22 +27,34 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             Ok(crate::repo::key_versions::verify(&rows, &keyring).map_err(|e| e.to_string()))
         })
         .await?;
+    // Each refusal says why (key versions and sizes, never a key): an operator reads it
+    // from the load balancer, an auditor from the probe.
     if let Err(mismatch) = keys {
-        return Err(ApiError::Unavailable(anyhow::anyhow!(mismatch)));
+        return Err(ApiError::NotReady {
+            reason: "keyring_mismatch",
+            detail: mismatch,
+        });
     }
     if state
         .checkpoint_alarm
         .load(std::sync::atomic::Ordering::Relaxed)
     {
-        return Err(ApiError::Unavailable(anyhow::anyhow!(
-            "the audit log no longer extends the last signed checkpoint"
-        )));
+        return Err(ApiError::NotReady {
+            reason: AUDIT_LOG_REWRITTEN,
+            detail: "the audit log no longer extends the last signed checkpoint: it was \
+                     rolled back, truncated or rewritten (see `hazina audit verify`)"
+                .into(),
+        });
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "status": "ready",
         "keyring_active_version": state.keyring.active_version(),
     })))
 }
+
+/// The reason `/readyz` and `/audit/checkpoint/` give once the log no longer extends the last
+/// signed checkpoint.
+pub const AUDIT_LOG_REWRITTEN: &str = "audit_log_rewritten";
 
 pub const METRICS_FORBIDDEN: &str =
     "Metrics are available to administrators and to allowed addresses only";

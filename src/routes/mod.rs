@@ -4,7 +4,7 @@
 pub mod admin;
 pub(crate) mod audit;
 pub(crate) mod credentials;
-mod health;
+pub(crate) mod health;
 pub mod keys;
 mod operations;
 pub(crate) mod sessions;
@@ -95,6 +95,7 @@ route_table! {
     post   "/admin/users/" => admin::create_user,
     post   "/admin/users/{username}/disable/" => admin::disable_user,
     post   "/admin/users/{username}/enable/" => admin::enable_user,
+    post   "/admin/users/{username}/unlock/" => admin::unlock_user,
     put    "/admin/users/{username}/role/" => admin::set_user_role,
     put    "/admin/users/{username}/password/" => admin::set_user_password,
     put    "/admin/users/{username}/allowlist/" => admin::set_user_allowlist,
@@ -111,6 +112,7 @@ route_table! {
     get    "/admin/credentials/{id}/versions/" => credentials::admin_versions,
     get    "/admin/grants/" => admin::list_grants,
     post   "/admin/grants/" => admin::create_grant,
+    patch  "/admin/grants/{id}/" => admin::update_grant,
     delete "/admin/grants/{id}/" => admin::revoke_grant,
     get    "/admin/provider-certificates/" => admin::list_provider_certificates,
     put    "/admin/provider-certificates/{provider}/{environment}/" => admin::set_provider_certificate,

@@ -109,42 +109,20 @@ impl Subjects {
         username: &str,
         ip: Option<std::net::IpAddr>,
     ) -> Result<Self, ApiError> {
-        use hmac::{Hmac, Mac};
+        let no_key = || ApiError::internal(anyhow::anyhow!("no active master key"));
         let keyring = &state.keyring;
-        let key = keyring
-            .derive(keyring.active_version(), THROTTLE_PURPOSE)
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no active master key")))?;
-        let keyed = |parts: &[&[u8]]| -> Result<String, ApiError> {
-            let mut mac =
-                Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).map_err(ApiError::internal)?;
-            for part in parts {
-                mac.update(&(part.len() as u64).to_be_bytes());
-                mac.update(part);
-            }
-            Ok(hex::encode(mac.finalize().into_bytes()))
-        };
         let address = ip.map(|ip| crate::limits::address_key(ip).to_string());
         let source = match &address {
-            Some(a) => Some(format!(
-                "source:{}",
-                keyed(&[username.as_bytes(), a.as_bytes()])?
-            )),
+            Some(a) => Some(throttle::source_subject(keyring, username, a).ok_or_else(no_key)?),
             None => None,
         };
-        // The account's key stays the bare name's MAC, as rows written before hold it.
-        let mut mac =
-            Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).map_err(ApiError::internal)?;
-        mac.update(username.as_bytes());
         Ok(Subjects {
-            account: format!("account:{}", hex::encode(mac.finalize().into_bytes())),
+            account: throttle::account_subject(keyring, username).ok_or_else(no_key)?,
             address: address.map(|a| format!("address:{a}")),
             source,
         })
     }
 }
-
-/// Keys the throttle's account subjects (a fixed label, never caller data).
-const THROTTLE_PURPOSE: &str = "hazina/login-throttle/v1";
 
 /// Admits one login attempt through the throttle (see [`crate::repo::throttle`]): the check
 /// and the count are one transaction, before the password is hashed, so concurrent guesses
@@ -383,7 +361,7 @@ pub(crate) async fn sign_in(
                 .collect();
             throttle::succeeded(c, &forgive, &undo)?;
             if let Some(source) = &source {
-                throttle::remember_source(c, source, now)?;
+                throttle::remember_source(c, source, &account, now)?;
             }
             crate::audit::chain::with_entry(
                 c,

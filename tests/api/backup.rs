@@ -505,8 +505,13 @@ async fn a_populated_database_from_before_backups_upgrades_in_place_and_backs_up
     let app = spawn_app().await;
     let creds = seed(&app, 3).await;
     assert_eq!(
-        app.revert_migrations(3),
-        ["20261207000013", "20261207000012", "20261201000011"]
+        app.revert_migrations(4),
+        [
+            "20261208000014",
+            "20261207000013",
+            "20261207000012",
+            "20261201000011"
+        ]
     );
     let node = app.spawn_node().await;
     assert_all_reveal(&node, &creds).await;

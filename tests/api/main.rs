@@ -12,6 +12,7 @@ mod broker;
 mod console;
 mod console_browser;
 mod credentials;
+mod first_hour;
 mod hostile;
 mod hostile_second;
 mod integrity;

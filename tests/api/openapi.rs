@@ -1012,6 +1012,19 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
         "operations": ["reveal", "stk-password"],
     });
     let grant = api.post("/admin/grants/", ad, grant, 201).await;
+    let widened = api
+        .send(
+            Method::PATCH,
+            &format!("/admin/grants/{}/", grant["id"]),
+            Some(ad),
+            Body::Json(json!({ "add_operations": ["webhook-verify"] })),
+            200,
+        )
+        .await;
+    assert_eq!(
+        widened["operations"],
+        json!(["reveal", "stk-password", "webhook-verify"])
+    );
     let grants = api.get("/admin/grants/", ad, 200).await;
     let billing = pki.https_client(Some(&pki.client(ClientCert::Valid)));
     let by_id = api
@@ -1256,6 +1269,10 @@ async fn every_route_answers_as_documented_through_a_full_flow() {
         .await;
     api.post_empty("/admin/users/merchant-two/enable/", ad, 200)
         .await;
+    let unlocked = api
+        .post_empty("/admin/users/merchant-two/unlock/", ad, 200)
+        .await;
+    assert_eq!(unlocked["was_locked_out"], false);
     let role = api
         .put(
             "/admin/users/merchant-two/role/",
@@ -1398,6 +1415,7 @@ fn acceptable_body(template: &str) -> Body {
             "identity": "spiffe://payments/someone-new",
         })),
         "/admin/grants/" => Body::Json(json!({ "service": "nothing", "owner": "nobody-here" })),
+        "/admin/grants/{id}/" => Body::Json(json!({ "add_operations": ["reveal"] })),
         "/admin/users/{username}/role/" => Body::Json(json!({ "role": "auditor" })),
         "/admin/users/{username}/password/" => Body::Json(json!({ "password": PASSWORD })),
         "/users/password/" => Body::Json(json!({
@@ -1950,7 +1968,7 @@ async fn admin_routes_answer_as_documented() {
             "No such live grant"
         ]
     );
-    assert_eq!(routes.len(), 12);
+    assert_eq!(routes.len(), 14);
     for status in [403, 201, 409, 400, 404] {
         assert!(
             api.seen
@@ -2155,7 +2173,7 @@ fn the_readme_endpoint_table_lists_exactly_the_route_table() {
         .filter_map(|line| {
             let mut cells = line.strip_prefix("| ")?.split(" | ");
             let method = cells.next()?;
-            if !["GET", "POST", "PUT", "DELETE"].contains(&method) {
+            if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) {
                 return None;
             }
             let path = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;

@@ -1479,8 +1479,9 @@ async fn an_existing_database_upgrades_in_place_and_its_grants_allow_reveal_only
     // Back to the previous release's schema with the rows in place, then a node of this
     // release starts on it and migrates it up again.
     assert_eq!(
-        v.app.revert_migrations(6),
+        v.app.revert_migrations(7),
         [
+            "20261208000014",
             "20261207000013",
             "20261207000012",
             "20261201000011",

@@ -1888,6 +1888,10 @@ async fn the_cli_lists_and_revokes_grants() {
     assert_revealed(with_narrow, id, &v.merchant, "mpesa", "sandbox").await;
     assert_like_missing(with_none, &missing).await;
     let mut lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(
+        lines.remove(0),
+        "ID\tSERVICE\tOWNER\tPROVIDER/ENVIRONMENT\tOPERATIONS\tSTATE"
+    );
     lines.sort();
     let mut expected = vec![
         format!("{broad}\tbilling\t{owner}\t*/*\treveal\trevoked"),

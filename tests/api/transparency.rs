@@ -940,8 +940,9 @@ async fn a_tree_stored_at_every_level_upgrades_to_the_compact_tree_and_old_check
     // The schema before the compact tree, with the tree the previous release kept: every
     // complete subtree at every level, computed here from RFC 6962.
     assert_eq!(
-        app.revert_migrations(5),
+        app.revert_migrations(6),
         [
+            "20261208000014",
             "20261207000013",
             "20261207000012",
             "20261201000011",

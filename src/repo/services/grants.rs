@@ -396,6 +396,55 @@ pub fn grant_target(grant: &GrantRow, owner_id: i64) -> Target {
     }
 }
 
+/// Why [`grant_by_names`] made no grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantRefused {
+    NoService,
+    NoOwner,
+    /// A live grant of exactly this scope exists (its id): one changes its operations
+    /// rather than making a second.
+    ScopeTaken(i64),
+}
+
+impl std::fmt::Display for GrantRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrantRefused::NoService => f.write_str("No such service"),
+            GrantRefused::NoOwner => f.write_str("No such owner"),
+            GrantRefused::ScopeTaken(id) => write!(
+                f,
+                "A grant of this scope exists (id {id}): add the operation to it \
+                 (`hazina grants update --id {id} --add-operation NAME`, or \
+                 PATCH /admin/grants/{id}/)"
+            ),
+        }
+    }
+}
+
+/// The live grant of exactly this scope, if there is one.
+fn live_in_scope(
+    conn: &mut DbConn,
+    service_id: i64,
+    owner_id: i64,
+    (provider, environment): (Option<&str>, Option<&str>),
+) -> Result<Option<i64>, DbError> {
+    let mut query = g::table
+        .filter(g::service_id.eq(service_id))
+        .filter(g::owner_id.eq(owner_id))
+        .filter(g::revoked_at.is_null())
+        .select(g::id)
+        .into_boxed();
+    query = match provider {
+        Some(p) => query.filter(g::provider.eq(p)),
+        None => query.filter(g::provider.is_null()),
+    };
+    query = match environment {
+        Some(e) => query.filter(g::environment.eq(e)),
+        None => query.filter(g::environment.is_null()),
+    };
+    Ok(query.first(conn).optional()?)
+}
+
 /// Creates a grant by names; shared by the API and the CLI.
 pub fn grant_by_names(
     conn: &mut DbConn,
@@ -405,13 +454,21 @@ pub fn grant_by_names(
     (provider, environment): (Option<Provider>, Option<Environment>),
     operations: &Operations,
     now: i64,
-) -> Result<Result<(GrantRow, i64), &'static str>, DbError> {
+) -> Result<Result<(GrantRow, i64), GrantRefused>, DbError> {
     let Some(svc) = super::find_by_name(conn, service)? else {
-        return Ok(Err("No such service"));
+        return Ok(Err(GrantRefused::NoService));
     };
     let Some(owner) = users::find_by_username(conn, owner)? else {
-        return Ok(Err("No such owner"));
+        return Ok(Err(GrantRefused::NoOwner));
     };
+    let scope = (
+        provider.map(Provider::as_str),
+        environment.map(Environment::as_str),
+    );
+    // Named before the insert, whose unique index stays the guard against two writers.
+    if let Some(id) = live_in_scope(conn, svc.id, owner.id, scope)? {
+        return Ok(Err(GrantRefused::ScopeTaken(id)));
+    }
     // Never grant to (or over) a row that was edited outside hazina.
     if !svc.intact(keyring) {
         return Err(DbError::Tampered("service"));
@@ -419,17 +476,67 @@ pub fn grant_by_names(
     if !owner.intact(keyring) {
         return Err(DbError::Tampered("user"));
     }
-    let grant = create_grant(
-        conn,
-        keyring,
-        svc.id,
-        owner.id,
-        (
-            provider.map(Provider::as_str),
-            environment.map(Environment::as_str),
-        ),
-        operations,
-        now,
-    )?;
+    let grant = create_grant(conn, keyring, svc.id, owner.id, scope, operations, now)?;
     Ok(Ok((grant, owner.id)))
+}
+
+/// What [`change_operations`] did.
+#[derive(Debug)]
+pub enum GrantChange {
+    /// The grant as it now is, with its service's and owner's names.
+    Changed(GrantRow, String, String),
+    NoLiveGrant,
+    /// The change would leave the grant allowing nothing.
+    Refused(crate::domain::ValidationError),
+}
+
+/// Joins `add` to a live grant's operations and takes `remove` away, re-signed, in one
+/// transaction (the caller's audit entry names it). A grant edited outside hazina is refused,
+/// never widened.
+pub fn change_operations(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    id: i64,
+    add: &Operations,
+    remove: &Operations,
+) -> Result<GrantChange, DbError> {
+    conn.transaction(|tx| {
+        // The write first, so SQLite takes its write lock before it reads.
+        let n = diesel::update(
+            g::table
+                .filter(g::id.eq(id))
+                .filter(g::revoked_at.is_null()),
+        )
+        .set(g::id.eq(g::id))
+        .execute(tx)?;
+        if n == 0 {
+            return Ok(GrantChange::NoLiveGrant);
+        }
+        let mut row: GrantRow = g::table.find(id).select(GrantRow::as_select()).first(tx)?;
+        if !row.check(tx, keyring)?.is_intact() {
+            return Err(DbError::Tampered("grant"));
+        }
+        let operations = match Operations::changed(&row.operations, add, remove) {
+            Ok(ops) => ops.canonical(),
+            Err(e) => return Ok(GrantChange::Refused(e)),
+        };
+        row.operations = operations;
+        row.generation = generation::generation_for(tx, generation::grant(id))?;
+        let (mac, mac_version) = sign(keyring, &row.mac_row())?;
+        diesel::update(g::table.filter(g::id.eq(id)))
+            .set((
+                g::operations.eq(&row.operations),
+                g::mac.eq(mac),
+                g::mac_version.eq(mac_version),
+                g::generation.eq(row.generation),
+            ))
+            .execute(tx)?;
+        let (row, service, owner) = g::table
+            .inner_join(s::table)
+            .inner_join(u::table)
+            .filter(g::id.eq(id))
+            .select((GrantRow::as_select(), s::name, u::username))
+            .first(tx)?;
+        Ok(GrantChange::Changed(row, service, owner))
+    })
 }

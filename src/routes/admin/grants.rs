@@ -9,7 +9,9 @@ use crate::clock::rfc3339;
 use crate::domain::{Environment, Provider};
 use crate::error::ApiError;
 use crate::http::UserRequest;
-use crate::repo::services::{self as repo, grant_by_names, grant_target, GrantRow};
+use crate::repo::services::{
+    self as repo, grant_by_names, grant_target, GrantChange, GrantRefused, GrantRow,
+};
 use crate::routes::JsonObject;
 use crate::vault::Operations;
 
@@ -108,8 +110,70 @@ pub async fn create_grant(
         })
         .await
         .map_err(conflict("A live grant with this scope"))?
-        .map_err(ApiError::NotFound)?;
+        .map_err(refused)?;
     Ok(HttpResponse::Created().json(grant_view(grant, body.service, body.owner)))
+}
+
+/// The answer to a grant that was not made.
+fn refused(why: GrantRefused) -> ApiError {
+    match why {
+        GrantRefused::NoService => ApiError::NotFound("No such service"),
+        GrantRefused::NoOwner => ApiError::NotFound("No such owner"),
+        taken @ GrantRefused::ScopeTaken(_) => ApiError::Conflict(taken.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGrantBody {
+    #[serde(default)]
+    add_operations: Vec<String>,
+    #[serde(default)]
+    remove_operations: Vec<String>,
+}
+
+/// Adds operations to a live grant and takes others away (SPEC §9.5): the grant keeps its
+/// id and scope, is re-signed, and the change is audited in the same transaction.
+pub async fn update_grant(
+    UserRequest { state, user, meta }: UserRequest,
+    path: web::Path<String>,
+    body: web::Json<JsonObject<UpdateGrantBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminGrantUpdate).await?;
+    let id: i64 = path
+        .parse()
+        .map_err(|_| ApiError::NotFound("No such live grant"))?;
+    let body = body.into_inner().0;
+    let add = Operations::parse_set(&body.add_operations)?;
+    let remove = Operations::parse_set(&body.remove_operations)?;
+    if add.is_empty() && remove.is_empty() {
+        return Err(ApiError::Invalid(
+            "Name an operation in add_operations or remove_operations".into(),
+        ));
+    }
+    let keyring = state.keyring.clone();
+    let entry = admin.event(Action::AdminGrantUpdate);
+    let changed = state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| repo::change_operations(tx, &keyring, id, &add, &remove),
+                |change| match change {
+                    GrantChange::Changed(grant, ..) => {
+                        Some(entry.target(grant_target(grant, grant.owner_id)))
+                    }
+                    _ => None,
+                },
+            )
+        })
+        .await?;
+    match changed {
+        GrantChange::Changed(grant, service, owner) => {
+            Ok(HttpResponse::Ok().json(grant_view(grant, service, owner)))
+        }
+        GrantChange::NoLiveGrant => Err(ApiError::NotFound("No such live grant")),
+        GrantChange::Refused(e) => Err(e.into()),
+    }
 }
 
 pub async fn list_grants(

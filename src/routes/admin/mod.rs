@@ -16,7 +16,9 @@ mod provider_certificates;
 mod services;
 mod users;
 
-pub use grants::{create_grant, list_grants, revoke_grant, CreateGrantBody};
+pub use grants::{
+    create_grant, list_grants, revoke_grant, update_grant, CreateGrantBody, UpdateGrantBody,
+};
 pub use provider_certificates::{
     delete_provider_certificate, list_provider_certificates, set_provider_certificate,
 };
@@ -26,7 +28,8 @@ pub use services::{
 };
 pub use users::{
     create_user, disable_user, enable_user, list_users, revoke_user_sessions, set_user_allowlist,
-    set_user_password, set_user_role, AllowlistBody, CreateUserBody, PasswordBody, RoleBody,
+    set_user_password, set_user_role, unlock_user, AllowlistBody, CreateUserBody, PasswordBody,
+    RoleBody,
 };
 
 /// An administrator's request: the role check (a refusal is recorded) and its audit events.

@@ -53,7 +53,7 @@ fn certificate_slot(path: &(String, String)) -> Result<(Provider, Environment), 
     Ok((provider, Environment::parse(&path.1)?))
 }
 
-/// `PUT /admin/provider-certificates/{provider}/{environment}/` with a PEM body.
+/// `PUT /admin/provider-certificates/{provider}/{environment}/` with a PEM or DER body.
 pub async fn set_provider_certificate(
     UserRequest { state, user, meta }: UserRequest,
     path: web::Path<(String, String)>,
@@ -62,8 +62,7 @@ pub async fn set_provider_certificate(
     const ACTION: Action = Action::AdminProviderCertificateSet;
     let admin = Admin::check(&state, &user, meta, ACTION).await?;
     let (provider, environment) = certificate_slot(&path)?;
-    let pem = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::Invalid("The body must be one PEM certificate".into()))?;
+    let pem = crate::providers::compute::certificate_pem(&body).map_err(ApiError::Invalid)?;
     let keyring = state.keyring.clone();
     let now = state.clock.now();
     let entry = admin.event(ACTION);

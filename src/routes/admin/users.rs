@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use super::{conflict, Admin};
 use crate::audit::{chain, Action, Target};
 use crate::auth::password;
-use crate::clock::rfc3339;
+use crate::clock::{rfc3339, UnixSeconds};
 use crate::domain::{parse_allowlist, Password, Role, Username};
 use crate::error::ApiError;
 use crate::http::UserRequest;
-use crate::repo::users;
+use crate::repo::{throttle, users};
 use crate::routes::JsonObject;
 use crate::state::AppState;
 
@@ -145,16 +145,82 @@ pub async fn enable_user(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminUserEnable).await?;
+    let username = path.into_inner();
     change_user(
         &state,
         &admin,
         Action::AdminUserEnable,
-        path.into_inner(),
+        username.clone(),
         users::enable,
     )
     .await?;
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({ "message": "User enabled; they may log in again" })))
+    let (lock, until) = lockout_note(&state, &username).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": format!("User enabled; they may log in again{lock}"),
+        "locked_out_until": until,
+    })))
+}
+
+/// The account subject of `username` in the login throttle.
+fn account_subject(state: &AppState, username: &str) -> Result<String, ApiError> {
+    throttle::account_subject(&state.keyring, username)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no active master key")))
+}
+
+/// What enabling a user or resetting their password leaves in force: a login lockout of
+/// their account, said in words (empty when there is none) and as a time.
+async fn lockout_note(
+    state: &AppState,
+    username: &str,
+) -> Result<(String, Option<String>), ApiError> {
+    let subject = account_subject(state, username)?;
+    let now = state.clock.now();
+    let until: Option<UnixSeconds> = state
+        .db(move |c| throttle::blocked_until(c, &subject, now))
+        .await?;
+    Ok(match until {
+        None => (String::new(), None),
+        Some(t) => (
+            format!(
+                " once the login lockout of their account ends at {}; \
+                 POST /admin/users/{username}/unlock/ lifts it now",
+                rfc3339(t)
+            ),
+            Some(rfc3339(t)),
+        ),
+    })
+}
+
+/// Lifts the login lockout of a user's account (SPEC §7): their next sign-in checks the
+/// password at once. Addresses keep their own limits. Audited whether or not a lockout held.
+pub async fn unlock_user(
+    UserRequest { state, user, meta }: UserRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = Admin::check(&state, &user, meta, Action::AdminUserUnlock).await?;
+    let username = path.into_inner();
+    let subject = account_subject(&state, &username)?;
+    let now = state.clock.now();
+    let entry = admin.event(Action::AdminUserUnlock);
+    let (_, was_locked) = state
+        .db(move |c| {
+            chain::with_entry(
+                c,
+                |tx| throttle::unlock_user(tx, &username, &subject, now),
+                |unlocked| unlocked.map(|(id, _)| entry.target(Target::owner(id))),
+            )
+        })
+        .await?
+        .ok_or(ApiError::NotFound("No such user"))?;
+    let message = if was_locked {
+        "Lockout lifted; they may sign in now"
+    } else {
+        "No login lockout held this user; nothing to lift"
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": message,
+        "was_locked_out": was_locked,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -210,13 +276,15 @@ pub async fn set_user_password(
         &state,
         &admin,
         Action::AdminUserPassword,
-        username,
+        username.clone(),
         move |tx, keyring, name| users::set_password(tx, keyring, name, &hash, None, now),
     )
     .await?;
-    Ok(HttpResponse::Ok().json(
-        serde_json::json!({ "message": "Password set; every session of this user has ended" }),
-    ))
+    let (lock, until) = lockout_note(&state, &username).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": format!("Password set; every session of this user has ended{lock}"),
+        "locked_out_until": until,
+    })))
 }
 
 #[derive(Deserialize)]
