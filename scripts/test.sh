@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# hazina's test command: the whole suite on SQLite, then the integration suite again on
-# PostgreSQL when one is reachable.
+# hazina's test command: the whole suite on SQLite, the README's walk-throughs, then the
+# integration suite again on PostgreSQL when one is reachable.
 #
 #   HAZINA_TEST_PG_URL  maintenance database used to create and drop one database per test
 #                       (default postgres://postgres@127.0.0.1:5432/test)
@@ -13,6 +13,11 @@ export HAZINA_TEST_PG_URL=$pg_url
 
 echo "==> SQLite: unit and integration tests"
 HAZINA_TEST_BACKEND=sqlite cargo test --all-targets
+
+# Every shell block of the README, verbatim, in order, against the binary the tests built
+# (scripts/readme_test.py: a network namespace of its own, a fresh HOME, stub providers).
+echo "==> README: every walk-through, as a newcomer pastes it"
+python3 scripts/readme_test.py README.md
 
 # host and port of the URL (postgres://user[:pw]@host[:port]/db)
 hostport=${pg_url#*://}
