@@ -5,7 +5,7 @@
 //! auditors read the log through filters, a cursor, an export and a verifier.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use diesel::prelude::*;
 use futures_util::future::join_all;
@@ -201,25 +201,7 @@ async fn refresh(app: &TestApp, refresh_token: &str) -> Response {
 
 /// Runs the `hazina` binary on the app's database and keyring.
 fn hazina(app: &TestApp, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hazina"))
-        .args(args)
-        .current_dir(app.dir.path())
-        .env("HAZINA_DATABASE_URL", app.db.url())
-        .env("HAZINA_KEYRING", &app.keyring_path)
-        .env_remove("HAZINA_KEYRING_DATA")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    hazina_cli(app, args, stdin)
 }
 
 fn user_id_of(app: &TestApp, username: &str) -> i64 {

@@ -619,3 +619,26 @@ pub fn insert_earlier_release_credential(
         .execute(conn)
         .unwrap();
 }
+
+/// Runs the `hazina` binary on `app`'s database and keyring with `stdin` on standard input.
+pub fn hazina_cli(app: &TestApp, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hazina"))
+        .args(args)
+        .current_dir(app.dir.path())
+        .env("HAZINA_DATABASE_URL", app.db.url())
+        .env("HAZINA_KEYRING", &app.keyring_path)
+        .env_remove("HAZINA_KEYRING_DATA")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}

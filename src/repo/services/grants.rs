@@ -150,6 +150,24 @@ pub fn list_grants(conn: &mut DbConn) -> Result<Vec<(GrantRow, String, String)>,
         .load(conn)?)
 }
 
+/// The live grant `id`, locked for the rest of the transaction (the write first, so SQLite
+/// takes its write lock before it reads); `None` if no live grant has this id.
+fn lock_live(tx: &mut DbConn, id: i64) -> Result<Option<GrantRow>, DbError> {
+    let n = diesel::update(
+        g::table
+            .filter(g::id.eq(id))
+            .filter(g::revoked_at.is_null()),
+    )
+    .set(g::id.eq(g::id))
+    .execute(tx)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        g::table.find(id).select(GrantRow::as_select()).first(tx)?,
+    ))
+}
+
 /// Revokes a live grant; it stops working on the next request. `None` if no live grant.
 pub fn revoke_grant(
     conn: &mut DbConn,
@@ -158,18 +176,9 @@ pub fn revoke_grant(
     now: UnixSeconds,
 ) -> Result<Option<GrantRow>, DbError> {
     conn.transaction(|tx| {
-        // The write first, so SQLite takes its write lock before it reads.
-        let n = diesel::update(
-            g::table
-                .filter(g::id.eq(id))
-                .filter(g::revoked_at.is_null()),
-        )
-        .set(g::id.eq(g::id))
-        .execute(tx)?;
-        if n == 0 {
+        let Some(mut row) = lock_live(tx, id)? else {
             return Ok(None);
-        }
-        let mut row: GrantRow = g::table.find(id).select(GrantRow::as_select()).first(tx)?;
+        };
         // A tampered grant is revoked all the same (revoking only ever takes access away),
         // but only a genuine one is re-signed. Either way the entry names it, so an older
         // row written back later is refused.
@@ -501,18 +510,9 @@ pub fn change_operations(
     remove: &Operations,
 ) -> Result<GrantChange, DbError> {
     conn.transaction(|tx| {
-        // The write first, so SQLite takes its write lock before it reads.
-        let n = diesel::update(
-            g::table
-                .filter(g::id.eq(id))
-                .filter(g::revoked_at.is_null()),
-        )
-        .set(g::id.eq(g::id))
-        .execute(tx)?;
-        if n == 0 {
+        let Some(mut row) = lock_live(tx, id)? else {
             return Ok(GrantChange::NoLiveGrant);
-        }
-        let mut row: GrantRow = g::table.find(id).select(GrantRow::as_select()).first(tx)?;
+        };
         if !row.check(tx, keyring)?.is_intact() {
             return Err(DbError::Tampered("grant"));
         }
