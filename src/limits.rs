@@ -16,7 +16,8 @@
 //!   once per key per minute, so a flood cannot flood the audit log.
 //! - **Probes.** `GET`/`HEAD` of `/healthz` and `/readyz`, and of `/metrics` from an address
 //!   its allowlist admits, count against no budget (a load balancer's probes would lock out
-//!   its own address); the size limits below still apply.
+//!   its own address); nor do the console's compiled-in files under `/console/static/` (its
+//!   pages keep their stylesheet during a burst). The size limits below still apply.
 //! - **Sizes.** A `Content-Length` over `HAZINA_MAX_BODY_BYTES` is refused with 413 on every
 //!   route, before the body is read; request heads over [`MAX_HEADER_BYTES`] (or with more
 //!   than [`MAX_HEADERS`] fields) get 431. Both answer JSON. (Heads larger than actix-http's

@@ -378,6 +378,7 @@ impl Application {
                 .wrap(crate::http::guard::Guard(
                     crate::http::guard::ConsolePages {
                         prefix: crate::console::PREFIX,
+                        static_prefix: crate::console::STATIC_PREFIX,
                         access_token: crate::console::cookie_access_token,
                         refusal: crate::console::refusal_page,
                     },

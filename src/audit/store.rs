@@ -26,17 +26,29 @@ pub struct Filter {
     pub until: Option<i64>,
 }
 
-/// Entries with `seq > after`, oldest first, at most `limit`.
+/// Which way a page of entries runs, and what its cursor means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Entries after the cursor's sequence number, oldest first (0: from the start).
+    OldestFirst,
+    /// Entries before the cursor's sequence number, newest first (0: from the newest).
+    NewestFirst,
+}
+
+/// At most `limit` entries past `cursor` in `order`, matching `filter`.
 pub fn list(
     conn: &mut DbConn,
     filter: &Filter,
-    after: i64,
+    order: Order,
+    cursor: i64,
     limit: i64,
 ) -> Result<Vec<AuditRow>, DbError> {
-    let mut q = log::table
-        .filter(log::seq.gt(after))
-        .select(AuditRow::as_select())
-        .into_boxed();
+    let mut q = log::table.select(AuditRow::as_select()).into_boxed();
+    q = match order {
+        Order::OldestFirst => q.filter(log::seq.gt(cursor)).order(log::seq.asc()),
+        Order::NewestFirst if cursor > 0 => q.filter(log::seq.lt(cursor)).order(log::seq.desc()),
+        Order::NewestFirst => q.order(log::seq.desc()),
+    };
     if let Some(actor) = &filter.actor {
         q = match actor.parse::<i64>() {
             Ok(id) => q.filter(log::actor_id.eq(id).or(log::actor_name.eq(actor.clone()))),
@@ -67,7 +79,7 @@ pub fn list(
     if let Some(t) = filter.until {
         q = q.filter(log::occurred_at.lt(t));
     }
-    Ok(q.order(log::seq.asc()).limit(limit).load(conn)?)
+    Ok(q.limit(limit).load(conn)?)
 }
 
 /// The JSON shape of one entry (API, export, CLI).
@@ -166,7 +178,7 @@ pub fn export(
     let mut after = after;
     let mut count = 0i64;
     loop {
-        let rows = list(conn, &filter, after, 1000)?;
+        let rows = list(conn, &filter, Order::OldestFirst, after, 1000)?;
         let n = rows.len();
         let mut chunk = Vec::with_capacity(n * 400);
         for row in rows {
@@ -214,7 +226,13 @@ pub fn follow(
             if !still_allowed(&mut conn)? {
                 return Ok(());
             }
-            list(&mut conn, &Filter::default(), after, 1000)?
+            list(
+                &mut conn,
+                &Filter::default(),
+                Order::OldestFirst,
+                after,
+                1000,
+            )?
         };
         if rows.is_empty() {
             // Nothing new. Now and then a keep-alive newline (JSON Lines readers skip blank

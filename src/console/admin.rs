@@ -16,8 +16,19 @@ use crate::vault::Operation;
 pub fn register(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/", web::get().to(users))
         .route("/admin/users/", web::post().to(create_user))
+        .route("/admin/users/{name}/", web::get().to(user))
         .route("/admin/users/{name}/disable/", web::post().to(disable_user))
         .route("/admin/users/{name}/enable/", web::post().to(enable_user))
+        .route("/admin/users/{name}/role/", web::post().to(set_role))
+        .route(
+            "/admin/users/{name}/password/",
+            web::post().to(set_password),
+        )
+        .route(
+            "/admin/users/{name}/sessions/revoke/",
+            web::post().to(revoke_sessions),
+        )
+        .route("/admin/users/{name}/unlock/", web::post().to(unlock_user))
         .route("/admin/services/", web::get().to(services))
         .route("/admin/services/", web::post().to(create_service))
         .route(
@@ -42,6 +53,11 @@ fn notice_text(notice: Option<&str>) -> Option<&'static str> {
         "user-created" => "The user was created.",
         "user-disabled" => "The user is disabled; their sessions have ended.",
         "user-enabled" => "The user is enabled.",
+        "role-set" => "The role was changed; it applies from their next request.",
+        "password-set" => "The password was set; every session of theirs has ended.",
+        "sessions-revoked" => "Every session of the user has ended.",
+        "unlocked" => "The login lockout was lifted; they may sign in now.",
+        "not-locked" => "No login lockout held this user; nothing was changed.",
         "service-created" => "The service was registered.",
         "service-disabled" => "The service is disabled.",
         "grant-created" => "The grant was made.",
@@ -95,15 +111,11 @@ async fn users_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
                     @let name = text(&u["username"]);
                     @let disabled = u["is_disabled"].as_bool().unwrap_or(false);
                     tr {
-                        td { (name) } td { (text(&u["role"])) }
-                        td { @if disabled { "disabled" } @else { "enabled" } }
-                        td class="when" { (when(&u["created_at"])) }
+                        td data-label="User" { (name) } td data-label="Role" { (text(&u["role"])) }
+                        td data-label="Status" { @if disabled { "disabled" } @else { "enabled" } }
+                        td data-label="Created" class="when" { (when(&u["created_at"])) }
                         td {
-                            @if disabled {
-                                (views::action(&cx.csrf, &format!("/console/admin/users/{}/enable/", urlpath(&name)), &format!("Enable {name}"), &[]))
-                            } @else if name != cx.user.username {
-                                (views::action(&cx.csrf, &format!("/console/admin/users/{}/disable/", urlpath(&name)), &format!("Disable {name}"), &[]))
-                            }
+                            a href=(format!("/console/admin/users/{}/", urlpath(&name))) { "Manage " span class="sr-only" { (name) } }
                         }
                     }
                 }
@@ -131,7 +143,13 @@ async fn users_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
 /// A path segment for a username or service name (both are restricted to URL-safe
 /// characters by their parsers; anything else is percent-encoded all the same).
 fn urlpath(segment: &str) -> String {
-    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+    // RFC 3986's unreserved characters stay as they are (`dana-the-merchant`, not `%2D`).
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
 async fn create_user(posted: Posted) -> Page {
@@ -149,22 +167,177 @@ async fn create_user(posted: Posted) -> Page {
     .await
 }
 
+/// One user's page: their role, a password reset, their sessions, a login lockout, and
+/// disabling them (each destructive action asks for a tick that confirms it).
+async fn user(cx: Cx, name: web::Path<String>, q: web::Query<Notice>) -> Page {
+    user_page(&cx, &name, notice_text(q.notice.as_deref()), None).await
+}
+
+async fn user_page(cx: &Cx, name: &str, notice: Option<&str>, error: Shown) -> Page {
+    let rows = cx.ask0(api::list_users).await?;
+    let Some(u) = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["username"] == name)
+    else {
+        return Err(Refusal::Page {
+            status: StatusCode::NOT_FOUND,
+            message: "No such user".into(),
+        });
+    };
+    let disabled = u["is_disabled"].as_bool().unwrap_or(false);
+    let role = text(&u["role"]);
+    let base = format!("/console/admin/users/{}", urlpath(name));
+    let oneself = name == cx.user.username;
+    let body = html! {
+        (banner(notice, message_of(&error)))
+        p { "Role " strong { (role) } "; " @if disabled { "disabled" } @else { "enabled" } "; created " (when(&u["created_at"])) "." }
+        section class="card" aria-labelledby="role-h" {
+            h2 id="role-h" { "Role" }
+            form method="post" action=(format!("{base}/role/")) {
+                input type="hidden" name="csrf" value=(cx.csrf);
+                label for="role" { "New role" }
+                select id="role" name="role" {
+                    (views::options(&[("user", "user (owns credentials)"), ("admin", "admin"), ("auditor", "auditor (reads the audit log)")], &role))
+                }
+                button type="submit" { "Set the role" }
+            }
+        }
+        section class="card" aria-labelledby="password-h" {
+            h2 id="password-h" { "Password" }
+            form method="post" action=(format!("{base}/password/")) {
+                input type="hidden" name="csrf" value=(cx.csrf);
+                label for="password" { "New password (12 characters or more); every session of theirs ends" }
+                input id="password" name="password" type="password" autocomplete="new-password" required;
+                button type="submit" { "Set the password" }
+            }
+        }
+        section class="card" aria-labelledby="access-h" {
+            h2 id="access-h" { "Sign-in" }
+            p class="muted" { "Failed logins lock a name out for a while; neither enabling a user nor a new password lifts that." }
+            (views::action(&cx.csrf, &format!("{base}/unlock/"), &format!("Lift the login lockout of {name}"), &[]))
+            (confirmed(&cx.csrf, &format!("{base}/sessions/revoke/"), &format!("End every session of {name}"), "end-sessions", &format!("Yes, sign {name} out everywhere")))
+        }
+        section class="card" aria-labelledby="status-h" {
+            h2 id="status-h" { "Status" }
+            @if disabled {
+                (views::action(&cx.csrf, &format!("{base}/enable/"), &format!("Enable {name}"), &[]))
+            } @else if oneself {
+                p class="muted" { "You cannot disable yourself." }
+            } @else {
+                (confirmed(&cx.csrf, &format!("{base}/disable/"), &format!("Disable {name}"), "disable", &format!("Yes, disable {name}: their sessions end at once")))
+            }
+        }
+    };
+    Ok(cx.page(status_of(&error), &format!("User {name}"), body))
+}
+
+/// A destructive action's form: it runs only with its box ticked (the browser asks for the
+/// tick; the server refuses a form without it).
+fn confirmed(csrf: &str, href: &str, label: &str, id: &str, confirm: &str) -> Markup {
+    html! {
+        form class="confirm" method="post" action=(href) {
+            input type="hidden" name="csrf" value=(csrf);
+            div class="check" {
+                input id=(format!("confirm-{id}")) type="checkbox" name="confirm" value="yes" required;
+                label for=(format!("confirm-{id}")) { (confirm) }
+            }
+            button class="danger" type="submit" { (label) }
+        }
+    }
+}
+
+/// Whether a destructive form came with its confirming tick.
+fn unconfirmed(posted: &Posted) -> Shown {
+    (posted.fields.get("confirm") != Some("yes")).then(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            "Tick the box to confirm, then try again".to_owned(),
+        )
+    })
+}
+
+/// After a form on a user's page: back to it with `notice`, or the page with the error.
+async fn on_user_page(cx: &Cx, name: &str, answer: Result<Value, Refusal>, notice: &str) -> Page {
+    let page = format!("/console/admin/users/{}/", urlpath(name));
+    after(answer, &page, notice, |e| user_page(cx, name, None, e)).await
+}
+
 async fn disable_user(posted: Posted, name: web::Path<String>) -> Page {
     let cx = &posted.cx;
-    let answer = cx.ask(api::disable_user, name).await;
-    after(answer, "/console/admin/", "user-disabled", |e| {
-        users_page(cx, None, e)
-    })
-    .await
+    if let Some(e) = unconfirmed(&posted) {
+        return user_page(cx, &name, None, Some(e)).await;
+    }
+    let answer = cx
+        .ask(api::disable_user, web::Path::from(name.clone()))
+        .await;
+    on_user_page(cx, &name, answer, "user-disabled").await
 }
 
 async fn enable_user(posted: Posted, name: web::Path<String>) -> Page {
     let cx = &posted.cx;
-    let answer = cx.ask(api::enable_user, name).await;
-    after(answer, "/console/admin/", "user-enabled", |e| {
-        users_page(cx, None, e)
-    })
-    .await
+    let answer = cx
+        .ask(api::enable_user, web::Path::from(name.clone()))
+        .await;
+    on_user_page(cx, &name, answer, "user-enabled").await
+}
+
+async fn set_role(posted: Posted, name: web::Path<String>) -> Page {
+    let cx = &posted.cx;
+    let fields = json!({ "role": posted.fields.get("role").unwrap_or("") });
+    let answer = match super::body(fields) {
+        Ok(b) => {
+            super::call(api::set_user_role(
+                cx.request(),
+                web::Path::from(name.clone()),
+                b,
+            ))
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    on_user_page(cx, &name, answer, "role-set").await
+}
+
+async fn set_password(posted: Posted, name: web::Path<String>) -> Page {
+    let cx = &posted.cx;
+    let fields = json!({ "password": posted.fields.get("password").unwrap_or("") });
+    let answer = match super::body(fields) {
+        Ok(b) => {
+            super::call(api::set_user_password(
+                cx.request(),
+                web::Path::from(name.clone()),
+                b,
+            ))
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    on_user_page(cx, &name, answer, "password-set").await
+}
+
+async fn revoke_sessions(posted: Posted, name: web::Path<String>) -> Page {
+    let cx = &posted.cx;
+    if let Some(e) = unconfirmed(&posted) {
+        return user_page(cx, &name, None, Some(e)).await;
+    }
+    let answer = cx
+        .ask(api::revoke_user_sessions, web::Path::from(name.clone()))
+        .await;
+    on_user_page(cx, &name, answer, "sessions-revoked").await
+}
+
+async fn unlock_user(posted: Posted, name: web::Path<String>) -> Page {
+    let cx = &posted.cx;
+    let answer = cx
+        .ask(api::unlock_user, web::Path::from(name.clone()))
+        .await;
+    let notice = match &answer {
+        Ok(v) if v["was_locked_out"] == false => "not-locked",
+        _ => "unlocked",
+    };
+    on_user_page(cx, &name, answer, notice).await
 }
 
 // ---- services
@@ -188,13 +361,13 @@ async fn services_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
                     @let name = text(&s["name"]);
                     @let enabled = s["is_enabled"].as_bool().unwrap_or(false);
                     tr {
-                        td { (name) } td { code { (text(&s["identity"])) } }
-                        td { @match s["allowed_cidrs"].as_array() {
+                        td data-label="Service" { (name) } td data-label="Certificate identity" { code { (text(&s["identity"])) } }
+                        td data-label="Allowed from" { @match s["allowed_cidrs"].as_array() {
                             Some(c) if !c.is_empty() => (c.iter().map(text).collect::<Vec<_>>().join(", ")),
                             _ => "anywhere",
                         } }
-                        td { @if enabled { "enabled" } @else { "disabled" } }
-                        td class="when" { (when(&s["created_at"])) }
+                        td data-label="Status" { @if enabled { "enabled" } @else { "disabled" } }
+                        td data-label="Created" class="when" { (when(&s["created_at"])) }
                         td { @if enabled {
                             (views::action(&cx.csrf, &format!("/console/admin/services/{}/disable/", urlpath(&name)), &format!("Disable {name}"), &[]))
                         } }
@@ -277,12 +450,12 @@ async fn grants_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
                 @for g in rows.as_array().into_iter().flatten() {
                     @let id = text(&g["id"]);
                     tr {
-                        td { (id) } td { (text(&g["service"])) } td { (text(&g["owner"])) }
-                        td { @if g["provider"].is_null() { "every provider" } @else { (text(&g["provider"])) } }
-                        td { @if g["environment"].is_null() { "both, live included" } @else { (text(&g["environment"])) } }
-                        td { (g["operations"].as_array().map(|o| o.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
-                        td class="when" { (when(&g["created_at"])) }
-                        td { @if g["revoked_at"].is_null() {
+                        td data-label="#" { (id) } td data-label="Service" { (text(&g["service"])) } td data-label="Owner" { (text(&g["owner"])) }
+                        td data-label="Provider" { @if g["provider"].is_null() { "every provider" } @else { (text(&g["provider"])) } }
+                        td data-label="Environment" { @if g["environment"].is_null() { "both, live included" } @else { (text(&g["environment"])) } }
+                        td data-label="Operations" { (g["operations"].as_array().map(|o| o.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+                        td data-label="Created" class="when" { (when(&g["created_at"])) }
+                        td data-label="Status" { @if g["revoked_at"].is_null() {
                             (views::action(&cx.csrf, &format!("/console/admin/grants/{id}/revoke/"), &format!("Revoke grant {id}"), &[]))
                         } @else { "revoked " (when(&g["revoked_at"])) } }
                     }
@@ -309,12 +482,13 @@ async fn grants_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
                 }
                 fieldset {
                     legend { "Operations" }
+                    p class="muted" { "Use, don't reveal: tick " code { "reveal" } " only for a service that must hold the secret itself." }
                     @for op in OPERATIONS {
                         @let id = format!("op-{op}");
                         @let warning = Operation::parse(op).and_then(Operation::disclosure);
                         @let described = warning.map(|_| format!("{id}-warning"));
                         div class="check" {
-                            input id=(id) type="checkbox" name="operation" value=(op) checked[*op == "reveal"] aria-describedby=[described.as_deref()];
+                            input id=(id) type="checkbox" name="operation" value=(op) aria-describedby=[described.as_deref()];
                             label for=(id) { (op) }
                         }
                         @if let (Some(warning), Some(described)) = (warning, &described) {
@@ -385,11 +559,11 @@ async fn certificates(cx: Cx) -> Page {
                         th scope="col" { "Intact" }
                     } }
                     tbody { @for c in &rows { tr {
-                        td { (text(&c["provider"])) } td { (text(&c["environment"])) }
-                        td { (text(&c["subject"])) } td class="when" { (when(&c["not_after"])) }
-                        td { code class="hash" { (text(&c["sha256"])) } }
-                        td { (text(&c["updated_by"])) " " (when(&c["updated_at"])) }
-                        td { (yes_no(&c["intact"])) }
+                        td data-label="Provider" { (text(&c["provider"])) } td data-label="Environment" { (text(&c["environment"])) }
+                        td data-label="Subject" { (text(&c["subject"])) } td data-label="Valid until" class="when" { (when(&c["not_after"])) }
+                        td data-label="SHA-256" { code class="hash" { (text(&c["sha256"])) } }
+                        td data-label="Installed by" { (text(&c["updated_by"])) " " (when(&c["updated_at"])) }
+                        td data-label="Intact" { (yes_no(&c["intact"])) }
                     } } }
                 } }
             }
@@ -401,7 +575,7 @@ async fn certificates(cx: Cx) -> Page {
                 div class="scroll" { table {
                     thead { tr { th scope="col" { "Fingerprint" } th scope="col" { "Revoked" } } }
                     tbody { @for c in &rows { tr {
-                        td { code class="hash" { (text(&c["fingerprint"])) } } td class="when" { (when(&c["revoked_at"])) }
+                        td data-label="Fingerprint" { code class="hash" { (text(&c["fingerprint"])) } } td data-label="Revoked" class="when" { (when(&c["revoked_at"])) }
                     } } }
                 } }
             }
@@ -447,9 +621,9 @@ async fn keys_page(cx: &Cx, notice: Option<&str>, error: Shown) -> Page {
                 th scope="col" { "Rotation due" }
             } }
             tbody { @for v in status["versions"].as_array().into_iter().flatten() { tr {
-                td { (text(&v["version"])) } td { (text(&v["state"])) }
-                td { (yes_no(&v["in_keyring"])) } td { (text(&v["stored_keys"])) }
-                td { (text(&v["encryptions"])) } td { (yes_no(&v["rotation_due"])) }
+                td data-label="Version" { (text(&v["version"])) } td data-label="State" { (text(&v["state"])) }
+                td data-label="In the keyring" { (yes_no(&v["in_keyring"])) } td data-label="Keys it protects" { (text(&v["stored_keys"])) }
+                td data-label="Encryptions" { (text(&v["encryptions"])) } td data-label="Rotation due" { (yes_no(&v["rotation_due"])) }
             } } }
         } }
         section aria-labelledby="rotation" {

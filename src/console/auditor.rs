@@ -63,7 +63,11 @@ fn encode(pairs: &[(String, String)]) -> String {
 }
 
 async fn log(cx: Cx) -> Page {
-    let pairs = filled_query(cx.req.query_string())?;
+    let mut pairs = filled_query(cx.req.query_string())?;
+    // Newest first, as a log is read; the pages' cursors lead to earlier entries.
+    if !pairs.iter().any(|(k, _)| k == "order") {
+        pairs.push(("order".into(), "newest".into()));
+    }
     let query = web::Query::<api::ListQuery>::from_query(&encode(&pairs))
         .map_err(|_| Refusal::bad("Unknown filter; use the form's fields"))?;
     let (events, error) = match cx.ask(api::list, query).await {
@@ -90,7 +94,13 @@ async fn log(cx: Cx) -> Page {
             .map_or("", |(_, v)| v.as_str())
     };
     let rows = events["events"].as_array().cloned().unwrap_or_default();
-    let last_seq = rows.last().map_or(0, |e| e["seq"].as_i64().unwrap_or(0));
+    // Following live starts after the newest entry shown.
+    let last_seq = rows
+        .iter()
+        .filter_map(|e| e["seq"].as_i64())
+        .max()
+        .unwrap_or(0);
+    let names = owner_names(&cx, &rows).await?;
     let next = events["next_cursor"].as_i64().map(|cursor| {
         let mut next: Vec<(String, String)> = pairs
             .iter()
@@ -117,7 +127,7 @@ async fn log(cx: Cx) -> Page {
         }
         section aria-labelledby="entries" {
             h2 id="entries" { "Entries" }
-            details class="card" open[pairs.iter().any(|(k, _)| k != "cursor")] {
+            details class="card" open[pairs.iter().any(|(k, _)| k != "cursor" && k != "order")] {
             summary { "Filters" }
             form class="filters" method="get" action="/console/audit/" {
                 @for (name, label) in FILTERS {
@@ -131,7 +141,7 @@ async fn log(cx: Cx) -> Page {
                 a href="/console/audit/" { "Clear" }
             }
             }
-            (entries_table(&rows))
+            (entries_table(&rows, &names))
             @if let Some(next) = next {
                 p { a href=(next) { "Next page" } }
             }
@@ -204,14 +214,31 @@ fn chart(hours: &[crate::audit::store::HourCounts], now: i64) -> Markup {
             div class="scroll" { table {
                 thead { tr { th scope="col" { "Hour (UTC)" } th scope="col" { "Reveals" } th scope="col" { "Denials" } } }
                 tbody { @for (hour, reveals, denials) in &slots { tr {
-                    td { (label(*hour)) } td { (reveals) } td { (denials) }
+                    td data-label="Hour (UTC)" { (label(*hour)) } td data-label="Reveals" { (reveals) } td data-label="Denials" { (denials) }
                 } } }
             } }
         }
     }
 }
 
-fn entries_table(rows: &[Value]) -> Markup {
+/// The usernames of the owners the entries name, so the table names people, not numbers.
+async fn owner_names(cx: &Cx, rows: &[Value]) -> Result<Names, Refusal> {
+    let ids: Vec<i64> = rows
+        .iter()
+        .filter_map(|e| e["target"]["owner_id"].as_i64())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Names::new());
+    }
+    cx.state
+        .db(move |c| crate::repo::users::usernames(c, &ids))
+        .await
+        .map_err(|e| Refusal::from_api(&e.into()))
+}
+
+type Names = std::collections::HashMap<i64, String>;
+
+fn entries_table(rows: &[Value], names: &Names) -> Markup {
     html! {
         @if rows.is_empty() {
             p { "No entries match." }
@@ -223,39 +250,51 @@ fn entries_table(rows: &[Value]) -> Markup {
                     th scope="col" { "From" } th scope="col" { "Reference" }
                 } }
                 tbody { @for e in rows { tr {
-                    td { (text(&e["seq"])) }
-                    td class="when" { (when(&e["occurred_at"])) }
-                    td { (text(&e["actor"]["kind"])) " " (text(&e["actor"]["name"])) }
-                    td { (text(&e["action"])) @if let Some(op) = e["operation"].as_str() { " (" (op) ")" } }
-                    td class={ "outcome " (text(&e["outcome"])) } {
+                    td data-label="#" { (text(&e["seq"])) }
+                    td data-label="When" class="when" { (when(&e["occurred_at"])) }
+                    td data-label="Who" { (text(&e["actor"]["kind"])) " " (text(&e["actor"]["name"])) }
+                    td data-label="What" { (text(&e["action"])) @if let Some(op) = e["operation"].as_str() { " (" (op) ")" } }
+                    td data-label="Outcome" class={ "outcome " (text(&e["outcome"])) } {
                         (text(&e["outcome"]))
                         @if let Some(r) = e["reason"].as_str() { ": " (r.replace('_', " ")) }
                     }
-                    td { (target(&e["target"])) }
-                    td { (text(&e["source_ip"])) }
-                    td { (text(&e["reference"])) }
+                    td data-label="Target" { (target(&e["target"], names)) }
+                    td data-label="From" { (text(&e["source_ip"])) }
+                    td data-label="Reference" { (text(&e["reference"])) }
                 } } }
         } }
     }
 }
 
-fn target(t: &Value) -> String {
-    let mut parts = Vec::new();
-    if let Some(c) = t["credential_id"].as_i64() {
-        parts.push(format!("credential {c}"));
-    }
-    if let Some(o) = t["owner_id"].as_i64() {
-        parts.push(format!("owner {o}"));
-    }
-    for k in ["provider", "environment"] {
-        if let Some(v) = t[k].as_str() {
-            parts.push(v.to_owned());
-        }
-    }
-    if parts.is_empty() {
-        "—".into()
-    } else {
-        parts.join(", ")
+/// What an entry is about, by name: "alice's mpesa sandbox credential", then the ids, which
+/// the filters take, in a quieter line.
+fn target(t: &Value, names: &Names) -> Markup {
+    let owner = t["owner_id"].as_i64();
+    let credential = t["credential_id"].as_i64();
+    let scope: Vec<&str> = ["provider", "environment"]
+        .iter()
+        .filter_map(|k| t[*k].as_str())
+        .collect();
+    let whose = owner.map(|o| match names.get(&o) {
+        Some(name) => format!("{name}'s"),
+        None => "a former user's".to_owned(),
+    });
+    let words = match (&whose, credential) {
+        (Some(whose), Some(_)) => format!("{whose} {} credential", scope.join(" ")),
+        (None, Some(_)) => format!("{} credential", scope.join(" ")),
+        (Some(whose), None) if scope.is_empty() => whose.trim_end_matches("'s").to_owned(),
+        (Some(whose), None) => format!("{whose} {}", scope.join(" ")),
+        (None, None) if scope.is_empty() => return html! { "—" },
+        (None, None) => scope.join(" "),
+    };
+    let ids: Vec<String> = credential
+        .map(|c| format!("credential {c}"))
+        .into_iter()
+        .chain(owner.map(|o| format!("owner {o}")))
+        .collect();
+    html! {
+        (words.split_whitespace().collect::<Vec<_>>().join(" "))
+        @if !ids.is_empty() { br; span class="muted" { (ids.join(", ")) } }
     }
 }
 

@@ -56,6 +56,8 @@ use sign_in::{sign_in, sign_in_page, sign_out};
 
 /// Where the console lives; every console path starts with it.
 pub const PREFIX: &str = "/console/";
+/// Where the console's compiled-in files are served (outside every rate limit).
+pub const STATIC_PREFIX: &str = "/console/static/";
 
 /// The console's Content-Security-Policy: scripts, styles and images from the console's own
 /// files only (never inline), forms posted only to itself, never framed.
@@ -421,7 +423,7 @@ impl Refusal {
                 let _ = other.error_response();
                 Refusal::Page {
                     status: other.status_code(),
-                    message: other.public_message(),
+                    message: message_of(other),
                 }
             }
         }
@@ -468,6 +470,21 @@ impl ResponseError for Refusal {
 }
 
 pub type Page = Result<HttpResponse, Refusal>;
+
+/// What a page says for an API refusal: its public message and, when the caller must wait
+/// (a lockout, a spent budget), for how long, in words.
+pub fn message_of(e: &ApiError) -> String {
+    let message = e.public_message();
+    match e {
+        ApiError::TooManyRequests { retry_after, .. } => {
+            format!(
+                "{message} Try again in {}.",
+                views::wait_words(*retry_after)
+            )
+        }
+        _ => message,
+    }
+}
 
 fn retry_after(res: &mut HttpResponse, e: &ApiError) {
     if let ApiError::TooManyRequests { retry_after, .. } = e {

@@ -68,12 +68,12 @@ async fn list_page(cx: &Cx, notice: Option<&str>, error: Option<(StatusCode, Str
                         tbody {
                             @for c in &rows {
                                 tr {
-                                    td { a href={ "/console/credentials/" (text(&c["id"])) "/" } {
+                                    td data-label="Provider" { a href={ "/console/credentials/" (text(&c["id"])) "/" } {
                                         (text(&c["provider_display"])) } }
-                                    td { (text(&c["environment"])) }
-                                    td { (status_word(&c["is_active"])) }
-                                    td { (text(&c["version"])) }
-                                    td class="when" { (when(&c["updated_at"])) }
+                                    td data-label="Environment" { (text(&c["environment"])) }
+                                    td data-label="Status" { (status_word(&c["is_active"])) }
+                                    td data-label="Version" { (text(&c["version"])) }
+                                    td data-label="Updated" class="when" { (when(&c["updated_at"])) }
                                 }
                             }
                         }
@@ -269,9 +269,9 @@ async fn detail_page(
                 tbody {
                     @for v in versions["versions"].as_array().into_iter().flatten() {
                         tr {
-                            td { (text(&v["version"])) } td { (text(&v["environment"])) }
-                            td class="when" { (when(&v["created_at"])) } td { (text(&v["created_by"]["username"])) }
-                            td { (text(&v["master_key_version"])) } td { (yes_no(&v["is_current"])) }
+                            td data-label="Version" { (text(&v["version"])) } td data-label="Environment" { (text(&v["environment"])) }
+                            td data-label="Created" class="when" { (when(&v["created_at"])) } td data-label="By" { (text(&v["created_by"]["username"])) }
+                            td data-label="Master key" { (text(&v["master_key_version"])) } td data-label="Current" { (yes_no(&v["is_current"])) }
                         }
                     }
                 }
@@ -319,14 +319,14 @@ fn access_log_table(log: &Value) -> Markup {
                 tbody {
                     @for e in &entries {
                         tr {
-                            td { (text(&e["seq"])) }
-                            td class="when" { (when(&e["occurred_at"])) }
-                            td { (text(&e["actor_kind"])) " " (text(&e["actor_name"])) }
-                            td { (text(&e["source_ip"])) }
-                            td { (text(&e["action"]))
+                            td data-label="#" { (text(&e["seq"])) }
+                            td data-label="When" class="when" { (when(&e["occurred_at"])) }
+                            td data-label="Who" { (text(&e["actor_kind"])) " " (text(&e["actor_name"])) }
+                            td data-label="From" { (text(&e["source_ip"])) }
+                            td data-label="What" { (text(&e["action"]))
                                 @if let Some(op) = e["operation"].as_str() { " (" (op) ")" } }
-                            td { (text(&e["reference"])) }
-                            td class={ "outcome " (text(&e["outcome"])) } {
+                            td data-label="Reference" { (text(&e["reference"])) }
+                            td data-label="Outcome" class={ "outcome " (text(&e["outcome"])) } {
                                 (text(&e["outcome"]))
                                 @if let Some(r) = e["reason"].as_str() { ": " (r.replace('_', " ")) }
                             }

@@ -118,7 +118,7 @@ pub(super) async fn sign_in(
         }
         Err(e) => {
             let status = e.status_code();
-            let mut res = sign_in_form(&req, status, Some(&e.public_message()), &username);
+            let mut res = sign_in_form(&req, status, Some(&super::message_of(&e)), &username);
             retry_after(&mut res, &e);
             res
         }

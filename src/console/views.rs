@@ -202,3 +202,33 @@ pub const PROVIDERS: &[(&str, &str)] = &[
 ];
 
 pub const ENVIRONMENTS: &[(&str, &str)] = &[("sandbox", "Sandbox"), ("live", "Live")];
+
+/// A wait of `seconds`, in words: "12 seconds", "about a minute", "4 minutes", "1 hour".
+pub fn wait_words(seconds: u64) -> String {
+    match seconds {
+        0..=1 => "a second".into(),
+        2..=59 => format!("{seconds} seconds"),
+        60..=89 => "about a minute".into(),
+        90..=3599 => format!("{} minutes", seconds.div_ceil(60)),
+        _ => {
+            let hours = seconds.div_ceil(3600);
+            format!("{hours} hour{}", if hours == 1 { "" } else { "s" })
+        }
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::wait_words;
+
+    #[test]
+    fn waits_read_as_a_person_would_say_them() {
+        assert_eq!(wait_words(1), "a second");
+        assert_eq!(wait_words(45), "45 seconds");
+        assert_eq!(wait_words(60), "about a minute");
+        assert_eq!(wait_words(120), "2 minutes");
+        assert_eq!(wait_words(121), "3 minutes");
+        assert_eq!(wait_words(3600), "1 hour");
+        assert_eq!(wait_words(7200), "2 hours");
+    }
+}

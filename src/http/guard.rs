@@ -106,6 +106,8 @@ pub struct Guard(pub ConsolePages);
 pub struct ConsolePages {
     /// Every console path starts with it.
     pub prefix: &'static str,
+    /// Where its compiled-in files are (outside every rate limit: see [`is_probe`]).
+    pub static_prefix: &'static str,
     /// The access token of a console page's session cookie (`https`: the cookies' names
     /// under HTTPS), for the budget it spends.
     pub access_token: fn(&HttpRequest, bool) -> Option<String>,
@@ -155,7 +157,7 @@ where
         };
         // A load balancer's probes never spend (or are refused by) a budget: otherwise its
         // own address would lock itself out. `/metrics` stays guarded by its allowlist.
-        let decision = if is_probe(&req, &state) {
+        let decision = if is_probe(&req, &state, &self.console) {
             Decision::Unlimited
         } else {
             decide(&state.limits, req.request(), &state, &self.console)
@@ -226,10 +228,12 @@ where
     }
 }
 
-/// `GET` or `HEAD` of `/healthz` or `/readyz`, or of `/metrics` from an address its
-/// allowlist admits (a scraper): outside every rate limit. Anyone else's `/metrics` (an
-/// admin's token checked against the database each time) keeps its budget.
-fn is_probe(req: &ServiceRequest, state: &AppState) -> bool {
+/// `GET` or `HEAD` of `/healthz` or `/readyz`, of `/metrics` from an address its allowlist
+/// admits (a scraper), or of the console's compiled-in files (a page must not render
+/// unstyled because a burst spent its address's budget; they touch neither the database nor
+/// a key): outside every rate limit. Anyone else's `/metrics` (an admin's token checked
+/// against the database each time) keeps its budget.
+fn is_probe(req: &ServiceRequest, state: &AppState, console: &ConsolePages) -> bool {
     if !matches!(
         *req.method(),
         actix_web::http::Method::GET | actix_web::http::Method::HEAD
@@ -239,6 +243,6 @@ fn is_probe(req: &ServiceRequest, state: &AppState) -> bool {
     match req.path() {
         "/healthz" | "/readyz" => true,
         "/metrics" => state.config.abuse.metrics_allowed_from(req.peer_addr()),
-        _ => false,
+        path => path.starts_with(console.static_prefix),
     }
 }

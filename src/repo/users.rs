@@ -378,6 +378,19 @@ fn last_admin() -> DbError {
 }
 
 /// Every user, by name (administration).
+/// The usernames of the users among `ids` (for pages that name people, not numbers).
+pub fn usernames(
+    conn: &mut DbConn,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, String>, DbError> {
+    Ok(u::table
+        .filter(u::id.eq_any(ids))
+        .select((u::id, u::username))
+        .load::<(i64, String)>(conn)?
+        .into_iter()
+        .collect())
+}
+
 pub fn list(conn: &mut DbConn) -> Result<Vec<UserRow>, DbError> {
     Ok(u::table
         .order(u::username.asc())

@@ -65,6 +65,17 @@ pub struct ListQuery {
     until: Option<String>,
     cursor: Option<i64>,
     limit: Option<i64>,
+    /// `oldest` (the default: the cursor is the last sequence number seen, later entries
+    /// follow) or `newest` (newest first: the cursor is the last seen, earlier ones follow).
+    order: Option<String>,
+}
+
+fn order_of(q: &ListQuery) -> Result<store::Order, ApiError> {
+    match q.order.as_deref() {
+        None | Some("oldest") => Ok(store::Order::OldestFirst),
+        Some("newest") => Ok(store::Order::NewestFirst),
+        Some(_) => Err(ApiError::Invalid("order must be oldest or newest".into())),
+    }
 }
 
 fn filter_of(q: &ListQuery) -> Result<Filter, ApiError> {
@@ -121,15 +132,16 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     require_auditor(&state, &user, &meta).await?;
     let filter = filter_of(&query)?;
+    let order = order_of(&query)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Invalid(format!(
             "limit must be from 1 to {MAX_LIMIT}"
         )));
     }
-    let after = query.cursor.unwrap_or(0).max(0);
+    let cursor = query.cursor.unwrap_or(0).max(0);
     let rows = state
-        .db(move |c| store::list(c, &filter, after, limit))
+        .db(move |c| store::list(c, &filter, order, cursor, limit))
         .await?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.seq))

@@ -670,7 +670,12 @@ async fn the_auditors_chart_counts_reveals_and_denials_in_their_hours() {
             .format("%H:00")
             .to_string()
     };
-    let row = |h: String, r: i64, d: i64| format!("<tr><td>{h}</td><td>{r}</td><td>{d}</td></tr>");
+    let row = |h: String, r: i64, d: i64| {
+        format!(
+            "<tr><td data-label=\"Hour (UTC)\">{h}</td><td data-label=\"Reveals\">{r}</td>\
+             <td data-label=\"Denials\">{d}</td></tr>"
+        )
+    };
     assert!(page.html.contains(&row(hour(2), 2, 1)), "two hours ago");
     assert!(page.html.contains(&row(hour(1), 0, 0)), "an hour ago");
     assert!(page.html.contains(&row(hour(0), 1, 2)), "this hour");
@@ -848,7 +853,11 @@ async fn the_audit_log_pages_with_the_apis_cursor_and_keeps_the_filters() {
     let mut a = Visitor::signed_in(&app, &auditor).await;
     let first = a.get("/console/audit/?action=auth.login&limit=2").await;
     assert_eq!(first.status, StatusCode::OK);
-    let rows = |page: &Answer| page.html.matches("<td>auth.login</td>").count();
+    let rows = |page: &Answer| {
+        page.html
+            .matches("<td data-label=\"What\">auth.login</td>")
+            .count()
+    };
     assert_eq!(rows(&first), 2);
     let marker = "<a href=\"/console/audit/?";
     let start = first.html.find(marker).expect("a next page link") + "<a href=\"".len();

@@ -81,7 +81,9 @@ async fn drive(app: &TestApp, role: &str, settings: &[(&str, String)]) -> String
         report.lines().filter(|l| l.starts_with("ok ")).count() >= 10,
         "{report}"
     );
-    assert!(screenshots().join(format!("{role}.png")).exists());
+    for width in [390, 1280] {
+        assert!(screenshots().join(format!("{role}-{width}.png")).exists());
+    }
     report
 }
 
@@ -188,10 +190,8 @@ async fn an_admin_manages_users_grants_and_keys_in_a_real_browser() {
     .await;
     assert_eq!(grants[0]["service"], "payments-api");
     assert_eq!(grants[0]["owner"], owner.username.as_str());
-    assert_eq!(
-        grants[0]["operations"],
-        serde_json::json!(["access-token", "reveal"])
-    );
+    // Only what the admin ticked: the form ticks nothing by default (use, don't reveal).
+    assert_eq!(grants[0]["operations"], serde_json::json!(["access-token"]));
     let keys = body_of(app.get("/admin/keys/", &admin.access).await, StatusCode::OK).await;
     assert_eq!(keys["rotation"]["target_version"], 2);
 }

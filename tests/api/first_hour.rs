@@ -1,7 +1,7 @@
 //! A newcomer's first hour (issue 37): what a new operator meets with the binary and the API —
 //! typos that must not pass silently, output that must not mislead, commands that must exist.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
 use hazina::domain::Role;
@@ -12,24 +12,7 @@ use crate::helpers::*;
 
 /// `hazina ARGS` against `app`'s database and keyring, with `stdin` on standard input.
 fn hazina(app: &TestApp, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hazina"))
-        .args(args)
-        .current_dir(app.dir.path())
-        .env("HAZINA_DATABASE_URL", app.db.url())
-        .env("HAZINA_KEYRING", &app.keyring_path)
-        .env_remove("HAZINA_KEYRING_DATA")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    hazina_cli(app, args, stdin)
 }
 
 fn stdout(out: &Output) -> String {
@@ -557,4 +540,298 @@ async fn a_backup_into_a_missing_folder_names_the_folder_not_a_hidden_file() {
         !stderr.contains("/.hazina.db"),
         "no hidden file is named: {stderr}"
     );
+}
+
+/// Whether the user named `name` is disabled, and their role, as the API lists them.
+async fn listed_user(app: &TestApp, admin: &TestUser, name: &str) -> (bool, String) {
+    let users = body_of(
+        app.get("/admin/users/", &admin.access).await,
+        StatusCode::OK,
+    )
+    .await;
+    let user = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == name)
+        .unwrap()
+        .clone();
+    (
+        user["is_disabled"].as_bool().unwrap(),
+        user["role"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_consoles_user_page_changes_role_password_sessions_and_lockout_and_confirms_a_disable()
+{
+    use crate::console::Visitor;
+    let app = spawn_app_with(&[("HAZINA_LOGIN_MAX_FAILURES_ACCOUNT", "2")]).await;
+    let admin = app.user_with_role(Role::Admin).await;
+    let name = "dana-the-merchant";
+    app.insert_user(name, Role::User);
+    let mut m = Visitor::signed_in(&app, &admin).await;
+
+    // The list links each user to their page; it no longer holds a one-click Disable.
+    let list = m.get("/console/admin/").await;
+    let page_path = format!("/console/admin/users/{name}/");
+    assert!(
+        list.html.contains(&format!("href=\"{page_path}\"")),
+        "{}",
+        list.html
+    );
+    assert!(!list.html.contains(&format!("Disable {name}")));
+    let page = m.get(&page_path).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    for offered in [
+        "Set the role",
+        "Set the password",
+        &format!("Lift the login lockout of {name}"),
+        &format!("End every session of {name}"),
+        &format!("Disable {name}"),
+    ] {
+        assert!(page.html.contains(offered), "{offered}: {}", page.html);
+    }
+    assert!(page
+        .html
+        .contains("name=\"confirm\" value=\"yes\" required"));
+    let csrf = page.csrf();
+
+    // Disable without its tick changes nothing; with it, the user is disabled.
+    let res = m
+        .post(&format!("{page_path}disable/"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.html);
+    assert!(res.html.contains("Tick the box to confirm"));
+    assert!(!listed_user(&app, &admin, name).await.0);
+    let res = m
+        .post(
+            &format!("{page_path}disable/"),
+            &[("csrf", &csrf), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    assert!(listed_user(&app, &admin, name).await.0);
+    let res = m
+        .post(&format!("{page_path}enable/"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    assert!(!listed_user(&app, &admin, name).await.0);
+
+    // Role and password.
+    let res = m
+        .post(
+            &format!("{page_path}role/"),
+            &[("csrf", &csrf), ("role", "auditor")],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    assert_eq!(listed_user(&app, &admin, name).await.1, "auditor");
+    let new_password = "a brand-new password for dana";
+    let res = m
+        .post(
+            &format!("{page_path}password/"),
+            &[("csrf", &csrf), ("password", new_password)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    let res = m
+        .post(
+            &format!("{page_path}password/"),
+            &[("csrf", &csrf), ("password", "short")],
+        )
+        .await;
+    assert_eq!(
+        res.status,
+        StatusCode::BAD_REQUEST,
+        "the API's rule, on the page"
+    );
+
+    // A lockout, lifted from the page.
+    for _ in 0..2 {
+        app.login(name, "not the password").await;
+    }
+    assert_eq!(
+        app.login(name, new_password).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let res = m
+        .post(&format!("{page_path}unlock/"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    assert!(
+        res.location().ends_with("notice=unlocked"),
+        "{}",
+        res.location()
+    );
+    let session = body_of(app.login(name, new_password).await, StatusCode::OK).await;
+
+    // Ending every session: refused without its tick, then done.
+    let res = m
+        .post(&format!("{page_path}sessions/revoke/"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    let token = session["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.get("/audit/events/", token).await.status(),
+        StatusCode::OK
+    );
+    let res = m
+        .post(
+            &format!("{page_path}sessions/revoke/"),
+            &[("csrf", &csrf), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    assert_eq!(
+        app.get("/audit/events/", token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let missing = m.get("/console/admin/users/nobody-here/").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_grant_form_ticks_no_operation_and_a_lockout_page_says_how_long_it_lasts() {
+    use crate::console::Visitor;
+    let app = spawn_app_with(&[("HAZINA_LOGIN_MAX_FAILURES_ACCOUNT", "2")]).await;
+    let admin = app.user_with_role(Role::Admin).await;
+    let mut m = Visitor::signed_in(&app, &admin).await;
+    let form = m.get("/console/admin/grants/").await;
+    assert!(form.html.contains("id=\"op-reveal\""), "{}", form.html);
+    assert!(
+        !form.html.contains("checked"),
+        "use, don't reveal: nothing is ticked for the admin"
+    );
+
+    let owner = app.user().await;
+    let mut v = Visitor::new(&app);
+    for _ in 0..2 {
+        v.sign_in(&owner.username, "not the password").await;
+    }
+    let res = v.sign_in(&owner.username, &owner.password).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = res.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 1);
+    assert!(res.html.contains("Try again in"), "{}", res.html);
+}
+
+#[tokio::test]
+async fn the_consoles_own_files_are_served_outside_the_rate_limit() {
+    let app = spawn_app_with(&[("HAZINA_RATE_LIMIT_PER_MINUTE", "3")]).await;
+    for _ in 0..10 {
+        let res = app
+            .client
+            .get(app.url("/console/static/console.css"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let res = app
+            .client
+            .get(app.url("/console/login/"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status());
+        // The stylesheet still comes during the burst.
+        let css = app
+            .client
+            .get(app.url("/console/static/console.css"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(css.status(), StatusCode::OK);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "pages keep their budget: {statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_lists_newest_first_on_request_and_the_console_names_owners() {
+    use crate::console::Visitor;
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    app.create_credential(&owner, "mpesa", "sandbox", "mpesa-private-key-0001")
+        .await;
+    for _ in 0..3 {
+        app.user().await;
+    }
+    let auditor = app.user_with_role(Role::Auditor).await;
+
+    // The API: pages of 2, newest first, then oldest first: the same entries, reversed.
+    let mut newest = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = body_of(
+            app.get(
+                &format!("/audit/events/?order=newest&limit=2&cursor={cursor}"),
+                &auditor.access,
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await;
+        newest.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["seq"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_i64() {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    let oldest = body_of(
+        app.get("/audit/events/?limit=500", &auditor.access).await,
+        StatusCode::OK,
+    )
+    .await;
+    let mut oldest: Vec<i64> = oldest["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    oldest.reverse();
+    assert_eq!(newest, oldest);
+    assert!(newest.len() > 6);
+    let res = app
+        .get("/audit/events/?order=sideways", &auditor.access)
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // The console: newest first, owners by name (their ids beside, in a quieter line).
+    let mut a = Visitor::signed_in(&app, &auditor).await;
+    let page = a.get("/console/audit/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let seqs: Vec<i64> = page
+        .html
+        .split("<td data-label=\"#\">")
+        .skip(1)
+        .map(|rest| rest[..rest.find('<').unwrap()].parse().unwrap())
+        .collect();
+    assert!(seqs.len() > 6, "{seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+    assert!(
+        page.html
+            .contains(&format!("{}'s mpesa sandbox credential", owner.username)),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains(&format!("owner {}", owner.id)));
 }

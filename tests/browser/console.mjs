@@ -179,9 +179,26 @@ async function signIn(username, password) {
   await Promise.all([page.waitForNavigation(), page.keyboard.press("Enter")]);
 }
 
+/// The page at a phone's width (390 CSS pixels), where no table cell may lie outside the
+/// screen, and at a desktop's (1280): a screenshot of each, `NAME-390.png` and `NAME-1280.png`.
 async function screenshot(name = role) {
   mkdirSync(shots, { recursive: true });
-  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+  const outside = await page.evaluate(() =>
+    [...document.querySelectorAll("td, th")]
+      .filter((el) => {
+        // A header row the phone layout hides (each cell then carries its column's name).
+        const head = el.closest("thead");
+        if (head && head.getBoundingClientRect().width <= 1) return false;
+        const r = el.getBoundingClientRect();
+        return r.width > 1 && (r.right > window.innerWidth + 1 || r.left < -1);
+      })
+      .map((el) => el.dataset.label || el.textContent.trim().slice(0, 24)),
+  );
+  check(outside.length === 0, `${name} at 390 px: every table cell on the screen (${outside.join(", ") || "all"})`);
+  await page.screenshot({ path: join(shots, `${name}-390.png`), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.screenshot({ path: join(shots, `${name}-1280.png`), fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
 }
 
 async function userPath() {
@@ -269,8 +286,16 @@ async function adminPath() {
   await Promise.all([page.waitForNavigation(), page.click("text=Create the user")]);
   await shouldSee("The user was created.", "the user is created");
   await shouldSee(newbie, "the new user is listed");
+  // A user's page: disabling asks for a tick first (the browser keeps the form until then).
+  await Promise.all([page.waitForNavigation(), page.click(`a[href='/console/admin/users/${newbie}/']`)]);
+  await accessible("user page");
+  await page.click(`button:has-text('Disable ${newbie}')`);
+  check(page.url().endsWith(`/console/admin/users/${newbie}/`), "an unticked Disable does not leave the page");
+  await page.check("#confirm-disable");
   await Promise.all([page.waitForNavigation(), page.click(`button:has-text('Disable ${newbie}')`)]);
   await shouldSee("The user is disabled", "the user is disabled");
+  await Promise.all([page.waitForNavigation(), page.click(`button:has-text('Lift the login lockout of ${newbie}')`)]);
+  await shouldSee("No login lockout held this user", "unlock says what it found");
 
   await page.goto(`${base}/console/admin/services/`);
   await accessible("services page");
@@ -285,10 +310,12 @@ async function adminPath() {
   await page.fill("#owner", env("HAZINA_OWNER"));
   await page.selectOption("#provider", "mpesa");
   await page.selectOption("#environment", "sandbox");
+  check(!(await page.isChecked("#op-reveal")), "use, don't reveal: reveal is not ticked by default");
   await page.check("#op-access-token");
   await Promise.all([page.waitForNavigation(), page.click("text=Make the grant")]);
   await shouldSee("The grant was made.", "the grant is made");
-  await shouldSee("access-token, reveal", "the grant lists its operations");
+  const row = await page.locator("tbody tr").last().innerText();
+  check(row.includes("access-token") && !row.includes("reveal"), `the grant lists access-token alone (${row})`);
 
   await page.goto(`${base}/console/admin/certificates/`);
   await accessible("certificates page");
@@ -311,6 +338,8 @@ async function auditorPath() {
   check(bars === 24, `the chart has a bar of reveals for each of 24 hours (${bars})`);
   await shouldSee(`reveals (${env("HAZINA_REVEALS")})`, "the chart counts the reveals");
   await shouldSee(`denials (${env("HAZINA_DENIALS")})`, "and the denials");
+  const seqs = (await page.locator("#live tbody tr td:nth-child(1)").allTextContents()).map(Number);
+  check(seqs.length > 2 && seqs.every((n, i) => i === 0 || seqs[i - 1] > n), `the log lists the newest first (${seqs.slice(0, 3).join(", ")}…)`);
 
   // Filters: only sign-ins.
   await page.click("summary:has-text('Filters')");

@@ -15,8 +15,10 @@
     status.textContent = words;
   }
 
-  function cell(row, value) {
+  // `label` is the column's name, which the phone layout shows beside the value.
+  function cell(row, value, label) {
     const td = document.createElement("td");
+    td.dataset.label = label;
     td.textContent = value === null || value === undefined ? "—" : String(value);
     row.appendChild(td);
     return td;
@@ -37,15 +39,15 @@
     }
     button.dataset.after = String(entry.seq);
     const row = document.createElement("tr");
-    cell(row, entry.seq);
-    cell(row, entry.occurred_at);
-    cell(row, entry.actor.kind + " " + (entry.actor.name || ""));
-    cell(row, entry.action + (entry.operation ? " (" + entry.operation + ")" : ""));
-    const outcome = cell(row, entry.outcome + (entry.reason ? ": " + entry.reason.replace(/_/g, " ") : ""));
+    cell(row, entry.seq, "#");
+    cell(row, entry.occurred_at, "When");
+    cell(row, entry.actor.kind + " " + (entry.actor.name || ""), "Who");
+    cell(row, entry.action + (entry.operation ? " (" + entry.operation + ")" : ""), "What");
+    const outcome = cell(row, entry.outcome + (entry.reason ? ": " + entry.reason.replace(/_/g, " ") : ""), "Outcome");
     outcome.className = "outcome " + entry.outcome;
-    cell(row, target(entry.target));
-    cell(row, entry.source_ip);
-    cell(row, entry.reference);
+    cell(row, target(entry.target), "Target");
+    cell(row, entry.source_ip, "From");
+    cell(row, entry.reference, "Reference");
     table.tBodies[0].prepend(row);
   }
 
