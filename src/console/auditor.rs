@@ -16,6 +16,7 @@ use crate::routes::audit as api;
 pub fn register(cfg: &mut web::ServiceConfig) {
     cfg.route("/audit/", web::get().to(log))
         .route("/audit/live/", web::get().to(live))
+        .route("/audit/names/", web::get().to(names))
         .route("/audit/verify/", web::get().to(verify))
         .route("/audit/verify/", web::post().to(verify_checkpoint))
         .route("/audit/checkpoint.txt", web::get().to(checkpoint_file))
@@ -243,7 +244,7 @@ fn entries_table(rows: &[Value], names: &Names) -> Markup {
         @if rows.is_empty() {
             p { "No entries match." }
         }
-        div class="scroll" { table id="live" {
+        div class="scroll" { table id="live" data-names=(serde_json::to_string(names).unwrap_or_default()) {
                 thead { tr {
                     th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "Who" }
                     th scope="col" { "What" } th scope="col" { "Outcome" } th scope="col" { "Target" }
@@ -296,6 +297,38 @@ fn target(t: &Value, names: &Names) -> Markup {
         (words.split_whitespace().collect::<Vec<_>>().join(" "))
         @if !ids.is_empty() { br; span class="muted" { (ids.join(", ")) } }
     }
+}
+
+/// `GET /console/audit/names/?owner=ID&owner=ID…`: the usernames of those owners, as JSON
+/// (`{"ID": "name"}`), so entries that arrive live name people as the page does. Auditors
+/// only (a refusal is audited, as the log's own is); at most 100 ids.
+async fn names(cx: Cx) -> Page {
+    crate::routes::audit::require_auditor(&cx.state, &cx.user, &cx.meta())
+        .await
+        .map_err(|e| Refusal::from_api(&e))?;
+    let ids: Vec<i64> = filled_query(cx.req.query_string())?
+        .into_iter()
+        .filter(|(k, _)| k == "owner")
+        .map(|(_, v)| {
+            v.parse::<i64>()
+                .map_err(|_| Refusal::bad("owner must be an id"))
+        })
+        .collect::<Result<_, _>>()?;
+    if ids.len() > 100 {
+        return Err(Refusal::bad("At most 100 owners at a time"));
+    }
+    let found = cx
+        .state
+        .db(move |c| crate::repo::users::usernames(c, &ids))
+        .await
+        .map_err(|e| Refusal::from_api(&e.into()))?;
+    let body: serde_json::Map<String, Value> = found
+        .into_iter()
+        .map(|(id, name)| (id.to_string(), Value::String(name)))
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body))
 }
 
 /// `GET /console/audit/live/?after=SEQ`: the API's export, following (what `follow.js`

@@ -835,3 +835,32 @@ async fn the_audit_log_lists_newest_first_on_request_and_the_console_names_owner
     );
     assert!(page.html.contains(&format!("owner {}", owner.id)));
 }
+
+#[tokio::test]
+async fn entries_that_arrive_live_are_named_as_the_page_names_them() {
+    use crate::console::Visitor;
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    app.create_credential(&owner, "mpesa", "sandbox", "mpesa-private-key-0002")
+        .await;
+    let auditor = app.user_with_role(Role::Auditor).await;
+    let mut a = Visitor::signed_in(&app, &auditor).await;
+    // The page hands follow.js the names it shows…
+    let page = a.get("/console/audit/").await;
+    let names = format!("&quot;{}&quot;:&quot;{}&quot;", owner.id, owner.username);
+    assert!(page.html.contains(&names), "{}", page.html);
+    // …and names the owners of entries that arrive later, for auditors only.
+    let found = a
+        .get(&format!("/console/audit/names/?owner={}&owner=1", owner.id))
+        .await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.html);
+    let found: Value = serde_json::from_str(&found.html).unwrap();
+    assert_eq!(found, json!({ owner.id.to_string(): owner.username }));
+    let bad = a.get("/console/audit/names/?owner=alice").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let mut o = Visitor::signed_in(&app, &owner).await;
+    let refused = o
+        .get(&format!("/console/audit/names/?owner={}", owner.id))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+}

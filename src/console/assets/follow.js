@@ -10,6 +10,13 @@
     return;
   }
   let controller = null;
+  // Owners' usernames by id: those the page named, and those asked for since.
+  let names = {};
+  try {
+    names = JSON.parse(table.dataset.names || "{}") || {};
+  } catch (e) {
+    names = {};
+  }
 
   function say(words) {
     status.textContent = words;
@@ -24,13 +31,39 @@
     return td;
   }
 
-  function target(t) {
-    const parts = [];
-    if (t.credential_id !== null) parts.push("credential " + t.credential_id);
-    if (t.owner_id !== null) parts.push("owner " + t.owner_id);
-    if (t.provider !== null) parts.push(t.provider);
-    if (t.environment !== null) parts.push(t.environment);
-    return parts.length ? parts.join(", ") : "—";
+  // What an entry is about, by name as the page says it ("alice's mpesa sandbox
+  // credential"), the ids on a quieter line; an owner not yet known is asked for.
+  function fillTarget(td, t) {
+    const scope = [t.provider, t.environment].filter((v) => v !== null).join(" ");
+    const owner = t.owner_id !== null ? names[String(t.owner_id)] : undefined;
+    const whose = t.owner_id === null ? null : owner !== undefined ? owner + "'s" : "owner " + t.owner_id + "'s";
+    let words;
+    if (t.credential_id !== null) words = [whose, scope, "credential"].filter((w) => w).join(" ");
+    else if (whose !== null) words = scope ? whose + " " + scope : whose.replace(/'s$/, "");
+    else words = scope || "—";
+    td.textContent = words;
+    const ids = [];
+    if (t.credential_id !== null) ids.push("credential " + t.credential_id);
+    if (t.owner_id !== null) ids.push("owner " + t.owner_id);
+    if (ids.length) {
+      td.appendChild(document.createElement("br"));
+      const quiet = document.createElement("span");
+      quiet.className = "muted";
+      quiet.textContent = ids.join(", ");
+      td.appendChild(quiet);
+    }
+    if (t.owner_id !== null && owner === undefined) {
+      fetch("/console/audit/names/?owner=" + encodeURIComponent(String(t.owner_id)), { credentials: "same-origin" })
+        .then((res) => (res.ok ? res.json() : {}))
+        .then((found) => {
+          const name = found[String(t.owner_id)];
+          if (typeof name === "string") {
+            names[String(t.owner_id)] = name;
+            fillTarget(td, t);
+          }
+        })
+        .catch(() => {});
+    }
   }
 
   function add(entry) {
@@ -45,7 +78,7 @@
     cell(row, entry.action + (entry.operation ? " (" + entry.operation + ")" : ""), "What");
     const outcome = cell(row, entry.outcome + (entry.reason ? ": " + entry.reason.replace(/_/g, " ") : ""), "Outcome");
     outcome.className = "outcome " + entry.outcome;
-    cell(row, target(entry.target), "Target");
+    fillTarget(cell(row, "", "Target"), entry.target);
     cell(row, entry.source_ip, "From");
     cell(row, entry.reference, "Reference");
     table.tBodies[0].prepend(row);
