@@ -232,9 +232,9 @@ def run(readme):
 
 def main():
     readme = sys.argv[1] if len(sys.argv) > 1 else "README.md"
-    if os.environ.get("HAZINA_README_NETNS") != "1":
+    if os.environ.get("HAZINA_TEST_README_NETNS") != "1":
         # A network namespace of our own: 127.0.0.1:8080 belongs to this run alone.
-        env = dict(os.environ, HAZINA_README_NETNS="1")
+        env = dict(os.environ, HAZINA_TEST_README_NETNS="1")
         cmd = ["unshare", "-rn", "sh", "-c", 'PATH="$PATH:/usr/sbin:/sbin" ip link set lo up && exec "$0" "$@"', sys.executable, os.path.abspath(__file__), readme]
         return subprocess.call(cmd, env=env)
     return run(readme)
