@@ -286,34 +286,14 @@ async fn enable_user(posted: Posted, name: web::Path<String>) -> Page {
 async fn set_role(posted: Posted, name: web::Path<String>) -> Page {
     let cx = &posted.cx;
     let fields = json!({ "role": posted.fields.get("role").unwrap_or("") });
-    let answer = match super::body(fields) {
-        Ok(b) => {
-            super::call(api::set_user_role(
-                cx.request(),
-                web::Path::from(name.clone()),
-                b,
-            ))
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let answer = cx.send_at(api::set_user_role, &name, fields).await;
     on_user_page(cx, &name, answer, "role-set").await
 }
 
 async fn set_password(posted: Posted, name: web::Path<String>) -> Page {
     let cx = &posted.cx;
     let fields = json!({ "password": posted.fields.get("password").unwrap_or("") });
-    let answer = match super::body(fields) {
-        Ok(b) => {
-            super::call(api::set_user_password(
-                cx.request(),
-                web::Path::from(name.clone()),
-                b,
-            ))
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let answer = cx.send_at(api::set_user_password, &name, fields).await;
     on_user_page(cx, &name, answer, "password-set").await
 }
 

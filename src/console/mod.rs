@@ -198,6 +198,27 @@ impl Cx {
         self.ask(handler, body(fields)?).await
     }
 
+    /// [`send`](Self::send) to a handler that also takes a path segment (a username).
+    pub async fn send_at<B, F, Fut>(
+        &self,
+        handler: F,
+        segment: &str,
+        fields: Value,
+    ) -> Result<Value, Refusal>
+    where
+        B: DeserializeOwned,
+        F: FnOnce(UserRequest, web::Path<String>, web::Json<JsonObject<B>>) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        let body = body(fields)?;
+        call(handler(
+            self.request(),
+            web::Path::from(segment.to_owned()),
+            body,
+        ))
+        .await
+    }
+
     /// A full page for this user.
     pub fn page(&self, status: StatusCode, title: &str, body: Markup) -> HttpResponse {
         html(status, views::layout(title, Some(&self.frame()), body))
