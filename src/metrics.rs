@@ -389,8 +389,17 @@ impl RoutePatterns {
                 .find(|(def, _)| def.is_match(path))
                 .map(|(_, p)| *p),
         }
+        .or_else(|| console_label(pattern, path))
         .unwrap_or("unmatched")
     }
+}
+
+/// Every console page shares one label (`/console/`): counted, never `unmatched`, and with
+/// no path or id in it.
+fn console_label(pattern: Option<&str>, path: &str) -> Option<&'static str> {
+    const CONSOLE: &str = "/console/";
+    let console = |p: &str| p == "/console" || p.starts_with(CONSOLE);
+    (pattern.is_some_and(console) || (pattern.is_none() && console(path))).then_some(CONSOLE)
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -454,6 +463,13 @@ mod tests {
         assert_eq!(route_label(Some("/healthz"), "/healthz"), "/healthz");
         assert_eq!(route_label(Some("/secret/../path"), "/x"), "unmatched");
         assert_eq!(route_label(None, "/no/such/thing"), "unmatched");
+        assert_eq!(
+            route_label(
+                Some("/console/credentials/{id}/"),
+                "/console/credentials/7/"
+            ),
+            "/console/"
+        );
         assert_eq!(
             route_label(None, "/payments/credentials/42/get-private-key/"),
             "/payments/credentials/{id}/get-private-key/"

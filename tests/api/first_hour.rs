@@ -864,3 +864,26 @@ async fn entries_that_arrive_live_are_named_as_the_page_names_them() {
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn console_pages_are_counted_under_their_own_label_in_metrics() {
+    use crate::console::Visitor;
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let mut v = Visitor::signed_in(&app, &owner).await;
+    for path in ["/console/credentials/", "/console/credentials/1234/"] {
+        v.get(path).await;
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("route=\"/console/\""), "{metrics}");
+    assert!(!metrics.contains("route=\"unmatched\""), "{metrics}");
+    assert!(!metrics.contains("1234"), "no id reaches a label");
+}
