@@ -9,12 +9,13 @@ use std::rc::Rc;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::audit::RequestMeta;
 use crate::auth::jwt::TokenType;
+use crate::http::principal::ValidatedAccess;
 use crate::routes::sessions::{self, TokenPair};
 use crate::state::AppState;
 
@@ -140,12 +141,27 @@ where
         let https = state.config.served_over_https();
         let access = Jar::Access.read(req.request(), https);
         let refresh = Jar::Refresh.read(req.request(), https);
+        // The limiter may have validated this cookie's access token already (it keys the
+        // page's budget by user); otherwise it is validated here, once, for the whole page.
+        let checked = req.extensions().get::<ValidatedAccess>().is_some();
         Box::pin(async move {
             let now = state.clock.now();
-            let live = access.filter(|t| state.tokens.validate(t, TokenType::Access, now).is_ok());
+            let live = match access {
+                Some(token) if checked => Some(token),
+                Some(token) => match state.tokens.validate(&token, TokenType::Access, now) {
+                    Ok(claims) => {
+                        req.extensions_mut().insert(ValidatedAccess(claims));
+                        Some(token)
+                    }
+                    Err(_) => None,
+                },
+                None => None,
+            };
             let (token, renewed, dead) = match (live, refresh) {
                 (Some(token), _) => (Some(SecretString::from(token)), None, false),
                 (None, Some(refresh)) => {
+                    // Another token goes on the request: no claims stand for it yet.
+                    req.extensions_mut().remove::<ValidatedAccess>();
                     let meta = RequestMeta::of(req.request());
                     match sessions::renew(&state, &meta, &SecretString::from(refresh)).await {
                         Ok(pair) => (Some(pair.access.clone()), Some(pair), false),

@@ -34,7 +34,7 @@ fn key_for(req: &HttpRequest, state: &AppState, console_token: Option<String>) -
         if let Some((claims, user)) = claims.ok().and_then(|c| c.user_id().map(|u| (c, u))) {
             // Authentication reuses these claims instead of validating the token again.
             req.extensions_mut()
-                .insert(super::principal::ValidatedAccess::new(token, claims));
+                .insert(super::principal::ValidatedAccess(claims));
             return Some(RateKey::User(user.get()));
         }
     } else if let Some(peer) = req.conn_data::<PeerIdentity>() {
@@ -46,10 +46,9 @@ fn key_for(req: &HttpRequest, state: &AppState, console_token: Option<String>) -
             .tokens
             .validate(&token, TokenType::Access, state.clock.now());
         if let Some((claims, user)) = claims.ok().and_then(|c| c.user_id().map(|u| (c, u))) {
-            // The page's authentication reuses them too (unless its session is renewed on
-            // the way, which brings another token).
+            // The cookie session and the page's authentication reuse them.
             req.extensions_mut()
-                .insert(super::principal::ValidatedAccess::new(&token, claims));
+                .insert(super::principal::ValidatedAccess(claims));
             return Some(RateKey::User(user.get()));
         }
     }

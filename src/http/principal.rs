@@ -55,34 +55,11 @@ pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Access-token claims already validated for this request (by the rate limiter), kept in
-/// the request's extensions so authentication does not verify the same token twice. They
-/// stand for the token whose SHA-256 is `token`: a console page whose session was renewed in
-/// between carries another token, which is validated afresh.
+/// Access-token claims already validated for this request (by the rate limiter, or by the
+/// console's cookie session), kept in the request's extensions so the token is verified once.
+/// Whoever puts another token on the request (the console, renewing a session) removes them.
 #[derive(Debug, Clone)]
-pub struct ValidatedAccess {
-    token: [u8; 32],
-    claims: Claims,
-}
-
-impl ValidatedAccess {
-    pub fn new(token: &str, claims: Claims) -> Self {
-        ValidatedAccess {
-            token: digest(token),
-            claims,
-        }
-    }
-
-    /// The claims, if they were validated for `token`.
-    fn claims_for(self, token: &str) -> Option<Claims> {
-        (self.token == digest(token)).then_some(self.claims)
-    }
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
-}
+pub struct ValidatedAccess(pub Claims);
 
 /// The database half of authenticating a user: is the session live and the user enabled?
 #[derive(Debug, Clone)]
@@ -141,12 +118,9 @@ impl PendingUser {
         };
         // The rate limiter may already have validated this request's token (it keys budgets
         // by user); reuse its answer rather than verify the signature twice.
-        let validated = req
-            .extensions_mut()
-            .remove::<ValidatedAccess>()
-            .and_then(|v| v.claims_for(token));
+        let validated = req.extensions_mut().remove::<ValidatedAccess>();
         let claims = match validated {
-            Some(claims) => claims,
+            Some(ValidatedAccess(claims)) => claims,
             None => state
                 .tokens
                 .validate(token, TokenType::Access, state.clock.now())
