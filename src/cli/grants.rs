@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Environment, Provider};
 use crate::repo;
-use crate::repo::services::{grant_by_names, grant_target, GrantChange};
+use crate::repo::services::{grant_by_names, GrantChange};
 use crate::startup;
 use crate::vault::Operations;
 
@@ -65,24 +65,15 @@ pub(super) fn run(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
             let provider = provider.as_deref().map(Provider::parse).transpose()?;
             let environment = environment.as_deref().map(Environment::parse).transpose()?;
             let operations = Operations::parse(&operations)?;
-            let created = audit::chain::with_entry(
+            let created = grant_by_names(
                 &mut *pool.get()?,
-                |tx| {
-                    grant_by_names(
-                        tx,
-                        &keyring,
-                        &service,
-                        &owner,
-                        (provider, environment),
-                        &operations,
-                        now,
-                    )
-                },
-                |made| {
-                    let (grant, owner_id) = made.as_ref().ok()?;
-                    let target = grant_target(grant, *owner_id);
-                    Some(cli_event(Action::AdminGrantCreate, target))
-                },
+                &keyring,
+                &service,
+                &owner,
+                (provider, environment),
+                &operations,
+                now,
+                cli_event(Action::AdminGrantCreate, Target::default()),
             )?;
             let (grant, _) = created.map_err(|e| anyhow::anyhow!("{e}"))?;
             // The scope in words, so that a grant wider than meant is seen at once.
@@ -106,16 +97,12 @@ pub(super) fn run(config: &Config, cmd: GrantsCommand) -> anyhow::Result<()> {
             if add.is_empty() && remove.is_empty() {
                 bail!("name an operation with --add-operation or --remove-operation");
             }
-            let change = audit::chain::with_entry(
+            let change = repo::services::change_operations(
                 &mut *pool.get()?,
-                |tx| repo::services::change_operations(tx, &keyring, id, &add, &remove),
-                |change| match change {
-                    GrantChange::Changed(grant, ..) => Some(cli_event(
-                        Action::AdminGrantUpdate,
-                        grant_target(grant, grant.owner_id),
-                    )),
-                    _ => None,
-                },
+                &keyring,
+                id,
+                (&add, &remove),
+                cli_event(Action::AdminGrantUpdate, Target::default()),
             )?;
             match change {
                 GrantChange::Changed(grant, service, owner) => {

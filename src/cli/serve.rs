@@ -27,18 +27,16 @@ pub(super) fn serve(config: Config) -> anyhow::Result<()> {
              extended while this process runs (it catches up at the next start)"
         );
     }
-    let config_urls = Urls {
-        bind: config.bind.clone(),
-        https: config.tls.is_some(),
-        public_url: config.public_url.clone(),
-    };
+    // Where it answers, said once it is bound (the port may be chosen then).
+    let origin = origin(&config);
+    let public_console = config
+        .public_url
+        .as_deref()
+        .map(|public| format!("{}/console/", public.trim_end_matches('/')));
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config, Clock::System)?;
-        let api = base_url(&config_urls, app.port());
-        let console = match &config_urls.public_url {
-            Some(public) => format!("{}/console/", public.trim_end_matches('/')),
-            None => format!("{api}console/"),
-        };
+        let api = format!("{origin}:{}/", app.port());
+        let console = public_console.unwrap_or_else(|| format!("{api}console/"));
         eprintln!(
             "hazina: serving on port {} ({backend}): the API at {api}, the console at {console}",
             app.port()
@@ -50,26 +48,21 @@ pub(super) fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `serve` says about where it answers.
-struct Urls {
-    bind: String,
-    https: bool,
-    public_url: Option<String>,
-}
-
-/// The URL this process answers at: the bound host (`localhost` for an unspecified one such as
-/// `0.0.0.0`) and the port it got.
-fn base_url(urls: &Urls, port: u16) -> String {
-    let scheme = if urls.https { "https" } else { "http" };
-    let host = urls
-        .bind
-        .rsplit_once(':')
-        .map_or(urls.bind.as_str(), |(host, _)| host);
+/// The scheme and host this process answers at (`localhost` for an unspecified bind address
+/// such as `0.0.0.0`); the port is the one it gets.
+fn origin(config: &Config) -> String {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let bind = config.bind.as_str();
+    let host = bind.rsplit_once(':').map_or(bind, |(host, _)| host);
     let host = match host {
         "0.0.0.0" | "[::]" | "::" | "" => "localhost",
         other => other,
     };
-    format!("{scheme}://{host}:{port}/")
+    format!("{scheme}://{host}")
 }
 
 /// The environment variable glibc reads its malloc tunables from, and the setting we add.

@@ -1,6 +1,6 @@
 //! `hazina users`: create, enable, disable, unlock, list, set a password or a role.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Subcommand;
 
 use super::{cli_event, open_vault, read_password};
@@ -122,15 +122,12 @@ pub(super) fn run(config: &Config, cmd: UsersCommand) -> anyhow::Result<()> {
         }
         UsersCommand::Unlock { username } => {
             let vault = open_vault(config)?;
-            let subject = throttle::account_subject(&vault.keyring, &username)
-                .context("the keyring has no active master key")?;
-            let now = Clock::System.now();
-            let unlocked = audit::chain::with_entry(
+            let unlocked = throttle::unlock_user(
                 &mut *vault.pool.get()?,
-                |tx| throttle::unlock_user(tx, &username, &subject, now),
-                |unlocked| {
-                    unlocked.map(|(id, _)| cli_event(Action::AdminUserUnlock, Target::owner(id)))
-                },
+                &vault.keyring,
+                &username,
+                Clock::System.now(),
+                cli_event(Action::AdminUserUnlock, Target::default()),
             )?;
             match unlocked {
                 None => bail!("no user named `{username}`"),
@@ -215,9 +212,12 @@ pub(super) fn run(config: &Config, cmd: UsersCommand) -> anyhow::Result<()> {
 /// What enabling a user or setting their password leaves in force: a login lockout of their
 /// account, in words (empty when none holds).
 fn lockout_note(vault: &crate::startup::Vault, username: &str) -> anyhow::Result<String> {
-    let subject = throttle::account_subject(&vault.keyring, username)
-        .context("the keyring has no active master key")?;
-    let until = throttle::blocked_until(&mut *vault.pool.get()?, &subject, Clock::System.now())?;
+    let until = throttle::account_locked_until(
+        &mut *vault.pool.get()?,
+        &vault.keyring,
+        username,
+        Clock::System.now(),
+    )?;
     Ok(match until {
         None => String::new(),
         Some(t) => format!(

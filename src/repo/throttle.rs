@@ -89,19 +89,42 @@ pub fn unlock(conn: &mut DbConn, account: &str, now: UnixSeconds) -> Result<bool
     })
 }
 
-/// Lifts the lockout of the user named `username` (see [`unlock`]), whose account subject is
-/// `subject`: their id and whether they were locked out, or `None` when there is no such user.
+/// Lifts the lockout of the user named `username` (see [`unlock`]), with `entry` (completed
+/// with the user as its target) in the same transaction: their id and whether they were
+/// locked out, or `None` when there is no such user (and nothing is recorded).
 pub fn unlock_user(
     conn: &mut DbConn,
+    keyring: &Keyring,
     username: &str,
-    subject: &str,
     now: UnixSeconds,
+    entry: crate::audit::Event,
 ) -> Result<Option<(i64, bool)>, DbError> {
-    let Some(user) = super::users::find_by_username(conn, username)? else {
-        return Ok(None);
-    };
-    Ok(Some((user.id, unlock(conn, subject, now)?)))
+    let subject = account_subject(keyring, username).ok_or(DbError::KeyState(NO_ACTIVE_KEY))?;
+    crate::audit::chain::with_entry(
+        conn,
+        |tx| {
+            let Some(user) = super::users::find_by_username(tx, username)? else {
+                return Ok(None);
+            };
+            Ok(Some((user.id, unlock(tx, &subject, now)?)))
+        },
+        |unlocked| unlocked.map(|(id, _)| entry.target(crate::audit::Target::owner(id))),
+    )
 }
+
+/// Until when a login lockout holds the account of `username`, if one does at `now` (what
+/// enabling a user or setting their password leaves in force).
+pub fn account_locked_until(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    username: &str,
+    now: UnixSeconds,
+) -> Result<Option<UnixSeconds>, DbError> {
+    let subject = account_subject(keyring, username).ok_or(DbError::KeyState(NO_ACTIVE_KEY))?;
+    blocked_until(conn, &subject, now)
+}
+
+const NO_ACTIVE_KEY: &str = "the keyring has no active master key";
 
 /// Until when `subject` is locked out, if it is at `now`.
 pub fn blocked_until(

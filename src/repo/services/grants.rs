@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use crate::audit::{generation, Target};
+use crate::audit::{chain, generation, Event, Target};
 use crate::clock::UnixSeconds;
 use crate::crypto::rowmac::{self, Verdict};
 use crate::crypto::Keyring;
@@ -454,8 +454,30 @@ fn live_in_scope(
     Ok(query.first(conn).optional()?)
 }
 
-/// Creates a grant by names; shared by the API and the CLI.
+/// Creates a grant by names, with `entry` (completed with the grant's target) in the same
+/// transaction; shared by the API and the CLI.
+#[allow(clippy::too_many_arguments)]
 pub fn grant_by_names(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    service: &str,
+    owner: &str,
+    scope: (Option<Provider>, Option<Environment>),
+    operations: &Operations,
+    now: i64,
+    entry: Event,
+) -> Result<Result<(GrantRow, i64), GrantRefused>, DbError> {
+    chain::with_entry(
+        conn,
+        |tx| create_by_names(tx, keyring, service, owner, scope, operations, now),
+        |made| {
+            let (grant, owner_id) = made.as_ref().ok()?;
+            Some(entry.target(grant_target(grant, *owner_id)))
+        },
+    )
+}
+
+fn create_by_names(
     conn: &mut DbConn,
     keyring: &Keyring,
     service: &str,
@@ -500,9 +522,28 @@ pub enum GrantChange {
 }
 
 /// Joins `add` to a live grant's operations and takes `remove` away, re-signed, in one
-/// transaction (the caller's audit entry names it). A grant edited outside hazina is refused,
-/// never widened.
+/// transaction with `entry` (completed with the grant's target; none when nothing changed).
+/// A grant edited outside hazina is refused, never widened.
 pub fn change_operations(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    id: i64,
+    (add, remove): (&Operations, &Operations),
+    entry: Event,
+) -> Result<GrantChange, DbError> {
+    chain::with_entry(
+        conn,
+        |tx| change_in(tx, keyring, id, add, remove),
+        |change| match change {
+            GrantChange::Changed(grant, ..) => {
+                Some(entry.target(grant_target(grant, grant.owner_id)))
+            }
+            _ => None,
+        },
+    )
+}
+
+fn change_in(
     conn: &mut DbConn,
     keyring: &Keyring,
     id: i64,

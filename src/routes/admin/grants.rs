@@ -9,9 +9,7 @@ use crate::clock::rfc3339;
 use crate::domain::{Environment, Provider};
 use crate::error::ApiError;
 use crate::http::UserRequest;
-use crate::repo::services::{
-    self as repo, grant_by_names, grant_target, GrantChange, GrantRefused, GrantRow,
-};
+use crate::repo::services::{self as repo, grant_by_names, GrantChange, GrantRefused, GrantRow};
 use crate::routes::JsonObject;
 use crate::vault::Operations;
 
@@ -89,23 +87,15 @@ pub async fn create_grant(
     let entry = admin.event(Action::AdminGrantCreate);
     let (grant, _) = state
         .db(move |c| {
-            chain::with_entry(
+            grant_by_names(
                 c,
-                |tx| {
-                    grant_by_names(
-                        tx,
-                        &keyring,
-                        &service,
-                        &owner,
-                        (provider, environment),
-                        &operations,
-                        now,
-                    )
-                },
-                |made| {
-                    let (grant, owner_id) = made.as_ref().ok()?;
-                    Some(entry.target(grant_target(grant, *owner_id)))
-                },
+                &keyring,
+                &service,
+                &owner,
+                (provider, environment),
+                &operations,
+                now,
+                entry,
             )
         })
         .await
@@ -154,18 +144,7 @@ pub async fn update_grant(
     let keyring = state.keyring.clone();
     let entry = admin.event(Action::AdminGrantUpdate);
     let changed = state
-        .db(move |c| {
-            chain::with_entry(
-                c,
-                |tx| repo::change_operations(tx, &keyring, id, &add, &remove),
-                |change| match change {
-                    GrantChange::Changed(grant, ..) => {
-                        Some(entry.target(grant_target(grant, grant.owner_id)))
-                    }
-                    _ => None,
-                },
-            )
-        })
+        .db(move |c| repo::change_operations(c, &keyring, id, (&add, &remove), entry))
         .await?;
     match changed {
         GrantChange::Changed(grant, service, owner) => {

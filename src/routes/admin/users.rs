@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{conflict, Admin};
 use crate::audit::{chain, Action, Target};
 use crate::auth::password;
-use crate::clock::{rfc3339, UnixSeconds};
+use crate::clock::rfc3339;
 use crate::domain::{parse_allowlist, Password, Role, Username};
 use crate::error::ApiError;
 use crate::http::UserRequest;
@@ -161,22 +161,19 @@ pub async fn enable_user(
     })))
 }
 
-/// The account subject of `username` in the login throttle.
-fn account_subject(state: &AppState, username: &str) -> Result<String, ApiError> {
-    throttle::account_subject(&state.keyring, username)
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no active master key")))
-}
-
 /// What enabling a user or resetting their password leaves in force: a login lockout of
 /// their account, said in words (empty when there is none) and as a time.
 async fn lockout_note(
     state: &AppState,
     username: &str,
 ) -> Result<(String, Option<String>), ApiError> {
-    let subject = account_subject(state, username)?;
-    let now = state.clock.now();
-    let until: Option<UnixSeconds> = state
-        .db(move |c| throttle::blocked_until(c, &subject, now))
+    let (keyring, name, now) = (
+        state.keyring.clone(),
+        username.to_owned(),
+        state.clock.now(),
+    );
+    let until = state
+        .db(move |c| throttle::account_locked_until(c, &keyring, &name, now))
         .await?;
     Ok(match until {
         None => (String::new(), None),
@@ -199,17 +196,10 @@ pub async fn unlock_user(
 ) -> Result<HttpResponse, ApiError> {
     let admin = Admin::check(&state, &user, meta, Action::AdminUserUnlock).await?;
     let username = path.into_inner();
-    let subject = account_subject(&state, &username)?;
-    let now = state.clock.now();
+    let (keyring, now) = (state.keyring.clone(), state.clock.now());
     let entry = admin.event(Action::AdminUserUnlock);
     let (_, was_locked) = state
-        .db(move |c| {
-            chain::with_entry(
-                c,
-                |tx| throttle::unlock_user(tx, &username, &subject, now),
-                |unlocked| unlocked.map(|(id, _)| entry.target(Target::owner(id))),
-            )
-        })
+        .db(move |c| throttle::unlock_user(c, &keyring, &username, now, entry))
         .await?
         .ok_or(ApiError::NotFound("No such user"))?;
     let message = if was_locked {
